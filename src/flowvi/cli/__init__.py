@@ -1,0 +1,45 @@
+"""``flowvi`` command line. Every module ``flowvi.cli.cmd_*`` adds one subcommand through its
+``register(subparsers)``; errors a user can fix are printed as one line, without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ..targets import TargetError
+from ..train import TrainingDiverged
+
+USER_ERRORS = (TargetError, TrainingDiverged, ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flowvi", description="Normalizing flows for variational inference and sampling.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.startswith("cmd_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"flowvi {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flowvi {args.command}: interrupted; resume a fit with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,37 @@
+"""``flowvi evaluate RUN_DIR``: ELBO, IS log Z with standard error, ESS and Pareto k-hat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import checkpoint as ckpt
+from ..evaluate import evaluate
+from ..runs import load_run
+from .common import add_device_options, format_summary
+
+
+def register(sub):
+    p = sub.add_parser("evaluate", help="evaluate a run: ELBO, log Z ± SE, ESS, Pareto k")
+    p.add_argument("run_dir")
+    p.add_argument("-n", "--samples", type=int, default=100_000, help="importance samples")
+    p.add_argument("--batch-size", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_device_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import torch
+
+    flow, target, _ = load_run(args.run_dir, device=args.device)
+    torch.manual_seed(args.seed)
+    summary = evaluate(flow, target, n=args.samples, batch_size=args.batch_size)
+    ckpt.write_json_atomic(summary, Path(args.run_dir) / "evaluation.json")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"flowvi evaluate: {args.run_dir}")
+        print(format_summary(summary))
+    return 0

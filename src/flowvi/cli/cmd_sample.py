@@ -1,0 +1,31 @@
+"""``flowvi sample RUN_DIR -n N``: draws from a trained flow, saved as .npy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..runs import load_run, write_samples
+from .common import add_device_options
+
+
+def register(sub):
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("-n", type=int, default=10_000, help="number of draws")
+    p.add_argument("-o", "--output", help="output .npy (default RUN_DIR/samples-N.npy)")
+    p.add_argument("--seed", type=int, default=2)
+    add_device_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import torch
+
+    if args.n < 1:
+        raise ValueError(f"-n must be positive, got {args.n}")
+    flow, _, _ = load_run(args.run_dir, device=args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.output or Path(args.run_dir) / f"samples-{args.n}.npy")
+    samples = write_samples(flow, out, args.n)
+    print(f"wrote {samples.shape[0]} draws of dimension {samples.shape[1:]} to {out}")
+    return 0

@@ -1,0 +1,68 @@
+"""The stabilised Real NVP of Andrade (2024): couplings with soft-clamped scales, an optional
+elementwise affine layer, and LOFT as the last bijection."""
+
+from __future__ import annotations
+
+import torch
+
+from .distributions import make_base
+from .flow import Flow
+from .transforms import LOFT, AffineCoupling, ElementwiseAffine, Permutation
+
+
+def realnvp(
+    dim: int,
+    layers: int = 8,
+    hidden: int = 256,
+    depth: int = 2,
+    activation: str = "relu",
+    clamp: str = "asymmetric",
+    alpha_pos: float = 0.1,
+    alpha_neg: float = 2.0,
+    alpha: float = 2.0,
+    loft: bool = True,
+    tau: float = 100.0,
+    base: str = "gaussian",
+    df: float = 5.0,
+    affine: bool = True,
+    permute: str = "alternate",
+    seed: int = 0,
+) -> Flow:
+    """Build a Real NVP for ``(batch, dim)`` samples.
+
+    ``layers`` coupling layers alternate which half they transform; ``permute='random'`` also puts
+    a fixed random permutation (drawn from ``seed``) before every coupling layer. ``affine`` adds a
+    learnable elementwise location-scale layer after the couplings, and ``loft`` a LOFT layer last.
+    """
+    if dim < 2:
+        raise ValueError(f"Real NVP needs dim >= 2, got {dim}")
+    if permute not in ("alternate", "random"):
+        raise ValueError(f"unknown permute {permute!r}; choose alternate or random")
+    clamp_kwargs = {
+        "none": {},
+        "symmetric": {"alpha": alpha},
+        "asymmetric": {"alpha_pos": alpha_pos, "alpha_neg": alpha_neg},
+    }
+    if clamp not in clamp_kwargs:
+        raise ValueError(f"unknown clamp {clamp!r}; choose one of {', '.join(clamp_kwargs)}")
+    gen = torch.Generator().manual_seed(seed)
+    transforms = []
+    for i in range(layers):
+        if permute == "random":
+            transforms.append(Permutation.random(dim, gen))
+        transforms.append(
+            AffineCoupling(
+                dim,
+                flip=bool(i % 2),
+                hidden=hidden,
+                depth=depth,
+                activation=activation,
+                clamp=clamp,
+                clamp_kwargs=clamp_kwargs[clamp],
+            )
+        )
+    if affine:
+        transforms.append(ElementwiseAffine(dim))
+    if loft:
+        transforms.append(LOFT(tau))
+    return Flow(make_base(base, dim, df=df), transforms)

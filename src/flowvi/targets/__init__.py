@@ -1,0 +1,69 @@
+"""Built-in targets, by name, and the loader for a user's own target."""
+
+from __future__ import annotations
+
+import inspect
+
+from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
+from .funnel import Funnel
+from .gaussian import CorrelatedGaussian
+from .regression import ConjugateLinearRegression
+from .student_t import MultivariateStudentT
+
+#: name -> (constructor, one-line description). Other modules add their targets here.
+TARGETS = {
+    "funnel": (Funnel, "Neal's funnel; exact log Z = 0"),
+    "student_t": (MultivariateStudentT, "multivariate Student-t; exact log Z = 0"),
+    "gaussian": (CorrelatedGaussian, "correlated Gaussian (AR(1) correlation, graded scales); exact log Z = 0"),
+    "conjugate_regression": (
+        ConjugateLinearRegression,
+        "Bayesian linear regression, normal-inverse-gamma prior; exact log Z",
+    ),
+}
+
+
+def target_parameters(name: str) -> dict:
+    """The constructor parameters of a built-in target with their defaults."""
+    cls = TARGETS[name][0]
+    sig = inspect.signature(cls.__init__)
+    return {
+        k: (None if v.default is inspect.Parameter.empty else v.default)
+        for k, v in sig.parameters.items()
+        if k != "self"
+    }
+
+
+def make_target(name: str, **params) -> Target:
+    """Build a target by registry name, or from ``path/to/file.py:function`` (then ``dim`` is required)."""
+    if name in TARGETS:
+        allowed = target_parameters(name)
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise TargetError(
+                f"target {name!r} has no parameter {', '.join(unknown)}; its parameters are: {', '.join(allowed) or 'none'}"
+            )
+        return TARGETS[name][0](**params)
+    if ":" in name and ".py" in name:
+        if params.get("dim") is None:
+            raise TargetError(f"target {name!r} is a user function: give its dimension with --dim")
+        return CallableTarget(load_callable(name), dim=params.pop("dim"), **params)
+    raise TargetError(
+        f"unknown target {name!r}; built-in targets: {', '.join(sorted(TARGETS))} "
+        "(or give path/to/file.py:function with --dim)"
+    )
+
+
+__all__ = [
+    "TARGETS",
+    "CallableTarget",
+    "ConjugateLinearRegression",
+    "CorrelatedGaussian",
+    "Funnel",
+    "MultivariateStudentT",
+    "Target",
+    "TargetError",
+    "checked_log_prob",
+    "load_callable",
+    "make_target",
+    "target_parameters",
+]

@@ -1,0 +1,99 @@
+"""The target protocol: an unnormalized log density over ``(batch, *event_shape)`` tensors.
+
+A target has ``log_prob(x) -> (batch,)``, ``dim`` and ``event_shape``; optionally ``log_evidence``
+(the exact log normalizing constant log Z of ``exp(log_prob)``) and ``sample(n)`` (exact reference
+draws). Any callable on ``(batch, d)`` tensors becomes a target with :class:`CallableTarget`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class TargetError(ValueError):
+    """A target returned something flowvi cannot use (wrong shape, dtype, NaN, ...)."""
+
+
+class Target(nn.Module):
+    """Base class for built-in targets. Subclasses set ``event_shape`` and define ``log_prob``.
+
+    Data tensors are registered as buffers, so ``target.to(device, dtype)`` moves them.
+    """
+
+    event_shape: tuple = ()
+    log_evidence: float | None = None
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    def log_prob(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise TypeError(f"{type(self).__name__} must define log_prob")
+
+    def forward(self, x):
+        return self.log_prob(x)
+
+
+class CallableTarget(Target):
+    """Wrap a user's function ``f(x: (batch, dim)) -> (batch,)`` as a target."""
+
+    def __init__(self, fn, dim: int, log_evidence: float | None = None, name: str | None = None):
+        super().__init__()
+        if not callable(fn):
+            raise TargetError(f"target {fn!r} is not callable")
+        if int(dim) < 1:
+            raise TargetError(f"--dim must be a positive integer, got {dim}")
+        self.fn, self.event_shape, self.log_evidence = fn, (int(dim),), log_evidence
+        self.name = name or getattr(fn, "__name__", "callable")
+
+    def log_prob(self, x):
+        return self.fn(x)
+
+
+def load_callable(spec: str):
+    """Load ``path/to/file.py:function`` (the function is looked up after running the file)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise TargetError(f"a target file must be given as path/to/file.py:function, got {spec!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise TargetError(f"target file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"flowvi_user_target_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # the user's file failed to import: name it
+        raise TargetError(f"could not import {path!r}: {type(e).__name__}: {e}") from e
+    if not hasattr(module, name):
+        raise TargetError(f"{path!r} has no function {name!r}")
+    return getattr(module, name)
+
+
+def checked_log_prob(target, x: Tensor) -> Tensor:
+    """``target.log_prob(x)`` with its output checked: shape ``(batch,)``, floating point, no NaN.
+
+    +inf is an error too; -inf (zero density) is allowed and gives zero importance weight.
+    """
+    out = target.log_prob(x)
+    if not isinstance(out, Tensor):
+        raise TargetError(f"target log_prob must return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != (x.shape[0],):
+        raise TargetError(
+            f"target log_prob returned shape {tuple(out.shape)} for a batch of shape {tuple(x.shape)}; "
+            f"expected ({x.shape[0]},): one log density per sample"
+        )
+    if not out.is_floating_point():
+        raise TargetError(f"target log_prob returned dtype {out.dtype}; expected a floating-point tensor")
+    bad = torch.isnan(out) | (out == math.inf)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise TargetError(
+            f"target log_prob returned {out[i].item()} for {int(bad.sum())} of {len(out)} samples "
+            f"(first at sample {i}); the target must be finite or -inf"
+        )
+    return out

@@ -1,0 +1,215 @@
+"""Reverse-KL training loop: Adam, a learning-rate schedule, gradient clipping, a guard against
+non-finite steps, a live progress bar, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .diagnostics import log_evidence, normalized_ess
+from .estimators import get_estimator
+from .targets import TargetError, checked_log_prob
+
+
+class TrainingDiverged(RuntimeError):
+    """Most steps so far had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    schedule: str = "cosine"  # cosine | constant
+    warmup: int = 0
+    weight_decay: float = 0.0
+    clip: float | None = 10.0  # gradient-norm clipping; None turns it off
+    estimator: str = "reparam"
+    checkpoint_every: int = 200
+    log_every: int = 10
+    max_skip_fraction: float = 0.5  # stop when more than this fraction of steps were skipped...
+    min_steps_before_stop: int = 20  # ...after at least this many steps
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    skipped: int = 0
+    elapsed: float = 0.0
+    history: list = field(default_factory=list)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig):
+    def factor(step):
+        warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
+        if cfg.schedule == "constant":
+            return warm
+        if cfg.schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1)))
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or constant")
+
+    factor(0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _grads_finite(params) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+def check_target(flow, target, n: int = 8) -> None:
+    """Evaluate the target once on a few flow samples; a bad target raises a clear TargetError."""
+    with torch.no_grad():
+        x = flow.sample(n)
+    out = checked_log_prob(target, x)
+    if not torch.isfinite(out).any():
+        raise TargetError("target log_prob is -inf for every sample of the initial flow; is its support right?")
+
+
+def fit(
+    flow,
+    target,
+    config: TrainConfig | None = None,
+    run_dir=None,
+    resume: bool = False,
+    progress: bool = True,
+    callback=None,
+    **overrides,
+) -> TrainState:
+    """Train ``flow`` towards ``target`` by reverse KL with ``config.estimator``.
+
+    With ``run_dir``, metrics go to ``run_dir/metrics.jsonl`` every ``log_every`` steps and a
+    checkpoint (parameters, optimizer, scheduler, RNG state, counters) to ``run_dir/checkpoint.pt``
+    every ``checkpoint_every`` steps and at the end, written atomically. ``resume=True`` continues
+    from that checkpoint and gives the same parameters as an uninterrupted run with the same seed.
+    ``callback(state, metrics)`` is called at every logged step.
+    """
+    cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    estimator = get_estimator(cfg.estimator)
+    params = [p for p in flow.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg)
+    state = TrainState()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
+    metrics_path = run_dir / "metrics.jsonl" if run_dir else None
+
+    if resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
+        saved = ckpt.load(ckpt_path, map_location=next(iter(flow.state_dict().values())).device)
+        flow.load_state_dict(saved["flow"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = TrainState(**saved["state"])
+        _set_rng_state(saved["rng"])
+        _truncate_metrics(metrics_path, state.step)
+    else:
+        check_target(flow, target)
+        if metrics_path is not None:
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            metrics_path.write_text("")
+
+    def save():
+        if ckpt_path is not None:
+            ckpt.save_atomic(
+                {
+                    "flow": flow.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": asdict(state),
+                    "rng": _rng_state(),
+                    "config": asdict(cfg),
+                },
+                ckpt_path,
+            )
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=state.step, desc="fit", dynamic_ncols=True, leave=True)
+    flow.train()
+    t0 = time.perf_counter() - state.elapsed
+    try:
+        while state.step < cfg.steps:
+            optimizer.zero_grad(set_to_none=True)
+            est = estimator(flow, target, cfg.batch_size)
+            ok = bool(torch.isfinite(est.loss))
+            if ok:
+                est.loss.backward()
+                ok = _grads_finite(params)
+            if ok:
+                if cfg.clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                optimizer.step()
+            else:
+                state.skipped += 1
+            scheduler.step()
+            state.step += 1
+            if (
+                not ok
+                and state.step >= cfg.min_steps_before_stop
+                and state.skipped > cfg.max_skip_fraction * state.step
+            ):
+                raise TrainingDiverged(
+                    f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a non-finite "
+                    "loss or gradient (try --clamp asymmetric, --loft, a smaller --lr, or check the target for NaN)"
+                )
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                lw = est.log_weights
+                finite = lw[torch.isfinite(lw)]
+                m = {
+                    "step": state.step,
+                    "elbo": float(finite.mean()) if len(finite) else float("nan"),
+                    "log_z": log_evidence(lw)[0],
+                    "ess": normalized_ess(lw),
+                    "lr": scheduler.get_last_lr()[0],
+                    "skipped": state.skipped,
+                    "time": time.perf_counter() - t0,
+                }
+                state.history.append(m)
+                if metrics_path is not None:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(m) + "\n")
+                if bar is not None:
+                    bar.set_postfix(
+                        elbo=f"{m['elbo']:.3f}", ess=f"{m['ess']:.3f}", skipped=state.skipped, refresh=False
+                    )
+                if callback is not None:
+                    callback(state, m)
+            if bar is not None:
+                bar.update(1)
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                state.elapsed = time.perf_counter() - t0
+                save()
+    finally:
+        if bar is not None:
+            bar.close()
+    state.elapsed = time.perf_counter() - t0
+    return state
+
+
+def _truncate_metrics(path, step):
+    if path is None or not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
