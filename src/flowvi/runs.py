@@ -47,7 +47,10 @@ def build(config: dict):
     device, dtype = resolve_device(config.get("device")), resolve_dtype(config.get("dtype", "float32"))
     torch.manual_seed(config.get("seed", 0))
     target = make_target(config["target"]["name"], **config["target"].get("params", {}))
-    flow = realnvp(target.dim, **config.get("flow", {}))
+    # A target whose variables are not a plain vector (a lattice field, an image) supplies its own
+    # flow architecture through ``default_flow(**flow_options)``; every other target gets Real NVP.
+    make_flow = getattr(target, "default_flow", None)
+    flow = make_flow(**config.get("flow", {})) if make_flow else realnvp(target.dim, **config.get("flow", {}))
     return flow.to(device, dtype), target.to(device, dtype)
 
 
