@@ -64,7 +64,8 @@ def gpd_fit(x: np.ndarray) -> tuple[float, float]:
     b = b / (3 * x[int(n / 4 + 0.5) - 1]) + 1 / x[-1]
     k = np.log1p(-b[:, None] * x).mean(axis=1)
     L = n * (np.log(-b / k) - k - 1)
-    w = 1 / np.exp(L - L[:, None]).sum(axis=1)
+    with np.errstate(over="ignore"):  # exp overflows to inf for negligible grid points: weight 0
+        w = 1 / np.exp(L - L[:, None]).sum(axis=1)
     b_hat = np.sum(b * w)
     k_hat = np.log1p(-b_hat * x).mean()
     sigma = -k_hat / b_hat
