@@ -75,7 +75,9 @@ class AffineCoupling(Transform):
         return torch.cat((b, a) if self.flip else (a, b), dim=-1)
 
     def _scale_shift(self, a):
-        h = self.net(a)
+        # Under autocast the conditioner's matrix products run in 16 bits; its output is cast back
+        # to the input's dtype so that scales, shifts and log-determinants stay in full precision.
+        h = self.net(a).to(a.dtype)
         s, t = h[..., : self.n_trans], h[..., self.n_trans :]
         return self.clamp(s), t
 
