@@ -80,7 +80,9 @@ def average_gradients(params) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     td.all_reduce(flat)
     flat.div_(world_size())
-    torch._foreach_copy_(grads, [c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads)])
+    torch._foreach_copy_(
+        grads, [c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
+    )
 
 
 def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,9 @@ class FastStep:
             target = Float32Target(target)
         fn = _loss_fn(estimator, flow, target, cfg.batch_size)
         self.loss_fn = _compiled(fn) if options.compile else fn
-        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**10) if options.precision == "fp16" else None
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type, init_scale=2.0**10) if options.precision == "fp16" else None
+        )
         self.calls = 0
         self.graph = None
         self.static = None
