@@ -231,7 +231,7 @@ class FastStep:
         norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else loss.new_zeros(())
         ok = torch.isfinite(loss) & torch.isfinite(norm)
         if self.cfg.clip and grads:
-            torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.clip, norm, foreach=True)
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip, norm, foreach=True)
         if self.scaler is not None:
             # The scaler skips the update on overflowing gradients (and lowers the scale); a
             # non-finite loss skips it too.
