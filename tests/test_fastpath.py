@@ -3,6 +3,7 @@ tolerances of docs/performance.md; mixed precision keeps log-densities in float3
 step is skipped on the device."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -155,3 +156,17 @@ def test_fit_with_fast_path_resumes_exactly(tmp_path):
     resumed = run(tmp_path / "b", resume=True)
     for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_resume_across_plain_and_fast_paths(tmp_path):
+    # A checkpoint of the plain step continues on the fast step (e.g. a CPU run resumed on a GPU)
+    # and the other way round, on the same learning-rate schedule.
+    flow, target = _setup()
+    fit(flow, target, steps=20, batch_size=32, checkpoint_every=10, run_dir=tmp_path, progress=False)
+    for steps, precision in ((40, "bf16"), (60, "fp32"), (80, "bf16")):
+        flow2, _ = _setup()
+        state = fit(flow2, target, steps=steps, batch_size=32, checkpoint_every=10, log_every=7, run_dir=tmp_path,
+                    resume=True, progress=False, precision=precision)  # fmt: skip
+        last = state.history[-2]  # a step inside the schedule
+        assert state.skipped == 0 and last["step"] < steps
+        assert abs(last["lr"] - 0.5e-3 * (1 + math.cos(math.pi * last["step"] / steps))) < 1e-9

@@ -170,6 +170,26 @@ def make_optimizer(params, cfg, options: StepOptions):
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def load_optimizer_state(optimizer, state_dict) -> None:
+    """``optimizer.load_state_dict`` that keeps this run's kind of Adam (plain or fused, capturable,
+    learning rate as a float or a device tensor), whichever kind wrote the checkpoint."""
+    kinds = [{k: g.get(k) for k in ("fused", "capturable", "foreach", "lr")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state_dict)
+    for group, kind in zip(optimizer.param_groups, kinds, strict=True):
+        for key in ("fused", "capturable", "foreach"):
+            group[key] = kind[key]
+        if isinstance(kind["lr"], Tensor):
+            group["lr"] = torch.as_tensor(float(group["lr"]), dtype=kind["lr"].dtype, device=kind["lr"].device)
+        else:
+            group["lr"] = float(group["lr"])
+        on_device = bool(kind["fused"] or kind["capturable"])
+        for param in group["params"]:
+            st = optimizer.state.get(param, {})
+            if "step" in st:
+                device = param.device if on_device else torch.device("cpu")
+                st["step"] = torch.as_tensor(float(st["step"]), dtype=torch.float32, device=device)
+
+
 def plain_step(flow, target, estimator, optimizer, params, cfg, grad_hook=None):
     """The reference step: eager, checks finiteness on the host, skips the update if needed."""
 

@@ -15,7 +15,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .diagnostics import log_evidence, normalized_ess
 from .estimators import get_estimator
-from .fastpath import make_optimizer, make_step, matmul_precision, resolve_options
+from .fastpath import load_optimizer_state, make_optimizer, make_step, matmul_precision, resolve_options
 from .targets import TargetError, checked_log_prob
 
 
@@ -128,7 +128,7 @@ def fit(
             raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
         saved = ckpt.load(ckpt_path, map_location=next(iter(flow.state_dict().values())).device)
         flow.load_state_dict(saved["flow"])
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = TrainState(**saved["state"])
         rng = saved["rng"]
@@ -234,6 +234,8 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+        # Gradients may live in a CUDA graph's memory pool; none of them is needed after training.
+        optimizer.zero_grad(set_to_none=True)
     state.elapsed = time.perf_counter() - t0
     return state
 
