@@ -85,7 +85,7 @@ def _worker(rank, world, port, device_type, job, queue):
         td.destroy_process_group()
 
 
-def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, steps):
+def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, steps, bucket_mb):
     compile_, graph = VARIANTS[variant]
     torch.manual_seed(0)
     flow = realnvp(d, layers=layers, hidden=hidden, depth=2, affine=False, loft=False).to(device)
@@ -96,7 +96,7 @@ def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, ste
     params = list(flow.parameters())
     optimizer = make_optimizer(params, cfg, options)
     scheduler = make_scheduler(optimizer, cfg)
-    hook = dist.average_gradients if world > 1 else None
+    hook = dist.GradientAverager(params, bucket_mb=bucket_mb) if world > 1 else None
     step_fn = make_step(flow, target, ESTIMATORS["reparam"], optimizer, params, cfg, options, grad_hook=hook)
     torch.manual_seed(1 + rank)
 
@@ -161,13 +161,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one small configuration on 2 CPU processes (gloo)")
     p.add_argument("--variants", help=f"step variants: {', '.join(VARIANTS)} (default graph,fast on CUDA)")
     p.add_argument("--steps", type=int)
+    p.add_argument("--bucket-mb", type=float, default=25.0, help="gradient all-reduce bucket size")
     p.add_argument("--warmup", type=int)
     args = p.parse_args(argv)
     device_type = torch.device(args.device).type
     if device_type == "cuda" and torch.cuda.device_count() < args.gpus:
         print(f"# only {torch.cuda.device_count()} GPU(s) here; the {args.gpus}-GPU runs are skipped")
     configs = QUICK_CONFIGS if args.quick else CONFIGS
-    variants = (args.variants or ("graph,fast" if device_type == "cuda" else "eager")).split(",")
+    variants = (args.variants or ("eager,graph,compile,fast" if device_type == "cuda" else "eager")).split(",")
     steps = args.steps or (5 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 10)
     worlds = [1, args.gpus] if device_type == "cpu" or torch.cuda.device_count() >= args.gpus else [1]
@@ -183,7 +184,16 @@ def main(argv=None):
         res = {}
         for variant in variants:
             for world in worlds:
-                job = dict(d=d, batch=batch, layers=layers, hidden=hidden, variant=variant, warmup=warmup, steps=steps)
+                job = dict(
+                    d=d,
+                    batch=batch,
+                    layers=layers,
+                    hidden=hidden,
+                    variant=variant,
+                    warmup=warmup,
+                    steps=steps,
+                    bucket_mb=args.bucket_mb,
+                )
                 res[f"{variant}/{world}"] = {"variant": variant, "world": world, **run_job(world, device_type, job)}
         ok1 = [r for r in res.values() if r["world"] == 1 and "ms" in r]
         best1 = max((r["samples_per_s"] for r in ok1), default=None)

@@ -69,20 +69,64 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         td.broadcast(t.data, src=0)
 
 
-def average_gradients(params) -> None:
-    """Replace each gradient by its mean over ranks (one all-reduce of a flat buffer).
+class GradientAverager:
+    """Average gradients over ranks while the backward pass is still running.
 
-    A rank whose gradients are not finite makes the mean non-finite on every rank, so all ranks
-    skip that step together."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    td.all_reduce(flat)
-    flat.div_(world_size())
-    torch._foreach_copy_(
-        grads, [c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
-    )
+    The parameters are grouped into buckets of about ``bucket_mb`` megabytes in reverse order (the
+    order in which the backward pass produces their gradients). When the last gradient of a bucket
+    has been accumulated, the bucket is flattened, divided by the world size, and its all-reduce
+    starts asynchronously, so communication overlaps the rest of the backward pass. Buckets start in
+    index order on every rank. Calling the averager after the backward pass (it is the training
+    step's ``grad_hook``) waits for all buckets and points each ``p.grad`` at its slice of the
+    averaged buffer (no copy back). Call :meth:`close` to remove the hooks.
+    """
+
+    def __init__(self, params, bucket_mb: float = 25.0):
+        self.params = [p for p in params if p.requires_grad]
+        self.world = world_size()
+        self.buckets, current, size = [], [], 0
+        for p in reversed(self.params):
+            current.append(p)
+            size += p.numel() * p.element_size()
+            if size >= bucket_mb * 2**20:
+                self.buckets.append(current)
+                current, size = [], 0
+        if current:
+            self.buckets.append(current)
+        self.bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
+        self.handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+        self._reset()
+
+    def _reset(self):
+        self.ready = [0] * len(self.buckets)
+        self.next = 0
+        self.pending = []
+
+    def _on_grad(self, p):
+        self.ready[self.bucket_of[p]] += 1
+        while self.next < len(self.buckets) and self.ready[self.next] == len(self.buckets[self.next]):
+            self._launch()
+
+    def _launch(self):
+        bucket = self.buckets[self.next]
+        self.next += 1
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
+        flat.div_(self.world)
+        self.pending.append((td.all_reduce(flat, async_op=True), flat, bucket))
+
+    def __call__(self, params=None) -> None:
+        while self.next < len(self.buckets):  # buckets with a parameter that got no gradient
+            self._launch()
+        for work, flat, bucket in self.pending:
+            work.wait()
+            for p, part in zip(bucket, flat.split([p.numel() for p in bucket]), strict=True):
+                p.grad = part.view_as(p)
+        self._reset()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
 
 def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:

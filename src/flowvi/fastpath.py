@@ -197,11 +197,11 @@ def plain_step(flow, target, estimator, optimizer, params, cfg, grad_hook=None):
         optimizer.zero_grad(set_to_none=True)
         est = estimator(flow, target, cfg.batch_size)
         ok = bool(torch.isfinite(est.loss))
-        if ok:
+        if ok or grad_hook is not None:  # under torch.distributed every rank joins the all-reduce
             est.loss.backward()
             if grad_hook is not None:
                 grad_hook(params)
-            ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+            ok = ok and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
         if ok:
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)

@@ -149,7 +149,7 @@ def fit(
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             metrics_path.write_text("")
 
-    grad_hook = dist.average_gradients if world > 1 else None
+    grad_hook = dist.GradientAverager(params) if world > 1 else None
     step_fn = make_step(flow, target, estimator, optimizer, params, cfg, options, grad_hook)
     scaler = getattr(step_fn, "scaler", None)
     if resume and scaler is not None and "scaler" in saved:
@@ -236,6 +236,8 @@ def fit(
             bar.close()
         # Gradients may live in a CUDA graph's memory pool; none of them is needed after training.
         optimizer.zero_grad(set_to_none=True)
+        if grad_hook is not None:
+            grad_hook.close()
     state.elapsed = time.perf_counter() - t0
     return state
 

@@ -123,7 +123,9 @@ def run(args):
     if dist.launched_by_torchrun():
         args.device = dist.init_from_env(args.device)
         try:
-            return _run(args)
+            rc = _run(args)
+            dist.barrier()  # leave together: a rank that exits while another still talks can abort
+            return rc
         finally:
             dist.shutdown()
     return _run(args)
