@@ -139,18 +139,27 @@ def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, ste
     }
 
 
-def run_job(world, device_type, job):
+def run_job(world, device_type, job, timeout_s):
+    """Run one measurement on ``world`` processes; a job that hangs (for example a collective that
+    cannot be captured in a CUDA graph) is killed after ``timeout_s`` and reported as an error."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = _free_port()
+    procs = mp.start_processes(
+        _worker, args=(world, port, device_type, job, queue), nprocs=world, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout_s
     try:
-        mp.start_processes(
-            _worker, args=(world, port, device_type, job, queue), nprocs=world, join=True, start_method="spawn"
-        )
-    except Exception as e:  # noqa: BLE001
+        while not procs.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for proc in procs.processes:
+                    if proc.is_alive():
+                        proc.kill()
+                return {"error": f"timed out after {timeout_s} s"}
+    except Exception as e:  # noqa: BLE001  (a rank failed: report it)
         if queue.empty():
             return {"error": f"{type(e).__name__}: {str(e)[-300:]}"}
-    return queue.get()
+    return queue.get() if not queue.empty() else {"error": "no result"}
 
 
 def main(argv=None):
@@ -161,14 +170,16 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one small configuration on 2 CPU processes (gloo)")
     p.add_argument("--variants", help=f"step variants: {', '.join(VARIANTS)} (default graph,fast on CUDA)")
     p.add_argument("--steps", type=int)
+    p.add_argument("--job-timeout", type=float, default=180.0, help="seconds before a hung job is killed")
     p.add_argument("--bucket-mb", type=float, default=25.0, help="gradient all-reduce bucket size")
     p.add_argument("--warmup", type=int)
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
     device_type = torch.device(args.device).type
     if device_type == "cuda" and torch.cuda.device_count() < args.gpus:
         print(f"# only {torch.cuda.device_count()} GPU(s) here; the {args.gpus}-GPU runs are skipped")
     configs = QUICK_CONFIGS if args.quick else CONFIGS
-    variants = (args.variants or ("eager,graph,compile,fast" if device_type == "cuda" else "eager")).split(",")
+    variants = (args.variants or ("graph,compile,fast" if device_type == "cuda" else "eager")).split(",")
     steps = args.steps or (5 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 10)
     worlds = [1, args.gpus] if device_type == "cpu" or torch.cuda.device_count() >= args.gpus else [1]
@@ -194,7 +205,11 @@ def main(argv=None):
                     steps=steps,
                     bucket_mb=args.bucket_mb,
                 )
-                res[f"{variant}/{world}"] = {"variant": variant, "world": world, **run_job(world, device_type, job)}
+                res[f"{variant}/{world}"] = {
+                    "variant": variant,
+                    "world": world,
+                    **run_job(world, device_type, job, args.job_timeout),
+                }
         ok1 = [r for r in res.values() if r["world"] == 1 and "ms" in r]
         best1 = max((r["samples_per_s"] for r in ok1), default=None)
         for r in res.values():
@@ -204,6 +219,8 @@ def main(argv=None):
             r["scaling_same_variant"] = r["samples_per_s"] / same["samples_per_s"] if "samples_per_s" in same else None
             r["scaling_vs_best_1"] = r["samples_per_s"] / best1 if best1 else None
         rows.append({"config": {"d": d, "batch": batch, "layers": layers, "hidden": hidden}, "results": res})
+        if args.out:  # after every configuration, so a run cut short keeps what it measured
+            Path(args.out).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
         print(f"\n## d={d} B={batch}/GPU L={layers} h={hidden}")
         print(f"{'variant':10s} {'GPUs':>4s} {'ms/step':>8s} {'samples/s':>11s} {'scale':>6s} {'vs best1':>8s} graph")
         for r in res.values():

@@ -173,6 +173,11 @@ PEERS = {"normflows": normflows_step, "zuko": zuko_step}
 def flowvi_run(d, batch, layers, hidden, device, estimator, variant, warmup, steps):
     """Time flowvi's training step (exactly what fit() runs per step) and keep its losses."""
     compile_, graph, precision, tf32 = VARIANTS[variant]
+    if compile_:
+        # Start each compiled run from an empty compile cache: dynamo stops compiling a function
+        # after a few recompilations (one per architecture or precision), which would leave later
+        # runs uncompiled without saying so.
+        torch._dynamo.reset()
     torch.manual_seed(0)
     flow = realnvp(d, layers=layers, hidden=hidden, depth=2, affine=False, loft=False).to(device)
     theta0 = torch.cat([p.detach().reshape(-1) for p in flow.parameters()]).clone()
@@ -290,6 +295,7 @@ def main(argv=None):
     )
     p.add_argument("--peers", default="normflows,zuko")
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
     device = torch.device(args.device)
     steps = args.steps or (5 if args.quick else 30)
     warmup = args.warmup or (4 if args.quick else 8)
@@ -407,10 +413,10 @@ def main(argv=None):
             }
         )
         print_table(cfg_name, results)
-    out = {"info": info, "notes": notes, "rows": rows}
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1))
-        print(f"wrote {args.out}")
+        out = {"info": info, "notes": notes, "rows": rows}
+        if args.out:  # after every configuration, so a run cut short keeps what it measured
+            Path(args.out).write_text(json.dumps(out, indent=1))
+            print(f"wrote {args.out}")
     print_summary(rows)
     return out
 
