@@ -201,10 +201,14 @@ def plain_step(flow, target, estimator, optimizer, params, cfg, grad_hook=None):
             est.loss.backward()
             if grad_hook is not None:
                 grad_hook(params)
-            ok = ok and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+            # One host read for all gradients: their total norm is finite exactly when they are
+            # (clip_grad_norm_ computes the same norm, then scales by it).
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            ok = ok and (norm is None or bool(torch.isfinite(norm)))
         if ok:
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            if cfg.clip and norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, norm)
             optimizer.step()
         return StepResult(est.loss.detach(), est.log_weights, torch.tensor(ok))
 
