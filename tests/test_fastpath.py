@@ -3,6 +3,7 @@ tolerances of docs/performance.md; mixed precision keeps log-densities in float3
 step is skipped on the device."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -170,3 +171,17 @@ def test_resume_across_plain_and_fast_paths(tmp_path):
         last = state.history[-2]  # a step inside the schedule
         assert state.skipped == 0 and last["step"] < steps
         assert abs(last["lr"] - 0.5e-3 * (1 + math.cos(math.pi * last["step"] / steps))) < 1e-9
+
+
+def test_cli_fit_speed_options(tmp_path):
+    from flowvi.cli import main
+
+    out = tmp_path / "run"
+    argv = ["fit", "gaussian", "--dim", "4", "--steps", "10", "--batch-size", "32", "--layers", "2", "--hidden", "16",
+            "--eval-samples", "500", "--n-samples", "10", "--quiet", "--precision", "bf16", "--compile", "false",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["precision"], train["compile"], train["cuda_graph"], train["tf32"]) == ("bf16", False, "auto", True)
+    with pytest.raises(SystemExit):
+        main([*argv[:-2], "--precision", "fp8", "--out", str(tmp_path / "bad")])
