@@ -84,7 +84,8 @@ class AffineCoupling(Transform):
     def forward(self, z):
         a, b = self._split(z)
         s, t = self._scale_shift(a)
-        return self._join(a, b * torch.exp(s) + t), s.sum(-1)
+        # addcmul: t + b * exp(s) in one kernel, without a stored b * exp(s) intermediate.
+        return self._join(a, torch.addcmul(t, b, torch.exp(s))), s.sum(-1)
 
     def inverse(self, x):
         a, y = self._split(x)
@@ -101,7 +102,7 @@ class AffineCoupling(Transform):
         v_a, v_b = self._split(score)
         s, t = self._scale_shift(a)
         es = torch.exp(s)
-        x = self._join(a, b * es + t)
+        x = self._join(a, torch.addcmul(t, b, es))
         w_b = (v_b * torch.exp(-s)).detach()
         g = vjp((s, t), a, (1 + b.detach() * v_b, w_b))
         return x, s.sum(-1), self._join(v_a - g, w_b).detach()
