@@ -185,3 +185,15 @@ def test_cli_fit_speed_options(tmp_path):
     assert (train["precision"], train["compile"], train["cuda_graph"], train["tf32"]) == ("bf16", False, "auto", True)
     with pytest.raises(SystemExit):
         main([*argv[:-2], "--precision", "fp8", "--out", str(tmp_path / "bad")])
+
+
+def test_asymmetric_clamp_derivatives():
+    from flowvi.transforms.clamps import AsymmetricClamp
+
+    clamp = AsymmetricClamp(alpha_pos=0.3, alpha_neg=1.7)
+    s = (3 * torch.randn(40, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(clamp, (s,))
+    assert torch.autograd.gradgradcheck(clamp, (s,))
+    # the value is the formula of Andrade (2024), eq. 7
+    alpha = torch.where(s >= 0, 0.3, 1.7).double()
+    torch.testing.assert_close(clamp(s), 2 / math.pi * alpha * torch.atan(s / alpha))

@@ -180,7 +180,9 @@ def fit(
     if progress and main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=state.step, desc="fit", dynamic_ncols=True, disable=None)  # off without a TTY
+        bar = tqdm(
+            total=cfg.steps, initial=state.step, desc="fit", dynamic_ncols=True, disable=None
+        )  # off without a TTY
     flow.train()
     t0 = time.perf_counter() - state.elapsed
     try:
