@@ -66,6 +66,9 @@ def _check_gradient_mean(rank, world, tmp):
         averager(params)
         for p, g in zip(params, expected, strict=True):
             torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+    # a step is taken only if every rank can take it
+    assert bool(averager.agree(torch.tensor(True))) is True
+    assert bool(averager.agree(torch.tensor(rank == 0))) is False
     averager.close()
     grads_for(100 + rank)  # no hooks left: the local gradient stays local
     assert any(not torch.allclose(p.grad, g) for p, g in zip(params, expected, strict=True))

@@ -123,6 +123,13 @@ class GradientAverager:
                 p.grad = part.view_as(p)
         self._reset()
 
+    def agree(self, ok: torch.Tensor) -> torch.Tensor:
+        """``ok`` and-ed over the ranks, so that all ranks skip a non-finite step together (a rank
+        whose loss is not finite while its gradients are would otherwise step alone)."""
+        flag = ok.to(torch.float32).reshape(1)
+        td.all_reduce(flag, op=td.ReduceOp.MIN)
+        return flag[0] > 0
+
     def close(self) -> None:
         for h in self.handles:
             h.remove()

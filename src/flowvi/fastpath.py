@@ -206,6 +206,8 @@ def plain_step(flow, target, estimator, optimizer, params, cfg, grad_hook=None):
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else None
             ok = ok and (norm is None or bool(torch.isfinite(norm)))
+            if grad_hook is not None and hasattr(grad_hook, "agree"):
+                ok = bool(grad_hook.agree(torch.tensor(ok, device=est.loss.device)))
         if ok:
             if cfg.clip and norm is not None:
                 torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, norm)
@@ -254,6 +256,8 @@ class FastStep:
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else loss.new_zeros(())
         ok = torch.isfinite(loss) & torch.isfinite(norm)
+        if self.grad_hook is not None and hasattr(self.grad_hook, "agree"):
+            ok = self.grad_hook.agree(ok)
         if self.cfg.clip and grads:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip, norm, foreach=True)
         if self.scaler is not None:
