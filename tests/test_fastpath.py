@@ -197,3 +197,35 @@ def test_asymmetric_clamp_derivatives():
     # the value is the formula of Andrade (2024), eq. 7
     alpha = torch.where(s >= 0, 0.3, 1.7).double()
     torch.testing.assert_close(clamp(s), 2 / math.pi * alpha * torch.atan(s / alpha))
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_compile_failure_falls_back_to_the_same_step(monkeypatch, where):
+    class FailingBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward compiler failed")
+
+    def broken_compile(fn, **kwargs):
+        def compiled():
+            if where == "forward":
+                raise RuntimeError("forward compiler failed")
+            loss, log_w = fn()  # draws samples before failing: the fallback must draw them again
+            return FailingBackward.apply(loss), log_w
+
+        return compiled
+
+    flow, target = _setup()
+    fast_flow = copy.deepcopy(flow)
+    plain_losses, _, _ = _train(flow, target, _opts(fused_adam=False), steps=4)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="compiler failed"):
+        fast_losses, oks, step = _train(fast_flow, target, _opts(compile=True), steps=4)
+    assert all(oks)
+    if where == "backward":
+        assert not step.options.compile  # the whole step runs uncompiled from then on
+    torch.testing.assert_close(fast_losses, plain_losses, rtol=1e-5, atol=1e-5)

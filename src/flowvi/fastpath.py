@@ -129,6 +129,16 @@ def _loss_fn(estimator, flow, target, batch_size: int):
     return loss_and_log_weights
 
 
+def _rng_snapshot():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _rng_restore(snapshot):
+    torch.set_rng_state(snapshot[0])
+    if snapshot[1] is not None:
+        torch.cuda.set_rng_state_all(snapshot[1])
+
+
 def _compiled(fn):
     """``torch.compile(fn)`` that falls back to ``fn`` (with a warning) when compilation fails."""
     compiled = torch.compile(fn, options={"fallback_random": True})
@@ -137,13 +147,11 @@ def _compiled(fn):
     def call():
         if state["fn"] is fn:
             return fn()
-        rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        rng = _rng_snapshot()
         try:
             return state["fn"]()
         except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, say why)
-            torch.set_rng_state(rng[0])
-            if rng[1] is not None:
-                torch.cuda.set_rng_state_all(rng[1])
+            _rng_restore(rng)
             warnings.warn(
                 f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "training continues without compile (pass compile=False to silence this)",
@@ -227,8 +235,8 @@ class FastStep:
         self.autocast_dtype = PRECISIONS[options.precision]
         if self.autocast_dtype is not None:
             target = Float32Target(target)
-        fn = _loss_fn(estimator, flow, target, cfg.batch_size)
-        self.loss_fn = _compiled(fn) if options.compile else fn
+        self.eager_loss_fn = _loss_fn(estimator, flow, target, cfg.batch_size)
+        self.loss_fn = _compiled(self.eager_loss_fn) if options.compile else self.eager_loss_fn
         self.scaler = (
             torch.amp.GradScaler(self.device.type, init_scale=2.0**10) if options.precision == "fp16" else None
         )
@@ -271,6 +279,26 @@ class FastStep:
             self.optimizer.step()
         return loss.detach(), log_w.detach(), ok
 
+    def _first_body(self):
+        """``_body``; on the first compiled step, a failure to compile the backward pass (which
+        compiles lazily, at the first backward) falls back to the uncompiled step with a warning."""
+        if not (self.options.compile and self.calls == 1):
+            return self._body()
+        rng = _rng_snapshot()
+        try:
+            return self._body()
+        except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, say why)
+            _rng_restore(rng)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss_fn, self.options.compile = self.eager_loss_fn, False
+            warnings.warn(
+                f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "training continues without compile (pass compile=False to silence this)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self._body()
+
     def _capture(self):
         self.optimizer.zero_grad(set_to_none=True)
         rng = torch.cuda.get_rng_state(self.device)
@@ -308,11 +336,11 @@ class FastStep:
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 self.optimizer.zero_grad(set_to_none=True)
-                out = self._body()
+                out = self._first_body()
             torch.cuda.current_stream(self.device).wait_stream(side)
             return StepResult(*out)
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(*self._body())
+        return StepResult(*self._first_body())
 
 
 def make_step(flow, target, estimator, optimizer, params, cfg, options: StepOptions, grad_hook=None):
