@@ -35,6 +35,7 @@ from torch import Tensor
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy init, compilation, allocator)
+COMPILE_MIN_STEPS = 1000  # compile="auto" compiles only runs this long: compiling takes tens of seconds
 
 
 @dataclass
@@ -68,8 +69,8 @@ def _flag(value, name: str) -> bool | str:
 def resolve_options(cfg, device: torch.device, distributed: bool = False) -> StepOptions:
     """Decide the fast-path switches for a :class:`~flowvi.train.TrainConfig` on ``device``.
 
-    ``auto`` means: compile and CUDA graphs on a CUDA device, neither on the CPU (where compile time
-    dominates short runs); CUDA graphs not with fp16 (the loss scaler decides on the host) nor under
+    ``auto`` means: on a CUDA device, CUDA graphs, and compile for runs of at least
+    ``COMPILE_MIN_STEPS`` steps (compiling takes tens of seconds); neither on the CPU; CUDA graphs not with fp16 (the loss scaler decides on the host) nor under
     torch.distributed (turn them on explicitly there). TF32 is used on CUDA unless ``tf32=False``.
     """
     if cfg.precision not in PRECISIONS:
@@ -82,7 +83,7 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False) -> Ste
     if graph is True and cfg.precision == "fp16":
         raise ValueError("cuda_graph=True does not combine with precision='fp16' (use bf16)")
     if comp == "auto":
-        comp = cuda
+        comp = cuda and cfg.steps >= COMPILE_MIN_STEPS
     if graph == "auto":
         graph = cuda and cfg.precision != "fp16" and not distributed
     fast = cuda or comp or graph or cfg.precision != "fp32"
