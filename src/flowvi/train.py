@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .diagnostics import log_evidence, normalized_ess
 from .estimators import get_estimator
+from .fastpath import load_optimizer_state, make_optimizer, make_step, matmul_precision, resolve_options
 from .targets import TargetError, checked_log_prob
 
 
@@ -35,6 +37,11 @@ class TrainConfig:
     log_every: int = 10
     max_skip_fraction: float = 0.5  # stop when more than this fraction of steps were skipped...
     min_steps_before_stop: int = 20  # ...after at least this many steps
+    # Fast path (docs/performance.md): "auto" = on for CUDA devices, off on the CPU.
+    compile: bool | str = "auto"  # torch.compile the estimator's forward and backward
+    cuda_graph: bool | str = "auto"  # capture the whole step in a CUDA graph after warm-up
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; log-dets, log-densities, loss in fp32)
+    tf32: bool = True  # TF32 matrix products on CUDA during training
 
 
 @dataclass
@@ -71,10 +78,6 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _grads_finite(params) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
-
-
 def check_target(flow, target, n: int = 8) -> None:
     """Evaluate the target once on a few flow samples; a bad target raises a clear TargetError."""
     with torch.no_grad():
@@ -105,105 +108,138 @@ def fit(
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     estimator = get_estimator(cfg.estimator)
     params = [p for p in flow.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if not params:
+        raise ValueError("the flow has no trainable parameters")
+    device = params[0].device
+    world, rank = dist.world_size(), dist.rank()
+    main = rank == 0
+    options = resolve_options(cfg, device, distributed=world > 1)
+    optimizer = make_optimizer(params, cfg, options)
     scheduler = make_scheduler(optimizer, cfg)
     state = TrainState()
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
-    metrics_path = run_dir / "metrics.jsonl" if run_dir else None
+    metrics_path = run_dir / "metrics.jsonl" if run_dir and main else None
+    if world > 1:
+        dist.broadcast_parameters(flow)
 
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
         saved = ckpt.load(ckpt_path, map_location=next(iter(flow.state_dict().values())).device)
         flow.load_state_dict(saved["flow"])
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = TrainState(**saved["state"])
-        _set_rng_state(saved["rng"])
+        rng = saved["rng"]
+        if "rng_ranks" in saved:
+            if len(saved["rng_ranks"]) != world:
+                raise ValueError(
+                    f"--resume: the checkpoint was written by {len(saved['rng_ranks'])} processes, now {world} run"
+                )
+            rng = saved["rng_ranks"][rank]
+        _set_rng_state(rng)
         _truncate_metrics(metrics_path, state.step)
     else:
         check_target(flow, target)
+        if world > 1:
+            # Each rank its own sample stream: seed + rank (the flow was built from ``seed`` on every rank).
+            torch.manual_seed(torch.initial_seed() + rank)
         if metrics_path is not None:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             metrics_path.write_text("")
 
+    grad_hook = dist.GradientAverager(params) if world > 1 else None
+    step_fn = make_step(flow, target, estimator, optimizer, params, cfg, options, grad_hook)
+    scaler = getattr(step_fn, "scaler", None)
+    if resume and scaler is not None and "scaler" in saved:
+        scaler.load_state_dict(saved["scaler"])
+
     def save():
-        if ckpt_path is not None:
-            ckpt.save_atomic(
-                {
-                    "flow": flow.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": asdict(state),
-                    "rng": _rng_state(),
-                    "config": asdict(cfg),
-                },
-                ckpt_path,
-            )
+        if ckpt_path is None:
+            return
+        rng = _rng_state()
+        rng_ranks = dist.all_gather_objects(rng) if world > 1 else None
+        if not main:
+            return
+        payload = {
+            "flow": flow.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": asdict(state),
+            "rng": rng,
+            "config": asdict(cfg),
+        }
+        if rng_ranks is not None:
+            payload["rng_ranks"] = rng_ranks
+        if scaler is not None:
+            payload["scaler"] = scaler.state_dict()
+        ckpt.save_atomic(payload, ckpt_path)
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=state.step, desc="fit", dynamic_ncols=True, disable=None)  # off without a TTY
+        bar = tqdm(
+            total=cfg.steps, initial=state.step, desc="fit", dynamic_ncols=True, disable=None
+        )  # off without a TTY
     flow.train()
     t0 = time.perf_counter() - state.elapsed
     try:
-        while state.step < cfg.steps:
-            optimizer.zero_grad(set_to_none=True)
-            est = estimator(flow, target, cfg.batch_size)
-            ok = bool(torch.isfinite(est.loss))
-            if ok:
-                est.loss.backward()
-                ok = _grads_finite(params)
-            if ok:
-                if cfg.clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                optimizer.step()
-            else:
-                state.skipped += 1
-            scheduler.step()
-            state.step += 1
-            if (
-                not ok
-                and state.step >= cfg.min_steps_before_stop
-                and state.skipped > cfg.max_skip_fraction * state.step
-            ):
-                raise TrainingDiverged(
-                    f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a non-finite "
-                    "loss or gradient (try --clamp asymmetric, --loft, a smaller --lr, or check the target for NaN)"
-                )
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                lw = est.log_weights
-                finite = lw[torch.isfinite(lw)]
-                m = {
-                    "step": state.step,
-                    "elbo": float(finite.mean()) if len(finite) else float("nan"),
-                    "log_z": log_evidence(lw)[0],
-                    "ess": normalized_ess(lw),
-                    "lr": scheduler.get_last_lr()[0],
-                    "skipped": state.skipped,
-                    "time": time.perf_counter() - t0,
-                }
-                state.history.append(m)
-                if metrics_path is not None:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(m) + "\n")
-                if bar is not None:
-                    bar.set_postfix(
-                        elbo=f"{m['elbo']:.3f}", ess=f"{m['ess']:.3f}", skipped=state.skipped, refresh=False
+        with matmul_precision(options.tf32):
+            while state.step < cfg.steps:
+                result = step_fn()
+                ok = bool(result.ok)
+                if not ok:
+                    state.skipped += 1
+                scheduler.step()
+                state.step += 1
+                if (
+                    not ok
+                    and state.step >= cfg.min_steps_before_stop
+                    and state.skipped > cfg.max_skip_fraction * state.step
+                ):
+                    raise TrainingDiverged(
+                        f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a "
+                        "non-finite loss or gradient (try --clamp asymmetric, --loft, a smaller --lr, or check the "
+                        "target for NaN)"
                     )
-                if callback is not None:
-                    callback(state, m)
-            if bar is not None:
-                bar.update(1)
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-                state.elapsed = time.perf_counter() - t0
-                save()
+                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                    lw = result.log_weights.float()
+                    if world > 1:
+                        lw = dist.all_gather_tensor(lw)
+                    finite = lw[torch.isfinite(lw)]
+                    m = {
+                        "step": state.step,
+                        "elbo": float(finite.mean()) if len(finite) else float("nan"),
+                        "log_z": log_evidence(lw)[0],
+                        "ess": normalized_ess(lw),
+                        "lr": float(scheduler.get_last_lr()[0]),
+                        "skipped": state.skipped,
+                        "time": time.perf_counter() - t0,
+                    }
+                    state.history.append(m)
+                    if metrics_path is not None:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(m) + "\n")
+                    if bar is not None:
+                        bar.set_postfix(
+                            elbo=f"{m['elbo']:.3f}", ess=f"{m['ess']:.3f}", skipped=state.skipped, refresh=False
+                        )
+                    if callback is not None:
+                        callback(state, m)
+                if bar is not None:
+                    bar.update(1)
+                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                    state.elapsed = time.perf_counter() - t0
+                    save()
     finally:
         if bar is not None:
             bar.close()
+        # Gradients may live in a CUDA graph's memory pool; none of them is needed after training.
+        optimizer.zero_grad(set_to_none=True)
+        if grad_hook is not None:
+            grad_hook.close()
     state.elapsed = time.perf_counter() - t0
     return state
 

@@ -8,8 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import checkpoint as ckpt
+from .. import distributed as dist
 from ..estimators import ESTIMATORS
 from ..evaluate import evaluate
+from ..fastpath import PRECISIONS
 from ..runs import build, plot_training_curve, read_config, write_samples
 from ..train import TrainConfig, fit
 from ..transforms import CLAMPS
@@ -40,6 +42,11 @@ def register(sub):
     g.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0 turns it off)")
     g.add_argument("--estimator", default="reparam", help=f"gradient estimator: {', '.join(ESTIMATORS)}")
     g.add_argument("--checkpoint-every", type=int, default=200)
+    g = p.add_argument_group("speed (docs/performance.md)")
+    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision of the networks")
+    g.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="torch.compile the step")
+    g.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"], help="CUDA-graph the step")
+    g.add_argument("--no-tf32", dest="tf32", action="store_false", help="strict float32 matmuls on CUDA")
     g = p.add_argument_group("flow")
     g.add_argument("--layers", type=int, default=8, help="coupling layers")
     g.add_argument("--hidden", type=int, default=256, help="conditioner width")
@@ -80,6 +87,10 @@ def config_from_args(args) -> dict:
         clip=args.clip or None,
         estimator=args.estimator,
         checkpoint_every=args.checkpoint_every,
+        precision=getattr(args, "precision", "fp32"),
+        compile=_tristate(getattr(args, "compile", "auto")),
+        cuda_graph=_tristate(getattr(args, "cuda_graph", "auto")),
+        tf32=getattr(args, "tf32", True),
     )
     return {
         "target": {"name": args.target, "params": params},
@@ -104,8 +115,30 @@ def config_from_args(args) -> dict:
     }
 
 
+def _tristate(text):
+    return {"true": True, "false": False}.get(text, text)
+
+
 def run(args):
+    if dist.launched_by_torchrun():
+        args.device = dist.init_from_env(args.device)
+        try:
+            rc = _run(args)
+            dist.barrier()  # leave together: a rank that exits while another still talks can abort
+            return rc
+        finally:
+            dist.shutdown()
+    return _run(args)
+
+
+def _run(args):
+    """``flowvi fit``; under torchrun every rank trains and rank 0 alone writes and prints."""
+    main = dist.rank() == 0
     config = config_from_args(args)
+    if dist.world_size() > 1:
+        config["world_size"] = dist.world_size()
+    if dist.world_size() > 1 and not args.out:
+        raise ValueError("--out is needed under torchrun (every process must name the same run directory)")
     out = Path(args.out or f"runs/{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:
         saved = read_config(out)
@@ -116,13 +149,24 @@ def run(args):
             )
     elif (out / "config.json").exists() and not args.force:
         raise FileExistsError(f"{out} already holds a run; use --resume to continue it or --force to overwrite")
+    dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
     flow, target = build(config)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json_atomic(config, out / "config.json")
-    print(f"flowvi fit: {args.target} (d={target.dim}) -> {out}")
-    state = fit(flow, target, TrainConfig(**config["train"]), run_dir=out, resume=args.resume, progress=not args.quiet)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.write_json_atomic(config, out / "config.json")
+        world = f" on {dist.world_size()} processes" if dist.world_size() > 1 else ""
+        print(f"flowvi fit: {args.target} (d={target.dim}) -> {out}{world}")
+    dist.barrier()
+    state = fit(
+        flow, target, TrainConfig(**config["train"]), run_dir=out, resume=args.resume, progress=not args.quiet and main
+    )
+    if dist.world_size() > 1:
+        summary = dist.evaluate(flow, target, n=args.eval_samples)
+        if not main:
+            return 0
+    else:
+        summary = evaluate(flow, target, n=args.eval_samples)
     ckpt.save_atomic(flow.state_dict(), out / "flow.pt")
-    summary = evaluate(flow, target, n=args.eval_samples)
     summary.update({"steps": state.step, "skipped_steps": state.skipped, "train_seconds": state.elapsed})
     ckpt.write_json_atomic(summary, out / "summary.json")
     write_samples(flow, out / "samples.npy", args.n_samples)

@@ -44,6 +44,28 @@ class SymmetricClamp(nn.Module):
         return f"alpha={self.alpha}"
 
 
+class _AsymmetricArctan(torch.autograd.Function):
+    """``c(s) = (2/pi) alpha(s) arctan(s / alpha(s))`` with ``c'(s) = (2/pi) / (1 + (s / alpha(s))^2)``.
+
+    Keeps only ``s`` for the backward pass (plain autograd would keep ``alpha(s)``, ``s / alpha`` and
+    the arctan, three more tensors of the layer's size); the backward is written in differentiable
+    operations, so higher derivatives work too."""
+
+    @staticmethod
+    def forward(ctx, s, alpha_pos: float, alpha_neg: float):
+        ctx.save_for_backward(s)
+        ctx.alphas = (alpha_pos, alpha_neg)
+        alpha = torch.where(s >= 0, alpha_pos, alpha_neg).to(s.dtype)
+        return (2.0 / math.pi) * alpha * torch.atan(s / alpha)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (s,) = ctx.saved_tensors
+        alpha = torch.where(s >= 0, *ctx.alphas).to(s.dtype)
+        u = s / alpha
+        return grad * (2.0 / math.pi) / (1 + u * u), None, None
+
+
 class AsymmetricClamp(nn.Module):
     """Andrade's asymmetric arctan clamp: ``-alpha_neg < c(s) < alpha_pos``."""
 
@@ -55,8 +77,7 @@ class AsymmetricClamp(nn.Module):
         self.alpha_neg = float(alpha_neg)
 
     def forward(self, s):
-        alpha = torch.where(s >= 0, self.alpha_pos, self.alpha_neg).to(s.dtype)
-        return (2.0 / math.pi) * alpha * torch.atan(s / alpha)
+        return _AsymmetricArctan.apply(s, self.alpha_pos, self.alpha_neg)
 
     def extra_repr(self):
         return f"alpha_pos={self.alpha_pos}, alpha_neg={self.alpha_neg}"
