@@ -7,6 +7,7 @@ import inspect
 from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
 from .funnel import Funnel
 from .gaussian import CorrelatedGaussian
+from .horseshoe import HorseshoeLogisticRegression, HorseshoeNCI60, HorseshoeSynthetic
 from .regression import ConjugateLinearRegression
 from .student_t import MultivariateStudentT
 
@@ -19,6 +20,8 @@ TARGETS = {
         ConjugateLinearRegression,
         "Bayesian linear regression, normal-inverse-gamma prior; exact log Z",
     ),
+    "horseshoe_nci60": (HorseshoeNCI60, "horseshoe logistic regression, NCI-60 microarray data; d = 2p + 2 (p = 2000)"),
+    "horseshoe_synthetic": (HorseshoeSynthetic, "horseshoe logistic regression, simulated sparse data; d = 2p + 2"),
 }
 
 
@@ -59,6 +62,9 @@ __all__ = [
     "ConjugateLinearRegression",
     "CorrelatedGaussian",
     "Funnel",
+    "HorseshoeLogisticRegression",
+    "HorseshoeNCI60",
+    "HorseshoeSynthetic",
     "MultivariateStudentT",
     "Target",
     "TargetError",

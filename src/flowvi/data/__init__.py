@@ -1,0 +1,20 @@
+"""Real data sets shipped inside the package (see README.md in this folder for sources and licences)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+
+
+def load_nci60() -> tuple[np.ndarray, np.ndarray]:
+    """NCI-60 microarray data: ``X`` (64, 6830) float32 expression values and ``labels`` (64,) cancer types.
+
+    Ross et al. (2000), Nature Genetics 24:227-235, as packaged in the R package ISLR (data set ``NCI60``).
+    """
+    with resources.files(__name__).joinpath("nci60.npz").open("rb") as f:
+        data = np.load(f, allow_pickle=False)
+        return data["X"], data["labels"]
+
+
+__all__ = ["load_nci60"]
