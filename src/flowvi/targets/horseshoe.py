@@ -70,7 +70,8 @@ class HorseshoeLogisticRegression(Target):
         z, log_lam, log_tau, _ = self.split(theta)
         return z * torch.exp(log_lam + log_tau[:, None])
 
-    def log_prob(self, theta):
+    def prior_log_prob(self, theta):
+        """Log prior density of ``theta`` including the log-Jacobians of the exp transforms."""
         z, log_lam, log_tau, beta0 = self.split(theta)
         s, c = self.tau_scale, self.intercept_scale
         log_p_z = -0.5 * (z * z).sum(-1) - 0.5 * self.p * math.log(2 * math.pi)
@@ -78,11 +79,27 @@ class HorseshoeLogisticRegression(Target):
         log_p_lam = (math.log(2 / math.pi) - F.softplus(2 * log_lam) + log_lam).sum(-1)
         log_p_tau = math.log(2 / (math.pi * s)) - F.softplus(2 * (log_tau - math.log(s))) + log_tau
         log_p_b0 = -math.log(math.pi * c) - torch.log1p((beta0 / c) ** 2)
-        beta = z * torch.exp(log_lam + log_tau[:, None])
+        return log_p_z + log_p_lam + log_p_tau + log_p_b0
+
+    def prior_sample(self, n: int):
+        """``n`` exact draws of ``theta`` from the prior (used by SMC as its starting distribution)."""
+        X = self.X
+        half_cauchy = lambda *shape: torch.tan(0.5 * math.pi * torch.rand(*shape, dtype=X.dtype, device=X.device))  # noqa: E731
+        z = torch.randn(n, self.p, dtype=X.dtype, device=X.device)
+        log_lam = torch.log(half_cauchy(n, self.p))
+        log_tau = torch.log(self.tau_scale * half_cauchy(n, 1))
+        beta0 = self.intercept_scale * torch.tan(math.pi * (torch.rand(n, 1, dtype=X.dtype, device=X.device) - 0.5))
+        return torch.cat([z, log_lam, log_tau, beta0], dim=1)
+
+    def log_likelihood(self, theta):
+        """Bernoulli-logit log likelihood ``sum_i y_i eta_i - softplus(eta_i)``."""
+        _, _, _, beta0 = self.split(theta)
         X, y = self.X.to(theta.dtype), self.y.to(theta.dtype)
-        eta = beta @ X.T + beta0[:, None]
-        log_lik = (y * eta - F.softplus(eta)).sum(-1)
-        return log_p_z + log_p_lam + log_p_tau + log_p_b0 + log_lik
+        eta = self.coefficients(theta) @ X.T + beta0[:, None]
+        return (y * eta - F.softplus(eta)).sum(-1)
+
+    def log_prob(self, theta):
+        return self.prior_log_prob(theta) + self.log_likelihood(theta)
 
 
 def standardize(X: np.ndarray) -> np.ndarray:
@@ -117,7 +134,7 @@ class HorseshoeNCI60(HorseshoeLogisticRegression):
 class HorseshoeSynthetic(HorseshoeLogisticRegression):
     """Horseshoe logistic regression on simulated data, d = 2p + 2.
 
-    ``X`` (n, p) standard normal; the true ``beta`` has ``n_nonzero`` entries equal to ``signal`` (alternating
+    ``X`` (n, p) standard normal; the true ``beta`` has ``n_nonzero`` (default min(5, p)) entries equal to ``signal`` (alternating
     sign), the rest 0; intercept 0; ``y ~ Bernoulli(sigmoid(X beta))``; drawn from ``data_seed``.
     """
 
@@ -125,13 +142,14 @@ class HorseshoeSynthetic(HorseshoeLogisticRegression):
         self,
         p: int = 100,
         n: int = 100,
-        n_nonzero: int = 5,
+        n_nonzero: int | None = None,
         signal: float = 2.0,
         data_seed: int = 0,
         tau_scale: float = 1.0,
         intercept_scale: float = 10.0,
     ):
-        p, n, n_nonzero = int(p), int(n), int(n_nonzero)
+        p, n = int(p), int(n)
+        n_nonzero = min(5, p) if n_nonzero is None else int(n_nonzero)
         if p < 1 or n < 1 or not 0 <= n_nonzero <= p:
             raise ValueError(f"horseshoe_synthetic needs p >= 1, n >= 1, 0 <= n_nonzero <= p; got p={p}, n={n}, n_nonzero={n_nonzero}")
         rng = np.random.default_rng(data_seed)
