@@ -64,8 +64,22 @@ def test_nuts_recovers_gaussian_moments():
 
 def test_cli_smc_writes_run_directory(tmp_path, capsys):
     out = tmp_path / "smc"
-    rc = main(["baseline", "smc", "conjugate_regression", "--particles", "200", "--moves", "3", "--repeats", "2",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "baseline",
+            "smc",
+            "conjugate_regression",
+            "--particles",
+            "200",
+            "--moves",
+            "3",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
@@ -78,8 +92,24 @@ def test_cli_smc_writes_run_directory(tmp_path, capsys):
 def test_cli_nuts_writes_run_directory(tmp_path):
     pytest.importorskip("pyro")
     out = tmp_path / "nuts"
-    rc = main(["baseline", "nuts", "gaussian", "--dim", "2", "--samples", "50", "--warmup", "50", "--chains", "2",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "baseline",
+            "nuts",
+            "gaussian",
+            "--dim",
+            "2",
+            "--samples",
+            "50",
+            "--warmup",
+            "50",
+            "--chains",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert np.load(out / "samples.npy").shape == (100, 2)
     summary = json.loads((out / "summary.json").read_text())

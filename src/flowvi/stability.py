@@ -90,7 +90,13 @@ def run_one(
     """Train and evaluate one configuration from one seed; returns a row of results (and the ELBO curve)."""
     config = {
         "target": target_spec,
-        "flow": {**flow_options, "clamp": setting["clamp"], "loft": setting["loft"], "base": setting["base"], "seed": seed},
+        "flow": {
+            **flow_options,
+            "clamp": setting["clamp"],
+            "loft": setting["loft"],
+            "base": setting["base"],
+            "seed": seed,
+        },
         "train": asdict(TrainConfig(**{**asdict(train), "estimator": setting["estimator"]})),
         "seed": seed,
         "device": device,
@@ -120,7 +126,9 @@ def run_one(
                 x = flow.sample(min(eval_samples, 10_000))
             exploded = ~torch.isfinite(x).all(-1) | (x.abs() > explode_at).any(-1)
             if exploded.any():
-                row.update(diverged=True, reason=f"{int(exploded.sum())} of {len(x)} draws non-finite or beyond {explode_at:g}")
+                row.update(
+                    diverged=True, reason=f"{int(exploded.sum())} of {len(x)} draws non-finite or beyond {explode_at:g}"
+                )
             else:
                 stats = evaluate(flow, target, n=eval_samples)
                 if not math.isfinite(stats["elbo"]):
@@ -211,7 +219,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     nrow = math.ceil(len(names) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.6 * nrow), squeeze=False, sharey=True)
     finite = [e for r in rows for _, e in r["curve"] if math.isfinite(e)]
-    lo, hi = (np.percentile(finite, [10, 100]) if finite else (0, 1))
+    lo, hi = np.percentile(finite, [10, 100]) if finite else (0, 1)
     for ax, name in zip(axes.flat, names, strict=False):
         for r in rows:
             if r["config"] == name and r["curve"]:
@@ -277,14 +285,37 @@ def run_study(
     rows = []
     for setting in settings:
         for seed in seeds:
-            row = run_one(target_spec, setting, seed, flow_options, train, device, dtype, eval_samples, reference=reference)
+            row = run_one(
+                target_spec, setting, seed, flow_options, train, device, dtype, eval_samples, reference=reference
+            )
             rows.append(row)
             if progress:
-                status = f"DIVERGED ({row['reason'][:60]})" if row["diverged"] else f"ELBO {row['elbo']:.3f}, log Z {row['log_z']:.3f} ± {row['log_z_se']:.3f}, k {row['pareto_k']:.2f}"
+                status = (
+                    f"DIVERGED ({row['reason'][:60]})"
+                    if row["diverged"]
+                    else f"ELBO {row['elbo']:.3f}, log Z {row['log_z']:.3f} ± {row['log_z_se']:.3f}, k {row['pareto_k']:.2f}"
+                )
                 print(f"  {row['config']:<44} seed {seed}: {status}  [{row['seconds']:.1f} s]", flush=True)
     summary = aggregate(rows)
-    keys = ["config", "clamp", "loft", "base", "estimator", "seed", "diverged", "reason", "elbo", "elbo_se", "log_z", "log_z_se",
-            "ess", "pareto_k", "skipped_steps", "train_seconds", "seconds"] + (["within_0.1_sd"] if reference else [])
+    keys = [
+        "config",
+        "clamp",
+        "loft",
+        "base",
+        "estimator",
+        "seed",
+        "diverged",
+        "reason",
+        "elbo",
+        "elbo_se",
+        "log_z",
+        "log_z_se",
+        "ess",
+        "pareto_k",
+        "skipped_steps",
+        "train_seconds",
+        "seconds",
+    ] + (["within_0.1_sd"] if reference else [])
     write_csv(rows, out / "runs.csv", keys)
     write_csv(summary, out / "table.csv", list(summary[0]))
     title = f"Stability study: {target_spec['name']} {json.dumps(target_spec.get('params', {}))}, seeds {seeds}"

@@ -46,7 +46,9 @@ def run_nuts(
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
     if num_samples < 1 or warmup < 0 or chains < 1:
-        raise ValueError(f"NUTS needs num_samples >= 1, warmup >= 0, chains >= 1; got {num_samples}, {warmup}, {chains}")
+        raise ValueError(
+            f"NUTS needs num_samples >= 1, warmup >= 0, chains >= 1; got {num_samples}, {warmup}, {chains}"
+        )
     anchor = next(iter(target.buffers()), torch.zeros(()))
     dtype = anchor.dtype if anchor.is_floating_point() else torch.get_default_dtype()
 
@@ -67,7 +69,11 @@ def run_nuts(
             target_accept_prob=target_accept,
         )
         mcmc = MCMC(
-            kernel, num_samples=num_samples, warmup_steps=warmup, initial_params={"x": init}, disable_progbar=not progress
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=warmup,
+            initial_params={"x": init},
+            disable_progbar=not progress,
         )
         mcmc.run()
         draws.append(mcmc.get_samples()["x"].detach())

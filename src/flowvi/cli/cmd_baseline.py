@@ -43,7 +43,9 @@ def register(sub):
     g.add_argument("--particles", type=int, default=1000)
     g.add_argument("--moves", type=int, default=10, help="MALA steps per temperature")
     g.add_argument("--ess-target", type=float, default=0.5, help="ESS fraction that sets the next temperature")
-    g.add_argument("--ref-scale", type=float, default=1.0, help="scale of the N(0, s^2 I) reference (targets without a prior)")
+    g.add_argument(
+        "--ref-scale", type=float, default=1.0, help="scale of the N(0, s^2 I) reference (targets without a prior)"
+    )
     g.add_argument("--repeats", type=int, default=5, help="independent SMC runs (seeds seed..seed+repeats-1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -58,7 +60,9 @@ def run(args):
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     target = make_target(args.target, **params).to(device, dtype)
-    out = Path(args.out or f"runs/{args.method}-{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(
+        args.out or f"runs/{args.method}-{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     if (out / "config.json").exists() and not args.force:
         raise FileExistsError(f"{out} already holds a run; use --force to overwrite")
     config = {
@@ -117,11 +121,18 @@ def run(args):
         runs = []
         for r in range(args.repeats):
             res = run_smc(
-                target, particles=args.particles, ess_target=args.ess_target, moves=args.moves, ref_scale=args.ref_scale, seed=args.seed + r
+                target,
+                particles=args.particles,
+                ess_target=args.ess_target,
+                moves=args.moves,
+                ref_scale=args.ref_scale,
+                seed=args.seed + r,
             )
             runs.append(res)
             if not args.quiet:
-                print(f"  seed {args.seed + r}: log Z = {res['log_z']:.4f}  ({len(res['temperatures']) - 1} stages, {res['seconds']:.1f} s)")
+                print(
+                    f"  seed {args.seed + r}: log Z = {res['log_z']:.4f}  ({len(res['temperatures']) - 1} stages, {res['seconds']:.1f} s)"
+                )
         log_z = np.array([r["log_z"] for r in runs])
         summary = {
             "method": "smc",

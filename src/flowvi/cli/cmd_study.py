@@ -90,7 +90,9 @@ def run(args):
         "tau": args.tau,
         "df": args.df,
     }
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, clip=args.clip or None, checkpoint_every=10**9)
+    train = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, clip=args.clip or None, checkpoint_every=10**9
+    )
     print(f"flowvi study stability: {args.target}, {len(settings)} configurations x {args.seeds} seeds -> {out}")
     run_study(
         {"name": args.target, "params": params},

@@ -47,7 +47,9 @@ class HorseshoeLogisticRegression(Target):
         X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
         y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
         if X.ndim != 2 or y.shape != (X.shape[0],):
-            raise ValueError(f"horseshoe regression needs X of shape (n, p) and y of shape (n,); got {tuple(X.shape)}, {tuple(y.shape)}")
+            raise ValueError(
+                f"horseshoe regression needs X of shape (n, p) and y of shape (n,); got {tuple(X.shape)}, {tuple(y.shape)}"
+            )
         if not torch.isfinite(X).all():
             raise ValueError("horseshoe regression: X contains NaN or inf")
         if not bool(((y == 0) | (y == 1)).all()):
@@ -124,7 +126,9 @@ class HorseshoeNCI60(HorseshoeLogisticRegression):
         if not 1 <= p <= X.shape[1]:
             raise ValueError(f"horseshoe_nci60: p must be between 1 and {X.shape[1]}, got {p}")
         if positive not in set(labels.tolist()):
-            raise ValueError(f"horseshoe_nci60: unknown cancer type {positive!r}; choose one of {', '.join(sorted(set(labels.tolist())))}")
+            raise ValueError(
+                f"horseshoe_nci60: unknown cancer type {positive!r}; choose one of {', '.join(sorted(set(labels.tolist())))}"
+            )
         X = X.astype(np.float64)
         keep = np.sort(np.argsort(-X.var(0), kind="stable")[:p])
         self.genes = keep
@@ -151,7 +155,9 @@ class HorseshoeSynthetic(HorseshoeLogisticRegression):
         p, n = int(p), int(n)
         n_nonzero = min(5, p) if n_nonzero is None else int(n_nonzero)
         if p < 1 or n < 1 or not 0 <= n_nonzero <= p:
-            raise ValueError(f"horseshoe_synthetic needs p >= 1, n >= 1, 0 <= n_nonzero <= p; got p={p}, n={n}, n_nonzero={n_nonzero}")
+            raise ValueError(
+                f"horseshoe_synthetic needs p >= 1, n >= 1, 0 <= n_nonzero <= p; got p={p}, n={n}, n_nonzero={n_nonzero}"
+            )
         rng = np.random.default_rng(data_seed)
         X = rng.standard_normal((n, p))
         beta = np.zeros(p)
