@@ -1,0 +1,167 @@
+"""Stability benchmark on the real-data horseshoe logistic regression (issue 4; Andrade 2024, arXiv 2402.16408).
+
+Full mode (GPU, about 6-8 minutes on one H100; see docs/high_dimensional.md for the estimate):
+
+    PYTHONPATH=src python benchmarks/stability.py --device cuda --out stability.json
+
+  * target horseshoe_nci60 with p = 2000 genes, d = 4002;
+  * Real NVP (8 coupling layers, width 256), 2000 steps of 256 draws, Adam 1e-3, cosine schedule;
+  * stabilized (asymmetric clamp + LOFT) against unstabilized (no clamp, no LOFT), Gaussian base, 10 seeds each:
+    fraction diverged, ELBO, IS log Z +- SE and its spread over seeds, Pareto k, median wall time per run;
+  * tempered SMC (1000 particles, 10 MALA moves per stage) over 5 seeds: log Z spread and wall time;
+  * a short NUTS reference (Pyro; 300 + 300 iterations, tree depth <= 8), used for the share of coefficients whose
+    flow posterior mean lies within 0.1 NUTS posterior standard deviations (rough: the chain is short).
+
+Quick mode (CPU, about 1 minute): ``--quick`` shrinks everything (p = 50, 2 seeds, 300 steps, small flow).
+Writes the JSON summary to ``--out`` and the study's table.md / table.csv / runs.csv / plots to ``--study-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from flowvi.baselines.smc import run_smc  # noqa: E402
+from flowvi.runs import build, resolve_device  # noqa: E402
+from flowvi.stability import grid, markdown_table, run_study  # noqa: E402
+from flowvi.train import TrainConfig, fit  # noqa: E402
+
+FULL = {
+    "p": 2000,
+    "seeds": 10,
+    "steps": 2000,
+    "batch_size": 256,
+    "layers": 8,
+    "hidden": 256,
+    "eval_samples": 20_000,
+    "smc_particles": 1000,
+    "smc_moves": 10,
+    "smc_repeats": 5,
+    "nuts_warmup": 300,
+    "nuts_samples": 300,
+    "nuts_depth": 8,
+}
+QUICK = {
+    "p": 50,
+    "seeds": 2,
+    "steps": 300,
+    "batch_size": 64,
+    "layers": 4,
+    "hidden": 64,
+    "eval_samples": 2000,
+    "smc_particles": 300,
+    "smc_moves": 5,
+    "smc_repeats": 3,
+    "nuts_warmup": 100,
+    "nuts_samples": 100,
+    "nuts_depth": 6,
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="stability.json")
+    ap.add_argument("--study-dir", default=None, help="where the study tables and plots go (default: OUT without .json)")
+    ap.add_argument("--quick", action="store_true", help="small CPU check (about a minute)")
+    ap.add_argument("--no-nuts", action="store_true", help="skip the NUTS reference (needs pyro-ppl)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    args = ap.parse_args(argv)
+    s = QUICK if args.quick else FULL
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    study_dir = Path(args.study_dir or out.with_suffix(""))
+    study_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"name": "horseshoe_nci60", "params": {"p": s["p"]}}
+    result = {"settings": s, "device": str(device), "torch": torch.__version__, "dtype": args.dtype}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    print(f"stability benchmark: horseshoe_nci60 p={s['p']} (d={2 * s['p'] + 2}) on {device}", flush=True)
+
+    # NUTS reference first (float64), so the study can score posterior means against it.
+    reference_dir = None
+    if not args.no_nuts:
+        try:
+            from flowvi.baselines.nuts import run_nuts
+
+            _, target = build({"target": spec, "flow": {}, "device": str(device), "dtype": "float64"})
+            t0 = time.perf_counter()
+            nuts = run_nuts(target, num_samples=s["nuts_samples"], warmup=s["nuts_warmup"], max_tree_depth=s["nuts_depth"])
+            reference_dir = study_dir / "nuts"
+            reference_dir.mkdir(exist_ok=True)
+            np.save(reference_dir / "samples.npy", nuts["samples"].reshape(-1, target.dim))
+            result["nuts"] = {**nuts["summary"], "wall_seconds": time.perf_counter() - t0}
+            print(f"  NUTS: {result['nuts']['wall_seconds']:.1f} s, ESS min {nuts['summary']['ess_min']:.1f}", flush=True)
+        except ImportError as e:
+            print(f"  NUTS skipped: {e}", flush=True)
+
+    # warm-up (kernels, allocator) before timing
+    flow, target = build({"target": spec, "flow": {"layers": s["layers"], "hidden": s["hidden"]}, "device": str(device), "dtype": args.dtype})
+    fit(flow, target, steps=10, batch_size=s["batch_size"], progress=False)
+    sync(device)
+
+    settings = grid(["asymmetric", "none"], [True, False], ["gaussian"], ["reparam"])
+    settings = [c for c in settings if (c["clamp"] == "asymmetric") == c["loft"]]  # stabilized vs unstabilized
+    train = TrainConfig(steps=s["steps"], batch_size=s["batch_size"], lr=1e-3, checkpoint_every=10**9)
+    summary = run_study(
+        spec,
+        study_dir,
+        settings,
+        list(range(s["seeds"])),
+        {"layers": s["layers"], "hidden": s["hidden"], "depth": 2, "alpha_pos": 0.1, "alpha_neg": 2.0, "tau": 100.0},
+        train,
+        device=str(device),
+        dtype=args.dtype,
+        eval_samples=s["eval_samples"],
+        reference_dir=reference_dir,
+        progress=True,
+    )
+    sync(device)
+    rows = list(csv.DictReader(open(study_dir / "runs.csv")))
+    for sm in summary:
+        times = [float(r["seconds"]) for r in rows if r["config"] == sm["config"]]
+        sm["median_seconds"] = statistics.median(times)
+    result["flows"] = summary
+
+    # SMC log Z spread over seeds (float64)
+    _, target64 = build({"target": spec, "flow": {}, "device": str(device), "dtype": "float64"})
+    smc = [run_smc(target64, particles=s["smc_particles"], moves=s["smc_moves"], seed=k) for k in range(s["smc_repeats"])]
+    log_z = [r["log_z"] for r in smc]
+    result["smc"] = {
+        "log_z": float(np.mean(log_z)),
+        "log_z_sd": float(np.std(log_z, ddof=1)),
+        "log_z_runs": log_z,
+        "median_seconds": statistics.median(r["seconds"] for r in smc),
+        "stages": [len(r["temperatures"]) - 1 for r in smc],
+    }
+
+    print()
+    print(markdown_table(summary, f"horseshoe_nci60, d = {2 * s['p'] + 2}, {s['seeds']} seeds, {s['steps']} steps"))
+    print("| method | log Z | sd over seeds | median wall s per run |")
+    print("|---|---|---|---|")
+    for sm in summary:
+        print(f"| flow {sm['config']} | {sm['log_z']:.2f} ± {sm['log_z_se']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |")
+    sm = result["smc"]
+    print(f"| SMC ({s['smc_particles']} particles) | {sm['log_z']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |")
+    out.write_text(json.dumps(result, indent=2, default=float))
+    print(f"\nwrote {out} and {study_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
