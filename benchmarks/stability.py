@@ -77,7 +77,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="stability.json")
-    ap.add_argument("--study-dir", default=None, help="where the study tables and plots go (default: OUT without .json)")
+    ap.add_argument(
+        "--study-dir", default=None, help="where the study tables and plots go (default: OUT without .json)"
+    )
     ap.add_argument("--quick", action="store_true", help="small CPU check (about a minute)")
     ap.add_argument("--no-nuts", action="store_true", help="skip the NUTS reference (needs pyro-ppl)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -101,17 +103,28 @@ def main(argv=None):
 
             _, target = build({"target": spec, "flow": {}, "device": str(device), "dtype": "float64"})
             t0 = time.perf_counter()
-            nuts = run_nuts(target, num_samples=s["nuts_samples"], warmup=s["nuts_warmup"], max_tree_depth=s["nuts_depth"])
+            nuts = run_nuts(
+                target, num_samples=s["nuts_samples"], warmup=s["nuts_warmup"], max_tree_depth=s["nuts_depth"]
+            )
             reference_dir = study_dir / "nuts"
             reference_dir.mkdir(exist_ok=True)
             np.save(reference_dir / "samples.npy", nuts["samples"].reshape(-1, target.dim))
             result["nuts"] = {**nuts["summary"], "wall_seconds": time.perf_counter() - t0}
-            print(f"  NUTS: {result['nuts']['wall_seconds']:.1f} s, ESS min {nuts['summary']['ess_min']:.1f}", flush=True)
+            print(
+                f"  NUTS: {result['nuts']['wall_seconds']:.1f} s, ESS min {nuts['summary']['ess_min']:.1f}", flush=True
+            )
         except ImportError as e:
             print(f"  NUTS skipped: {e}", flush=True)
 
     # warm-up (kernels, allocator) before timing
-    flow, target = build({"target": spec, "flow": {"layers": s["layers"], "hidden": s["hidden"]}, "device": str(device), "dtype": args.dtype})
+    flow, target = build(
+        {
+            "target": spec,
+            "flow": {"layers": s["layers"], "hidden": s["hidden"]},
+            "device": str(device),
+            "dtype": args.dtype,
+        }
+    )
     fit(flow, target, steps=10, batch_size=s["batch_size"], progress=False)
     sync(device)
 
@@ -140,7 +153,9 @@ def main(argv=None):
 
     # SMC log Z spread over seeds (float64)
     _, target64 = build({"target": spec, "flow": {}, "device": str(device), "dtype": "float64"})
-    smc = [run_smc(target64, particles=s["smc_particles"], moves=s["smc_moves"], seed=k) for k in range(s["smc_repeats"])]
+    smc = [
+        run_smc(target64, particles=s["smc_particles"], moves=s["smc_moves"], seed=k) for k in range(s["smc_repeats"])
+    ]
     log_z = [r["log_z"] for r in smc]
     result["smc"] = {
         "log_z": float(np.mean(log_z)),
@@ -155,9 +170,13 @@ def main(argv=None):
     print("| method | log Z | sd over seeds | median wall s per run |")
     print("|---|---|---|---|")
     for sm in summary:
-        print(f"| flow {sm['config']} | {sm['log_z']:.2f} ± {sm['log_z_se']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |")
+        print(
+            f"| flow {sm['config']} | {sm['log_z']:.2f} ± {sm['log_z_se']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |"
+        )
     sm = result["smc"]
-    print(f"| SMC ({s['smc_particles']} particles) | {sm['log_z']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |")
+    print(
+        f"| SMC ({s['smc_particles']} particles) | {sm['log_z']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |"
+    )
     out.write_text(json.dumps(result, indent=2, default=float))
     print(f"\nwrote {out} and {study_dir}/")
     return 0

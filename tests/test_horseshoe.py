@@ -114,3 +114,11 @@ def test_nci60_bad_parameters(params, match):
 def test_unknown_parameter_named():
     with pytest.raises(TargetError, match="no parameter dim"):
         make_target("horseshoe_nci60", dim=10)
+
+
+def test_breast_cancer_target():
+    t = make_target("horseshoe_breast_cancer").double()
+    assert t.dim == 62 and t.X.shape == (569, 30) and int(t.y.sum()) == 212  # malignant
+    theta = 0.3 * torch.randn(2, t.dim, dtype=torch.float64)
+    want = [scipy_log_density(th, t.X.numpy(), t.y.numpy()) for th in theta.numpy()]
+    np.testing.assert_allclose(t.log_prob(theta).numpy(), want, rtol=1e-10)

@@ -17,4 +17,12 @@ def load_nci60() -> tuple[np.ndarray, np.ndarray]:
         return data["X"], data["labels"]
 
 
-__all__ = ["load_nci60"]
+def load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    """UCI Breast Cancer Wisconsin (Diagnostic): ``X`` (569, 30) features and ``y`` (569,) with 0 = malignant,
+    1 = benign (scikit-learn's coding). Wolberg, Street & Mangasarian (1995), CC BY 4.0."""
+    with resources.files(__name__).joinpath("breast_cancer.npz").open("rb") as f:
+        data = np.load(f, allow_pickle=False)
+        return data["X"], data["y"]
+
+
+__all__ = ["load_breast_cancer", "load_nci60"]

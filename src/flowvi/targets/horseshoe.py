@@ -24,6 +24,8 @@ Targets:
     ``horseshoe_nci60``     real data: NCI-60 microarray (64 cell lines, up to 6830 genes), one cancer type
                             against the rest; ``p`` keeps the p genes of largest variance (d = 2p + 2;
                             the default p = 2000 gives d = 4002, as the paper's colon data).
+    ``horseshoe_breast_cancer`` real data: UCI Breast Cancer Wisconsin (569 tumours, 30 features), malignant
+                            against benign; d = 62 (small enough for long NUTS runs on a CPU).
     ``horseshoe_synthetic`` simulated data as in the paper's synthetic experiments: n observations,
                             p standard-normal predictors, a sparse true beta.
 """
@@ -133,6 +135,23 @@ class HorseshoeNCI60(HorseshoeLogisticRegression):
         keep = np.sort(np.argsort(-X.var(0), kind="stable")[:p])
         self.genes = keep
         super().__init__(standardize(X[:, keep]), (labels == positive).astype(np.float64), tau_scale, intercept_scale)
+
+
+class HorseshoeBreastCancer(HorseshoeLogisticRegression):
+    """Horseshoe logistic regression on UCI Breast Cancer Wisconsin (Diagnostic), d = 2p + 2 = 62.
+
+    ``y = 1`` for malignant tumours (212 of 569); the 30 features are standardised. ``p`` keeps the first p
+    features (default all 30). Data: ``flowvi/data/breast_cancer.npz`` (CC BY 4.0; see flowvi/data/README.md).
+    """
+
+    def __init__(self, p: int = 30, tau_scale: float = 1.0, intercept_scale: float = 10.0):
+        from ..data import load_breast_cancer
+
+        X, y = load_breast_cancer()
+        p = int(p)
+        if not 1 <= p <= X.shape[1]:
+            raise ValueError(f"horseshoe_breast_cancer: p must be between 1 and {X.shape[1]}, got {p}")
+        super().__init__(standardize(X[:, :p]), (y == 0).astype(np.float64), tau_scale, intercept_scale)
 
 
 class HorseshoeSynthetic(HorseshoeLogisticRegression):
