@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from .evaluate import evaluate
-from .runs import build
-from .targets import TargetError
+from .runs import build, resolve_device
+from .targets import TargetError, make_target
 from .train import TrainConfig, TrainingDiverged, fit
 
 CLAMP_CHOICES = ("none", "symmetric", "asymmetric")
@@ -280,8 +280,8 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     reference = None
     if reference_dir is not None:
-        _, target = build({"target": target_spec, "flow": {}, "device": device, "dtype": "float64"})
-        reference = reference_stats(target, reference_dir)
+        target = make_target(target_spec["name"], **target_spec.get("params", {}))
+        reference = reference_stats(target.to(resolve_device(device), torch.float64), reference_dir)
     rows = []
     for setting in settings:
         for seed in seeds:

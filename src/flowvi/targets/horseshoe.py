@@ -133,8 +133,8 @@ class HorseshoeNCI60(HorseshoeLogisticRegression):
             )
         X = X.astype(np.float64)
         keep = np.sort(np.argsort(-X.var(0), kind="stable")[:p])
-        self.genes = keep
         super().__init__(standardize(X[:, keep]), (labels == positive).astype(np.float64), tau_scale, intercept_scale)
+        self.genes = keep  # column indices into the 6830 genes
 
 
 class HorseshoeBreastCancer(HorseshoeLogisticRegression):
@@ -182,5 +182,5 @@ class HorseshoeSynthetic(HorseshoeLogisticRegression):
         beta = np.zeros(p)
         beta[:n_nonzero] = signal * np.where(np.arange(n_nonzero) % 2 == 0, 1.0, -1.0)
         y = (rng.random(n) < 1 / (1 + np.exp(-X @ beta))).astype(np.float64)
-        self.true_beta = beta
         super().__init__(X, y, tau_scale, intercept_scale)
+        self.true_beta = beta
