@@ -149,3 +149,19 @@ def test_cli_study_errors(extra, message, tmp_path, capsys):
     )
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_unsupported_estimator_is_not_a_divergence(monkeypatch):
+    from flowvi import estimators
+    from flowvi.transforms import PathGradientUnsupported
+
+    def needs_path_gradients(flow, target, batch_size):
+        raise PathGradientUnsupported("this flow has no fast path")
+
+    monkeypatch.setitem(estimators.ESTIMATORS, "needs_path", needs_path_gradients)
+    setting = {"clamp": "none", "loft": False, "base": "gaussian", "estimator": "needs_path"}
+    row = run_one(
+        {"name": "gaussian", "params": {"dim": 2}}, setting, 0, TINY_FLOW, TrainConfig(steps=3), "cpu", "float32", 100
+    )
+    assert row["unsupported"] and not row["diverged"] and "no fast path" in row["reason"]
+    assert aggregate([row]) == []

@@ -8,7 +8,7 @@ trained flow's draws explode (non-finite or ``|x| > explode_at``) or give a non-
 
 Outputs in ``out``: ``runs.csv`` (one row per run), ``table.csv`` and ``table.md`` (one row per
 configuration: fraction diverged, ELBO, IS log Z with its mean standard error and its spread over seeds,
-Pareto k-hat, wall time, and with a NUTS reference the fraction of coordinates whose posterior mean is
+Pareto k-hat, wall time (runs whose estimator the flow does not support are listed in runs.csv only), and with a NUTS reference the fraction of coordinates whose posterior mean is
 within 0.1 NUTS posterior standard deviations), ``elbo_curves.png`` and, with a reference,
 ``marginals.png`` (marginals of a few coefficients, flow against NUTS).
 """
@@ -30,6 +30,7 @@ from .evaluate import evaluate
 from .runs import build, resolve_device
 from .targets import TargetError, make_target
 from .train import TrainConfig, TrainingDiverged, fit
+from .transforms import PathGradientUnsupported
 
 CLAMP_CHOICES = ("none", "symmetric", "asymmetric")
 BASE_CHOICES = ("gaussian", "student_t")
@@ -103,7 +104,14 @@ def run_one(
         "dtype": dtype,
     }
     flow, target = build(config)
-    row = {"config": config_name(**setting), **setting, "seed": seed, "diverged": False, "reason": ""}
+    row = {
+        "config": config_name(**setting),
+        **setting,
+        "seed": seed,
+        "diverged": False,
+        "unsupported": False,
+        "reason": "",
+    }
     start = time.perf_counter()
     curve, skipped = [], [0]
 
@@ -116,11 +124,13 @@ def run_one(
         skipped[0] = state.skipped
     except TrainingDiverged as e:
         row.update(diverged=True, reason=f"training: {e}")
+    except PathGradientUnsupported as e:  # an estimator this flow cannot run: not a divergence
+        row.update(unsupported=True, reason=f"unsupported: {e or type(e).__name__}")
     row["train_seconds"] = time.perf_counter() - start
     row["curve"] = curve
     row["skipped_steps"] = skipped[0]
     stats = {}
-    if not row["diverged"]:
+    if not row["diverged"] and not row["unsupported"]:
         try:
             with torch.no_grad():
                 x = flow.sample(min(eval_samples, 10_000))
@@ -151,7 +161,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
     """One summary per configuration (means over the seeds that did not diverge)."""
     out = []
     for name in dict.fromkeys(r["config"] for r in rows):
-        rs = [r for r in rows if r["config"] == name]
+        rs = [r for r in rows if r["config"] == name and not r.get("unsupported")]
+        if not rs:
+            continue
         ok = [r for r in rs if not r["diverged"]]
 
         def mean(key, rs=ok):
@@ -297,6 +309,8 @@ def run_study(
                 )
                 print(f"  {row['config']:<44} seed {seed}: {status}  [{row['seconds']:.1f} s]", flush=True)
     summary = aggregate(rows)
+    if not summary:
+        raise ValueError(f"no configuration could run: {rows[0]['reason']}")
     keys = [
         "config",
         "clamp",
@@ -305,6 +319,7 @@ def run_study(
         "estimator",
         "seed",
         "diverged",
+        "unsupported",
         "reason",
         "elbo",
         "elbo_se",
