@@ -89,7 +89,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small CPU check (about a minute)")
     ap.add_argument("--no-nuts", action="store_true", help="skip the NUTS reference (needs pyro-ppl)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--nuts-device", default="cpu", help="device for NUTS (Pyro's tree building is launch-bound on a GPU)")
+    ap.add_argument(
+        "--nuts-device", default="cpu", help="device for NUTS (Pyro's tree building is launch-bound on a GPU)"
+    )
     ap.add_argument("--seeds", type=int, help="override the number of seeds per configuration")
     ap.add_argument("--steps", type=int, help="override the training steps")
     ap.add_argument("--p", type=int, help="override the number of genes (d = 2p + 2)")
