@@ -127,3 +127,11 @@ def test_cli_nuts_writes_run_directory(tmp_path):
 def test_cli_errors(argv, message, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_nuts_without_pyro_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyro", None)  # import pyro now raises ImportError
+    assert main(["baseline", "nuts", "gaussian", "--dim", "2", "--out", str(tmp_path / "n")]) == 2
+    assert "needs Pyro: pip install 'flowvi[baselines]'" in capsys.readouterr().err

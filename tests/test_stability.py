@@ -55,6 +55,7 @@ def test_exploding_draws_count_as_diverged():
     assert row["diverged"] and "beyond 0.5" in row["reason"]
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of")
 def test_non_finite_training_counts_as_diverged(tmp_path):
     path = tmp_path / "nan_target.py"
     path.write_text(
