@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from flowvi.baselines.smc import run_smc  # noqa: E402
 from flowvi.runs import build, resolve_device  # noqa: E402
 from flowvi.stability import grid, markdown_table, run_study  # noqa: E402
+from flowvi.targets import make_target  # noqa: E402
 from flowvi.train import TrainConfig, fit  # noqa: E402
 
 FULL = {
@@ -121,7 +122,7 @@ def main(argv=None):
         try:
             from flowvi.baselines.nuts import run_nuts
 
-            _, target = build({"target": spec, "flow": {}, "device": args.nuts_device, "dtype": "float64"})
+            target = make_target(spec["name"], **spec["params"]).to(resolve_device(args.nuts_device), torch.float64)
             t0 = time.perf_counter()
             nuts = run_nuts(
                 target, num_samples=s["nuts_samples"], warmup=s["nuts_warmup"], max_tree_depth=s["nuts_depth"]
@@ -172,7 +173,7 @@ def main(argv=None):
     result["flows"] = summary
 
     # SMC log Z spread over seeds (float64)
-    _, target64 = build({"target": spec, "flow": {}, "device": str(device), "dtype": "float64"})
+    target64 = make_target(spec["name"], **spec["params"]).to(device, torch.float64)
     smc = [
         run_smc(target64, particles=s["smc_particles"], moves=s["smc_moves"], seed=k) for k in range(s["smc_repeats"])
     ]
