@@ -17,7 +17,8 @@ Full mode (GPU, about 6-8 minutes on one H100; see docs/high_dimensional.md for 
 Estimated time on one H100 (not measured: written on a CPU-only machine): NUTS ~ 75 s (measured here on 2 CPU
 cores: 0.45 ms per gradient, ~180 ms per iteration), 20 flow runs x ~11 s
 (~5 ms per step, launch-bound) ~ 220 s, 10 SMC runs ~ 80 s, start-up ~ 20 s: about 6.5 minutes. If it runs
-long, pass ``--seeds 5`` or ``--steps 1000``.
+long, pass ``--seeds 5`` or ``--steps 1000``. ``--base student_t --clip 0`` makes the unstabilized flow more likely
+to diverge (on the CPU, 3 of 4 such runs at d = 202 did; docs/high_dimensional.md).
 
 Pyro is needed for NUTS; without it the NUTS part is skipped (say so in the output). Instead, NUTS draws made
 elsewhere can be passed with ``--reference RUN_DIR`` (a ``flowvi baseline nuts horseshoe_nci60`` run directory).
@@ -101,6 +102,9 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, help="override the number of seeds per configuration")
     ap.add_argument("--steps", type=int, help="override the training steps")
     ap.add_argument("--p", type=int, help="override the number of genes (d = 2p + 2)")
+    ap.add_argument("--base", default="gaussian", choices=["gaussian", "student_t"], help="base of both flows")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0: none)")
     args = ap.parse_args(argv)
     s = dict(QUICK if args.quick else FULL)
     for key in ("seeds", "steps", "p"):
@@ -111,7 +115,12 @@ def main(argv=None):
     study_dir = Path(args.study_dir or out.with_suffix(""))
     study_dir.mkdir(parents=True, exist_ok=True)
     spec = {"name": "horseshoe_nci60", "params": {"p": s["p"]}}
-    result = {"settings": s, "device": str(device), "torch": torch.__version__, "dtype": args.dtype}
+    result = {
+        "settings": {**s, "base": args.base, "lr": args.lr, "clip": args.clip},
+        "device": str(device),
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+    }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     print(f"stability benchmark: horseshoe_nci60 p={s['p']} (d={2 * s['p'] + 2}) on {device}", flush=True)
@@ -149,9 +158,11 @@ def main(argv=None):
     fit(flow, target, steps=10, batch_size=s["batch_size"], progress=False)
     sync(device)
 
-    settings = grid(["asymmetric", "none"], [True, False], ["gaussian"], ["reparam"])
+    settings = grid(["asymmetric", "none"], [True, False], [args.base], ["reparam"])
     settings = [c for c in settings if (c["clamp"] == "asymmetric") == c["loft"]]  # stabilized vs unstabilized
-    train = TrainConfig(steps=s["steps"], batch_size=s["batch_size"], lr=1e-3, checkpoint_every=10**9)
+    train = TrainConfig(
+        steps=s["steps"], batch_size=s["batch_size"], lr=args.lr, clip=args.clip or None, checkpoint_every=10**9
+    )
     summary = run_study(
         spec,
         study_dir,
