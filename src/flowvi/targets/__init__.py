@@ -7,6 +7,7 @@ import inspect
 from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
 from .funnel import Funnel
 from .gaussian import CorrelatedGaussian
+from .horseshoe import HorseshoeBreastCancer, HorseshoeLogisticRegression, HorseshoeNCI60, HorseshoeSynthetic
 from .regression import ConjugateLinearRegression
 from .student_t import MultivariateStudentT
 
@@ -19,6 +20,9 @@ TARGETS = {
         ConjugateLinearRegression,
         "Bayesian linear regression, normal-inverse-gamma prior; exact log Z",
     ),
+    "horseshoe_nci60": (HorseshoeNCI60, "horseshoe logistic regression, NCI-60 microarray data; d = 2p + 2 (p = 2000)"),
+    "horseshoe_breast_cancer": (HorseshoeBreastCancer, "horseshoe logistic regression, UCI breast cancer data; d = 62"),
+    "horseshoe_synthetic": (HorseshoeSynthetic, "horseshoe logistic regression, simulated sparse data; d = 2p + 2"),
 }
 
 
@@ -59,6 +63,10 @@ __all__ = [
     "ConjugateLinearRegression",
     "CorrelatedGaussian",
     "Funnel",
+    "HorseshoeBreastCancer",
+    "HorseshoeLogisticRegression",
+    "HorseshoeNCI60",
+    "HorseshoeSynthetic",
     "MultivariateStudentT",
     "Target",
     "TargetError",

@@ -1,0 +1,168 @@
+"""The stability study: a reduced study on the real horseshoe target (small p) writes its table and plots;
+diverged runs are detected (non-finite training, exploding draws); CLI errors are one line."""
+
+import csv
+
+import pytest
+
+from flowvi.cli import main
+from flowvi.estimators import ESTIMATORS
+from flowvi.stability import aggregate, grid, run_one, run_study
+from flowvi.train import TrainConfig
+
+TINY_FLOW = {"layers": 2, "hidden": 16, "depth": 1}
+TINY_TRAIN = TrainConfig(steps=40, batch_size=32, lr=1e-3, checkpoint_every=10**9)
+
+
+def test_reduced_study_on_real_horseshoe(tmp_path):
+    """The CI version of the GPU study: horseshoe_nci60 with p = 10 (d = 22)."""
+    settings = grid(["none", "asymmetric"], [True, False], ["gaussian", "student_t"], ["reparam"])
+    summary = run_study(
+        {"name": "horseshoe_nci60", "params": {"p": 10}},
+        tmp_path,
+        settings,
+        seeds=[0, 1],
+        flow_options=TINY_FLOW,
+        train=TINY_TRAIN,
+        device="cpu",
+        eval_samples=500,
+        progress=False,
+    )
+    assert len(summary) == 8
+    for s in summary:
+        assert s["runs"] == 2 and 0 <= s["frac_diverged"] <= 1
+    stable = next(s for s in summary if s["config"] == "asymmetric/loft/gaussian/reparam")
+    assert stable["diverged"] == 0 and stable["elbo"] <= stable["log_z"] + 1e-6  # ELBO <= IS log Z (Jensen, same flow)
+    for name in ("table.md", "table.csv", "runs.csv", "elbo_curves.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    assert len(rows) == 16 and {r["seed"] for r in rows} == {"0", "1"}
+    assert "asymmetric/loft/gaussian/reparam" in (tmp_path / "table.md").read_text()
+
+
+def test_exploding_draws_count_as_diverged():
+    row = run_one(
+        {"name": "gaussian", "params": {"dim": 2}},
+        {"clamp": "none", "loft": False, "base": "gaussian", "estimator": "reparam"},
+        0,
+        TINY_FLOW,
+        TrainConfig(steps=5, batch_size=16),
+        "cpu",
+        "float32",
+        200,
+        explode_at=0.5,
+    )
+    assert row["diverged"] and "beyond 0.5" in row["reason"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_non_finite_training_counts_as_diverged(tmp_path):
+    path = tmp_path / "nan_target.py"
+    path.write_text(
+        "import torch\n"
+        "def f(x):\n"
+        "    # finite when checked without gradients, NaN inside training\n"
+        "    return torch.full_like(x[:, 0], float('nan')) if x.requires_grad else -0.5 * (x * x).sum(-1)\n"
+    )
+    row = run_one(
+        {"name": f"{path}:f", "params": {"dim": 2}},
+        {"clamp": "asymmetric", "loft": True, "base": "gaussian", "estimator": "reparam"},
+        0,
+        TINY_FLOW,
+        TrainConfig(steps=40, batch_size=8),
+        "cpu",
+        "float32",
+        100,
+    )
+    assert row["diverged"] and row["reason"].startswith("training")
+    summary = aggregate([row])
+    assert summary[0]["frac_diverged"] == 1.0
+
+
+def test_cli_study_writes_table(tmp_path, capsys):
+    out = tmp_path / "study"
+    rc = main(
+        [
+            "study",
+            "stability",
+            "horseshoe_synthetic",
+            "-p",
+            "p=5",
+            "--clamps",
+            "asymmetric",
+            "--loft",
+            "on",
+            "--bases",
+            "gaussian",
+            "--seeds",
+            "1",
+            "--steps",
+            "20",
+            "--batch-size",
+            "16",
+            "--layers",
+            "2",
+            "--hidden",
+            "8",
+            "--eval-samples",
+            "200",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| asymmetric/loft/gaussian/" in text
+    # default estimators: every registered one
+    assert sum(1 for _ in csv.DictReader(open(out / "table.csv"))) == len(ESTIMATORS)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--estimators", "nope"], "unknown estimator nope"),
+        (["--clamps", "tight"], "unknown clamp tight"),
+        (["--loft", "maybe"], "unknown loft maybe"),
+        (["--seeds", "0"], "--seeds must be positive"),
+        (["--reference", "/nonexistent/run"], "no samples.npy"),
+    ],
+)
+def test_cli_study_errors(extra, message, tmp_path, capsys):
+    rc = main(
+        [
+            "study",
+            "stability",
+            "gaussian",
+            "--dim",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "s"),
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unsupported_estimator_is_not_a_divergence(monkeypatch):
+    from flowvi import estimators
+    from flowvi.transforms import PathGradientUnsupported
+
+    def needs_path_gradients(flow, target, batch_size):
+        raise PathGradientUnsupported("this flow has no fast path")
+
+    monkeypatch.setitem(estimators.ESTIMATORS, "needs_path", needs_path_gradients)
+    setting = {"clamp": "none", "loft": False, "base": "gaussian", "estimator": "needs_path"}
+    row = run_one(
+        {"name": "gaussian", "params": {"dim": 2}}, setting, 0, TINY_FLOW, TrainConfig(steps=3), "cpu", "float32", 100
+    )
+    assert row["unsupported"] and not row["diverged"] and "no fast path" in row["reason"]
+    assert aggregate([row]) == []
