@@ -6,6 +6,7 @@ import inspect
 
 from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
 from .funnel import Funnel
+from .gauge import Schwinger, U1Gauge
 from .gaussian import CorrelatedGaussian
 from .regression import ConjugateLinearRegression
 from .student_t import MultivariateStudentT
@@ -19,6 +20,8 @@ TARGETS = {
         ConjugateLinearRegression,
         "Bayesian linear regression, normal-inverse-gamma prior; exact log Z",
     ),
+    "u1": (U1Gauge, "2D compact U(1) lattice gauge theory, Wilson action; link angles (2, L, L)"),
+    "schwinger": (Schwinger, "2D Schwinger model, 2 Wilson fermion flavours (S_g - 2 log|det D|); links (2, L, L)"),
 }
 
 
