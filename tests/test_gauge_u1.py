@@ -10,6 +10,7 @@ from flowvi.lattice.splines import circular_spline, circular_spline_inverse, spl
 from flowvi.lattice.u1 import (
     average_plaquette,
     exact_average_plaquette,
+    exact_log_partition_function,
     gauge_transform,
     plaquette_angles,
     topological_charge,
@@ -91,6 +92,7 @@ def test_bad_links_raise():
 
 def test_exact_plaquette_limits():
     assert exact_average_plaquette(0.0, 4) == pytest.approx(0.0, abs=1e-14)
+    assert exact_log_partition_function(0.0, 3) == pytest.approx(18 * math.log(TWO_PI))
     from scipy.special import i0, i1
 
     # large volume: only the trivial representation survives
@@ -112,6 +114,11 @@ def test_exact_plaquette_matches_direct_numerics(L, beta):
     exact = exact_average_plaquette(beta, L)
     assert abs(est - exact) < 4 * se + 1e-4, (est, exact, se)
     assert se < 2e-3
+    # log Z = log((2pi)^(2V) E_uniform[exp(-S)])
+    n = len(log_w)
+    log_z = (torch.logsumexp(log_w, 0) - math.log(n)).item() + 2 * L * L * math.log(TWO_PI)
+    rel_se = (torch.exp(log_w - log_w.max()).std() / torch.exp(log_w - log_w.max()).mean()).item() / math.sqrt(n)
+    assert abs(log_z - exact_log_partition_function(beta, L)) < 4 * rel_se
 
 
 # --- circular splines ---------------------------------------------------------------------------------------
@@ -246,3 +253,5 @@ def test_u1_target_flow_training_reproduces_exact_plaquette():
     exact = target.exact_average_plaquette()
     assert ess > 0.5, ess
     assert abs(est - exact) < 4 * se, (est, exact, se)
+    log_z = (torch.logsumexp(log_w, 0) - math.log(len(log_w))).item()
+    assert abs(log_z - target.log_evidence) < 0.05

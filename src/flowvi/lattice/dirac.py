@@ -77,8 +77,11 @@ def wilson_dirac(links: Tensor, kappa: float, antiperiodic: bool = True) -> Tens
     spin = torch.stack([eye - g0, eye - g1, eye + g0, eye + g1])  # (4, 2, 2)
     values = (-kappa) * hops[:, :, :, None, None] * spin[None, :, None]  # (B, 4, V, 2, 2)
     index = _hop_indices(L0, L1, links.device).reshape(1, -1).expand(B, -1)
-    D = torch.zeros(B, (2 * V) ** 2, dtype=cdtype, device=links.device)
-    D = D.scatter_add(1, index, values.reshape(B, -1)).reshape(B, 2 * V, 2 * V)
+    # real and imaginary parts are scattered separately (real scatter_add is supported on every device)
+    zeros = links.new_zeros(B, (2 * V) ** 2)
+    re = zeros.scatter_add(1, index, values.real.reshape(B, -1))
+    im = zeros.scatter_add(1, index, values.imag.reshape(B, -1))
+    D = torch.complex(re, im).reshape(B, 2 * V, 2 * V)
     return D + torch.eye(2 * V, dtype=cdtype, device=links.device)
 
 

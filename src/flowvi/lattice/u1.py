@@ -102,3 +102,21 @@ def exact_average_plaquette(beta: float, L: int, n_max: int | None = None) -> fl
     log_terms = V * np.log(i_n[keep])
     w = np.exp(log_terms - log_terms.max())
     return float(np.sum(w * di_n[keep] / i_n[keep]) / np.sum(w))
+
+
+def exact_log_partition_function(beta: float, L: int, n_max: int | None = None) -> float:
+    """Exact ``log Z`` of ``exp(-S_g)`` integrated over the link angles ``[0, 2pi)^(2V)`` (Lebesgue measure):
+
+        Z = (2pi)^(2V) sum_{n in Z} I_n(beta)^V
+
+    (each link sits in two plaquettes with opposite orientation, so the character expansion forces one
+    representation ``n`` on every plaquette and every link integral gives ``2pi``).
+    """
+    if beta < 0 or L < 1:
+        raise ValueError(f"need beta >= 0 and L >= 1, got beta={beta}, L={L}")
+    V = L * L
+    n_max = n_max if n_max is not None else int(20 + 4 * beta)
+    i_n = ive(np.arange(-n_max, n_max + 1), beta)
+    log_terms = V * (np.log(i_n[i_n > 0]) + beta)
+    top = log_terms.max()
+    return float(2 * V * math.log(TWO_PI) + top + np.log(np.sum(np.exp(log_terms - top))))

@@ -3,7 +3,8 @@
 Variables are link angles of shape ``(2, L, L)`` (see :mod:`flowvi.lattice.u1`), periodic, on the torus
 ``[0, 2pi)^(2V)``; ``log_prob`` is the unnormalized ``-S``.
 
-* ``u1``: ``S = S_g = -beta sum_x cos P(x)``.
+* ``u1``: ``S = S_g = -beta sum_x cos P(x)``; exact ``log Z`` (``log_evidence``) and average plaquette from
+  the character expansion (:func:`flowvi.lattice.u1.exact_log_partition_function`).
 * ``schwinger``: U(1) gauge field with ``N_f = 2`` degenerate Wilson fermions,
   ``S = S_g - log det(D^dagger D) = S_g - 2 log|det D|`` with ``D`` the Wilson–Dirac operator at hopping
   parameter ``kappa`` (:mod:`flowvi.lattice.dirac`), computed by a batched LU of the dense complex
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from ..lattice.dirac import log_abs_det_dirac
 from ..lattice.gauge_flows import u1_gauge_flow
-from ..lattice.u1 import check_links, exact_average_plaquette, wilson_action
+from ..lattice.u1 import check_links, exact_average_plaquette, exact_log_partition_function, wilson_action
 from .base import Target, TargetError
 
 #: The REINFORCE paper's Schwinger-model settings: name -> constructor parameters.
@@ -51,6 +52,7 @@ class U1Gauge(Target):
             raise TargetError(f"beta must be >= 0, got {beta}")
         self.L, self.beta = L, float(beta)
         self.event_shape = (2, L, L)
+        self.log_evidence = exact_log_partition_function(self.beta, L)
 
     def log_prob(self, x):
         return -wilson_action(check_links(x), self.beta)
