@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flowvi.lattice.gauge_flows import PlaquetteCoupling, UniformTorus, u1_gauge_flow
+from flowvi.lattice.gauge_observables import gauge_observables
 from flowvi.lattice.splines import circular_spline, circular_spline_inverse, spline_params
 from flowvi.lattice.u1 import (
     average_plaquette,
@@ -242,16 +243,46 @@ def test_u1_target_flow_training_reproduces_exact_plaquette():
     flow = target.default_flow(layers=8, hidden=8, depth=1, seed=0).double()
     state = fit(flow, target, TrainConfig(steps=100, batch_size=128, lr=3e-3, log_every=50), progress=False)
     assert state.step == 100
-    with torch.no_grad():
-        x, log_q = flow.sample_and_log_prob(10_000)
-        log_w = target.log_prob(x) - log_q
-    w = torch.softmax(log_w, 0)
-    ess = 1.0 / (w * w).sum().item() / len(w)
-    plaq = average_plaquette(x)
-    est = (w * plaq).sum().item()
-    se = torch.sqrt((w * w * (plaq - est) ** 2).sum()).item()
-    exact = target.exact_average_plaquette()
-    assert ess > 0.5, ess
-    assert abs(est - exact) < 4 * se, (est, exact, se)
-    log_z = (torch.logsumexp(log_w, 0) - math.log(len(log_w))).item()
-    assert abs(log_z - target.log_evidence) < 0.05
+    obs = gauge_observables(flow, target, n=10_000, batch_size=2_000)
+    assert obs["ess"] > 0.5, obs
+    assert abs(obs["plaquette"] - obs["exact_plaquette"]) < 4 * obs["plaquette_se"], obs
+    assert obs["exact_plaquette"] == target.exact_average_plaquette()
+    assert abs(obs["log_z"] - obs["exact_log_z"]) < 0.05, obs
+    assert obs["chi_t"] > 0 and obs["chi_t_se"] > 0
+
+
+def test_cli_fit_and_gauge_observables(tmp_path, capsys):
+    from flowvi.cli import main
+
+    run = tmp_path / "u1"
+    argv = ["fit", "u1", "-p", "L=4", "-p", "beta=1.0", "--layers", "2", "--hidden", "4", "--steps", "3"]
+    argv += ["--batch-size", "16", "--eval-samples", "64", "--n-samples", "8", "--out", str(run), "--quiet"]
+    assert main(argv + ["--device", "cpu"]) == 0
+    assert main(["gauge-observables", str(run), "-n", "64", "--batch-size", "32", "--device", "cpu"]) == 0
+    assert "plaquette" in capsys.readouterr().out
+    assert (run / "gauge_observables.json").exists()
+    bad = tmp_path / "gauss"
+    assert (
+        main(
+            [
+                "fit",
+                "gaussian",
+                "--dim",
+                "2",
+                "--steps",
+                "2",
+                "--eval-samples",
+                "16",
+                "--n-samples",
+                "4",
+                "--out",
+                str(bad),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert main(["gauge-observables", str(bad), "--device", "cpu"]) == 2
+    assert "not a 2D gauge-theory run" in capsys.readouterr().err
