@@ -142,7 +142,9 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--quick", action="store_true", help="small CPU check (L = 4, 8; short budgets)")
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16])
-    p.add_argument("--train-sizes", type=int, nargs="+", default=[8, 16])
+    p.add_argument(
+        "--train-sizes", type=int, nargs="*", default=[8, 16], help="sizes for the training runs (none: skip)"
+    )
     p.add_argument("--estimators", nargs="+", default=["reparam", "path", "reinforce"])
     p.add_argument("--batch-size", type=int, default=256, help="batch for the timing runs")
     p.add_argument("--train-batch-size", type=int, default=256)

@@ -109,6 +109,12 @@ def test_schwinger_target():
     assert torch.autograd.gradcheck(lambda y: t.log_prob(y), (x,))
     with pytest.raises(ValueError, match="shape"):
         t.log_prob(torch.zeros(2, 32, dtype=torch.float64))
+    assert make_target("schwinger", L=4, antiperiodic="False").antiperiodic is False
+    assert make_target("schwinger", L=4, antiperiodic=1).antiperiodic is True
+    with pytest.raises(ValueError, match="antiperiodic"):
+        make_target("schwinger", L=4, antiperiodic="maybe")
+    with pytest.raises(ValueError, match="kappa"):
+        make_target("schwinger", L=4, kappa=-0.1)
 
 
 def test_schwinger_default_flow_fast_path():

@@ -27,6 +27,17 @@ SCHWINGER_PRESETS = {
 }
 
 
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise TargetError(f"{name} must be true or false, got {value!r}")
+
+
 def _gauge_flow(L: int, flow_options: dict):
     """The gauge-equivariant flow from the CLI's flow options (``layers``, ``hidden`` = conditioner channels,
     ``depth``, ``seed``; the rest do not apply to link angles)."""
@@ -79,7 +90,7 @@ class Schwinger(Target):
         if beta < 0 or kappa < 0:
             raise TargetError(f"beta and kappa must be >= 0, got beta={beta}, kappa={kappa}")
         self.L, self.beta, self.kappa = L, float(beta), float(kappa)
-        self.antiperiodic = antiperiodic if isinstance(antiperiodic, bool) else str(antiperiodic).lower() == "true"
+        self.antiperiodic = _as_bool("antiperiodic", antiperiodic)
         self.event_shape = (2, L, L)
 
     def log_prob(self, x):
