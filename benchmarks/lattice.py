@@ -136,6 +136,16 @@ def train_for(name, L, args, device, dtype):
     return out
 
 
+def guarded(fn, name, L, args, device, dtype):
+    """Run one measurement; an estimator that fails (out of memory, unsupported) is recorded, not fatal."""
+    try:
+        return fn(name, L, args, device, dtype)
+    except (RuntimeError, TypeError, ValueError) as e:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"estimator": name, "L": L, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -176,7 +186,10 @@ def main(argv=None):
     print(f"{'L':>3} {'estimator':>10} {'step [ms]':>10} {'peak [MiB]':>11}")
     for L in args.sizes:
         for name in names:
-            r = time_steps(name, L, args, device, dtype)
+            r = guarded(time_steps, name, L, args, device, dtype)
+            if "error" in r:
+                print(f"{L:>3} {name:>10} failed: {r['error']}", flush=True)
+                continue
             timing.append(r)
             peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
             print(f"{L:>3} {name:>10} {1000 * r['step_s']:>10.1f} {peak:>11}", flush=True)
@@ -184,7 +197,9 @@ def main(argv=None):
     ratios = []
     if "reparam" in names:
         for L in args.sizes:
-            base = next(r for r in timing if r["L"] == L and r["estimator"] == "reparam")
+            base = next((r for r in timing if r["L"] == L and r["estimator"] == "reparam"), None)
+            if base is None:
+                continue
             for r in timing:
                 if r["L"] == L and r["estimator"] != "reparam":
                     mem = (1 - r["peak_mib"] / base["peak_mib"]) if base["peak_mib"] else None
@@ -208,8 +223,11 @@ def main(argv=None):
     print(f"\n{'L':>3} {'estimator':>10} {'steps':>6} {'seconds':>8} {'ESS':>7} {'accept':>7} {'plaq':>7} {'chi_t':>8}")
     for L in args.train_sizes:
         for name in names:
-            r = train_for(name, L, args, device, dtype)
+            r = guarded(train_for, name, L, args, device, dtype)
             training.append(r)
+            if "error" in r:
+                print(f"{L:>3} {name:>10} failed: {r['error']}", flush=True)
+                continue
             print(
                 f"{L:>3} {name:>10} {r['train_steps']:>6} {r['train_seconds']:>8.1f} {r['ess']:>7.3f} "
                 f"{r['acceptance']:>7.3f} {r['plaquette']:>7.4f} {r['chi_t']:>8.4f}",
