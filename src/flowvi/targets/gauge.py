@@ -9,7 +9,8 @@ Variables are link angles of shape ``(2, L, L)`` (see :mod:`flowvi.lattice.u1`),
   ``S = S_g - log det(D^dagger D) = S_g - 2 log|det D|`` with ``D`` the Wilson–Dirac operator at hopping
   parameter ``kappa`` (:mod:`flowvi.lattice.dirac`), computed by a batched LU of the dense complex
   ``2V x 2V`` matrix on the inputs' device. Presets (Bialas, Korcyl, Stebel 2023, arXiv 2308.13294,
-  following Albergo et al. 2022): ``beta = 2``, ``kappa = 0.276`` (near criticality), ``L = 8, 12, 16``.
+  following Albergo et al. 2022): ``beta = 2``, ``kappa = 0.276`` (near criticality), ``L = 16`` the largest
+  lattice; ``L = 8, 12`` are the smaller sizes of the comparison.
 """
 
 from __future__ import annotations
