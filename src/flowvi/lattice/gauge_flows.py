@@ -132,7 +132,7 @@ class PlaquetteCoupling(Transform):
         return spline_params(raw.movedim(1, -1))
 
     def _update(self, links):
-        """Shared forward pieces on oriented links: new links, log h', dlog h'/dP, h'(P)."""
+        """Forward on oriented links: (new links, log h'(P), d log h'(P)/dP), the last two zero off the active links."""
         plaq = plaquette_angles(links)
         widths, heights, derivs = self._params(plaq)
         p = torch.remainder(plaq, TWO_PI)
