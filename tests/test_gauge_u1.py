@@ -12,6 +12,7 @@ from flowvi.lattice.u1 import (
     average_plaquette,
     exact_average_plaquette,
     exact_log_partition_function,
+    exact_topological_susceptibility,
     gauge_transform,
     plaquette_angles,
     topological_charge,
@@ -94,6 +95,9 @@ def test_bad_links_raise():
 def test_exact_plaquette_limits():
     assert exact_average_plaquette(0.0, 4) == pytest.approx(0.0, abs=1e-14)
     assert exact_log_partition_function(0.0, 3) == pytest.approx(18 * math.log(TWO_PI))
+    # at beta = 0 only the trivial representation contributes: <Q^2>/V = Var(P/2pi) of a uniform angle = 1/12
+    assert exact_topological_susceptibility(0.0, 3) == pytest.approx(1 / 12, rel=1e-9)
+    assert exact_topological_susceptibility(1.0, 2) < 0.03
     from scipy.special import i0, i1
 
     # large volume: only the trivial representation survives
@@ -120,6 +124,10 @@ def test_exact_plaquette_matches_direct_numerics(L, beta):
     log_z = (torch.logsumexp(log_w, 0) - math.log(n)).item() + 2 * L * L * math.log(TWO_PI)
     rel_se = (torch.exp(log_w - log_w.max()).std() / torch.exp(log_w - log_w.max()).mean()).item() / math.sqrt(n)
     assert abs(log_z - exact_log_partition_function(beta, L)) < 4 * rel_se
+    q2 = topological_charge(links).round() ** 2 / (L * L)
+    chi = (w * q2).sum().item()
+    chi_se = torch.sqrt((w * w * (q2 - chi) ** 2).sum()).item()
+    assert abs(chi - exact_topological_susceptibility(beta, L)) < 4 * chi_se, (chi, chi_se)
 
 
 # --- circular splines ---------------------------------------------------------------------------------------
@@ -248,7 +256,7 @@ def test_u1_target_flow_training_reproduces_exact_plaquette():
     assert abs(obs["plaquette"] - obs["exact_plaquette"]) < 4 * obs["plaquette_se"], obs
     assert obs["exact_plaquette"] == target.exact_average_plaquette()
     assert abs(obs["log_z"] - obs["exact_log_z"]) < 0.05, obs
-    assert obs["chi_t"] > 0 and obs["chi_t_se"] > 0
+    assert abs(obs["chi_t"] - obs["exact_chi_t"]) < 4 * obs["chi_t_se"], obs
 
 
 def test_cli_fit_and_gauge_observables(tmp_path, capsys):

@@ -39,7 +39,8 @@ def run(args):
     print(f"  plaquette    {out['plaquette']:.5f} ± {out['plaquette_se']:.5f}", end="")
     print(f"   (exact {out['exact_plaquette']:.5f})" if "exact_plaquette" in out else "")
     print(f"  <Q>          {out['charge']:.4f} ± {out['charge_se']:.4f}")
-    print(f"  chi_t        {out['chi_t']:.5f} ± {out['chi_t_se']:.5f}")
+    print(f"  chi_t        {out['chi_t']:.5f} ± {out['chi_t_se']:.5f}", end="")
+    print(f"   (exact {out['exact_chi_t']:.5f})" if "exact_chi_t" in out else "")
     if "exact_log_z" in out:
         print(f"  IS log Z     {out['log_z']:.4f}   (exact {out['exact_log_z']:.4f})")
     return 0

@@ -25,7 +25,7 @@ def weighted_mean_and_se(values: Tensor, log_weights: Tensor) -> tuple[float, fl
 @torch.no_grad()
 def gauge_observables(flow, target, n: int = 10_000, batch_size: int = 1_000) -> dict:
     """Reweighted ``<plaquette>``, ``<Q>``, ``chi_t = <Q^2>/V`` (each with its standard error), the normalized
-    ESS, and for targets that know them the exact plaquette and ``log Z``."""
+    ESS, and for targets that know them the exact plaquette, ``chi_t`` and ``log Z``."""
     if n < 2:
         raise ValueError(f"need at least 2 samples, got n={n}")
     log_w, plaq, charge = [], [], []
@@ -44,6 +44,8 @@ def gauge_observables(flow, target, n: int = 10_000, batch_size: int = 1_000) ->
     out["chi_t"], out["chi_t_se"] = chi / volume, chi_se / volume
     if hasattr(target, "exact_average_plaquette"):
         out["exact_plaquette"] = target.exact_average_plaquette()
+    if hasattr(target, "exact_topological_susceptibility"):
+        out["exact_chi_t"] = target.exact_topological_susceptibility()
     if getattr(target, "log_evidence", None) is not None:
         out["log_z"] = float(torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(n), dtype=torch.float64)))
         out["exact_log_z"] = float(target.log_evidence)

@@ -3,7 +3,7 @@
 Variables are link angles of shape ``(2, L, L)`` (see :mod:`flowvi.lattice.u1`), periodic, on the torus
 ``[0, 2pi)^(2V)``; ``log_prob`` is the unnormalized ``-S``.
 
-* ``u1``: ``S = S_g = -beta sum_x cos P(x)``; exact ``log Z`` (``log_evidence``) and average plaquette from
+* ``u1``: ``S = S_g = -beta sum_x cos P(x)``; exact ``log Z`` (``log_evidence``), average plaquette and topological susceptibility from
   the character expansion (:func:`flowvi.lattice.u1.exact_log_partition_function`).
 * ``schwinger``: U(1) gauge field with ``N_f = 2`` degenerate Wilson fermions,
   ``S = S_g - log det(D^dagger D) = S_g - 2 log|det D|`` with ``D`` the Wilson–Dirac operator at hopping
@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from ..lattice.dirac import log_abs_det_dirac
 from ..lattice.gauge_flows import u1_gauge_flow
-from ..lattice.u1 import check_links, exact_average_plaquette, exact_log_partition_function, wilson_action
+from ..lattice.u1 import (
+    check_links,
+    exact_average_plaquette,
+    exact_log_partition_function,
+    exact_topological_susceptibility,
+    wilson_action,
+)
 from .base import Target, TargetError
 
 #: The REINFORCE paper's Schwinger-model settings: name -> constructor parameters.
@@ -71,6 +77,9 @@ class U1Gauge(Target):
 
     def exact_average_plaquette(self) -> float:
         return exact_average_plaquette(self.beta, self.L)
+
+    def exact_topological_susceptibility(self) -> float:
+        return exact_topological_susceptibility(self.beta, self.L)
 
     def default_flow(self, **flow_options):
         return _gauge_flow(self.L, flow_options)
