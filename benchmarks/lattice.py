@@ -3,7 +3,7 @@
 For the two-flavour Schwinger model at the REINFORCE paper's point (beta = 2, kappa = 0.276; Bialas, Korcyl,
 Stebel 2023, arXiv 2308.13294) and its lattice sizes L = 8, 12, 16, with the gauge-equivariant flow:
 
-1. time per training step (median over timed steps after warm-up; CUDA events on the GPU) and peak memory
+1. time per training step, and of the action alone with and without its gradient, (median over timed steps after warm-up; CUDA events on the GPU) and peak memory
    (``torch.cuda.max_memory_allocated``) for each estimator in ``--estimators`` that exists in
    ``flowvi.estimators.ESTIMATORS`` (missing ones are skipped with a note);
 2. for ``--train-sizes``, every estimator trained for the same wall-clock budget (``--train-seconds``), then
@@ -87,6 +87,36 @@ def time_steps(name, L, args, device, dtype):
         "step_s": statistics.median(times),
         "peak_mib": peak,
     }
+
+
+def time_action(L, args, device, dtype):
+    """Median seconds of the Schwinger action alone: value only (what REINFORCE needs) and value plus
+    gradient with respect to the links (what the reparameterization and path estimators need)."""
+    _, target = build(L, args, device, dtype)
+    torch.manual_seed(0)
+    links = 2 * math.pi * torch.rand(args.batch_size, 2, L, L, device=device, dtype=dtype)
+
+    def value():
+        with torch.no_grad():
+            target.log_prob(links)
+
+    def value_and_grad():
+        x = links.clone().requires_grad_(True)
+        target.log_prob(x).sum().backward()
+
+    out = {}
+    for key, fn in (("action_s", value), ("action_grad_s", value_and_grad)):
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.steps):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        out[key] = statistics.median(times)
+    return out
 
 
 def imh_acceptance(log_w: np.ndarray, seed: int = 0) -> float:
@@ -194,6 +224,13 @@ def main(argv=None):
             peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
             print(f"{L:>3} {name:>10} {1000 * r['step_s']:>10.1f} {peak:>11}", flush=True)
 
+    action = []
+    print(f"\n{'L':>3} {'action [ms]':>12} {'action+grad [ms]':>17}")
+    for L in args.sizes:
+        r = {"L": L, "batch_size": args.batch_size, **time_action(L, args, device, dtype)}
+        action.append(r)
+        print(f"{L:>3} {1000 * r['action_s']:>12.1f} {1000 * r['action_grad_s']:>17.1f}", flush=True)
+
     ratios = []
     if "reparam" in names:
         for L in args.sizes:
@@ -241,6 +278,7 @@ def main(argv=None):
         "dtype": args.dtype,
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "timing": timing,
+        "action": action,
         "ratios": ratios,
         "training": training,
     }

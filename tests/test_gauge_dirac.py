@@ -122,3 +122,17 @@ def test_schwinger_default_flow_fast_path():
     flow = t.default_flow(layers=4, hidden=4, depth=1, seed=0)
     x, log_q, score = flow.sample_with_score(3)
     assert x.shape == (3, 2, 4, 4) and torch.isfinite(t.log_prob(x)).all() and score.shape == x.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_schwinger_and_flow_on_gpu_match_cpu():
+    t = make_target("schwinger", L=4).double()
+    flow = t.default_flow(layers=4, hidden=4, depth=1, seed=0).double()
+    torch.manual_seed(4)
+    z = flow.base.sample(3)
+    x, logdet = flow.transform(z)
+    flow_gpu, t_gpu = flow.to("cuda"), t.to("cuda")
+    x_gpu, logdet_gpu = flow_gpu.transform(z.cuda())
+    assert torch.allclose(x_gpu.cpu(), x, atol=1e-9) and torch.allclose(logdet_gpu.cpu(), logdet, atol=1e-9)
+    assert torch.allclose(t_gpu.log_prob(x_gpu).cpu(), t.log_prob(x), atol=1e-8)
