@@ -6,6 +6,7 @@ import inspect
 
 from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
 from .funnel import Funnel
+from .gauge import Schwinger, U1Gauge
 from .gaussian import CorrelatedGaussian
 from .horseshoe import HorseshoeBreastCancer, HorseshoeLogisticRegression, HorseshoeNCI60, HorseshoeSynthetic
 from .regression import ConjugateLinearRegression
@@ -23,6 +24,8 @@ TARGETS = {
     "horseshoe_nci60": (HorseshoeNCI60, "horseshoe logistic regression, NCI-60 microarray data; d = 2p + 2 (p = 2000)"),
     "horseshoe_breast_cancer": (HorseshoeBreastCancer, "horseshoe logistic regression, UCI breast cancer data; d = 62"),
     "horseshoe_synthetic": (HorseshoeSynthetic, "horseshoe logistic regression, simulated sparse data; d = 2p + 2"),
+    "u1": (U1Gauge, "2D compact U(1) lattice gauge theory, Wilson action; link angles (2, L, L)"),
+    "schwinger": (Schwinger, "2D Schwinger model, 2 Wilson fermion flavours (S_g - 2 log|det D|); links (2, L, L)"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Lattice field theories: targets' physics, observables, samplers and field flows."""
