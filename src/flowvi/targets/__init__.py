@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+from ..lattice.phi4 import Phi4
 from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
 from .funnel import Funnel
 from .gaussian import CorrelatedGaussian
@@ -19,6 +20,7 @@ TARGETS = {
         ConjugateLinearRegression,
         "Bayesian linear regression, normal-inverse-gamma prior; exact log Z",
     ),
+    "phi4": (Phi4, "real scalar phi^4 on an L x L periodic lattice (hopping form; params L, kappa, lam, preset)"),
 }
 
 
