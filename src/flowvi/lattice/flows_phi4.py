@@ -32,7 +32,10 @@ def conv_net(hidden: int, depth: int, kernel: int) -> nn.Sequential:
     """Bias-free circular conv net with tanh activations (an odd function); last layer zero-initialised."""
     layers, width = [], 1
     for _ in range(depth):
-        layers += [nn.Conv2d(width, hidden, kernel, padding=kernel // 2, padding_mode="circular", bias=False), nn.Tanh()]
+        layers += [
+            nn.Conv2d(width, hidden, kernel, padding=kernel // 2, padding_mode="circular", bias=False),
+            nn.Tanh(),
+        ]
         width = hidden
     last = nn.Conv2d(width, 1, kernel, padding=kernel // 2, padding_mode="circular", bias=False)
     nn.init.zeros_(last.weight)
@@ -109,7 +112,5 @@ def phi4_flow(
         torch.manual_seed(seed)
     hidden = min(int(hidden), 64)
     kw = {"alpha_pos": alpha_pos, "alpha_neg": alpha_neg} if clamp == "asymmetric" else {}
-    transforms = [
-        CheckerboardAffineCoupling(L, i % 2, hidden, depth, kernel, clamp, kw) for i in range(layers)
-    ]
+    transforms = [CheckerboardAffineCoupling(L, i % 2, hidden, depth, kernel, clamp, kw) for i in range(layers)]
     return Flow(StandardNormal((L, L)), transforms)

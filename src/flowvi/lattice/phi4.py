@@ -38,7 +38,9 @@ class Phi4(Target):
     ``preset`` (see :data:`PRESETS`) sets L, kappa and lam; explicit values override it.
     """
 
-    def __init__(self, L: int | None = None, kappa: float | None = None, lam: float | None = None, preset: str | None = None):
+    def __init__(
+        self, L: int | None = None, kappa: float | None = None, lam: float | None = None, preset: str | None = None
+    ):
         super().__init__()
         if preset is not None:
             if preset not in PRESETS:
