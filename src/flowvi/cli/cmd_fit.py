@@ -26,6 +26,7 @@ def register(sub):
     )
     p.add_argument("target", help="built-in target name (see 'flowvi targets') or path/to/file.py:function")
     p.add_argument("--dim", type=int, help="target dimension")
+    p.add_argument("--lattice", type=int, help="lattice size L of a lattice target (e.g. phi4)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="target parameter (repeatable)")
     p.add_argument("--out", help="run directory (default runs/TARGET-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -71,6 +72,8 @@ def config_from_args(args) -> dict:
     params = parse_params(args.param)
     if args.dim is not None:
         params["dim"] = args.dim
+    if args.lattice is not None:
+        params["L"] = args.lattice
     if args.estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {args.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if args.clamp not in CLAMPS:

@@ -1,1 +1,1 @@
-"""Lattice field theories: targets' physics, observables, samplers and field flows."""
+"""Lattice field theories: the physics of the targets (phi^4, U(1), Schwinger), observables, samplers and field flows."""

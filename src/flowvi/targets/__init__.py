@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+from ..lattice.phi4 import Phi4
 from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
 from .funnel import Funnel
 from .gauge import Schwinger, U1Gauge
@@ -26,6 +27,7 @@ TARGETS = {
     "horseshoe_synthetic": (HorseshoeSynthetic, "horseshoe logistic regression, simulated sparse data; d = 2p + 2"),
     "u1": (U1Gauge, "2D compact U(1) lattice gauge theory, Wilson action; link angles (2, L, L)"),
     "schwinger": (Schwinger, "2D Schwinger model, 2 Wilson fermion flavours (S_g - 2 log|det D|); links (2, L, L)"),
+    "phi4": (Phi4, "real scalar phi^4 on an L x L periodic lattice (hopping form; params L, kappa, lam, preset)"),
 }
 
 
