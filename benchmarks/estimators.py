@@ -27,6 +27,8 @@ import time
 import torch
 
 from flowvi.estimators import ESTIMATORS
+from flowvi.fastpath import StepOptions, make_optimizer, make_step
+from flowvi.train import TrainConfig
 from flowvi.realnvp import realnvp
 from flowvi.targets.base import Target
 from flowvi.targets.funnel import Funnel
@@ -57,22 +59,39 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_estimator(name, flow, target, batch, warmup, repeats, device):
+def time_estimator(name, flow, target, batch, warmup, repeats, device, kind="plain"):
+    """``kind="plain"``: the eager step (estimator, backward, Adam). ``kind="fast"``: the step that
+    ``fit()`` runs by default on a GPU (torch.compile of the estimator's forward and backward, CUDA
+    graph, fused Adam; float32 matmuls here so that only the estimator differs)."""
     estimator = ESTIMATORS[name]
-    opt = torch.optim.Adam(flow.parameters(), lr=1e-5)
+    # Memory: the peak over warm-up and timed steps above what was allocated before the step was built
+    # (the flow and the target), so it counts optimizer state, activations, gradients and, for the fast
+    # step, the CUDA graph's memory pool, which is allocated once during warm-up.
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base_mem = torch.cuda.memory_allocated(device)
+    if kind == "fast":
+        torch._dynamo.reset()
+        cfg = TrainConfig(steps=10**9, batch_size=batch, lr=1e-5, schedule="constant", estimator=name, clip=0.0)
+        options = StepOptions(
+            compile=True, cuda_graph=device.type == "cuda", precision="fp32", tf32=False, fused_adam=device.type == "cuda"
+        )
+        params = [p for p in flow.parameters() if p.requires_grad]
+        step = make_step(flow, target, estimator, make_optimizer(params, cfg, options), params, cfg, options)
+    else:
+        opt = torch.optim.Adam(flow.parameters(), lr=1e-5)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        est = estimator(flow, target, batch)
-        est.loss.backward()
-        opt.step()
+        def step():
+            opt.zero_grad(set_to_none=True)
+            est = estimator(flow, target, batch)
+            est.loss.backward()
+            opt.step()
 
     for _ in range(warmup):
         step()
     sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base_mem = torch.cuda.memory_allocated(device)
     times = []
     for _ in range(repeats):
         sync(device)
@@ -86,12 +105,12 @@ def time_estimator(name, flow, target, batch, warmup, repeats, device):
     return {"step_s": statistics.median(times), "peak_mib": peak}
 
 
-def run_case(label, make_flow, target, batch, args, device):
+def run_case(label, make_flow, target, batch, args, device, kind="plain"):
     rows = {}
     for name in NAMES:
         torch.manual_seed(0)
         flow = make_flow().to(device)
-        rows[name] = time_estimator(name, flow, target, batch, args.warmup, args.repeats, device)
+        rows[name] = time_estimator(name, flow, target, batch, args.warmup, args.repeats, device, kind)
         del flow
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -99,6 +118,7 @@ def run_case(label, make_flow, target, batch, args, device):
     for r in rows.values():
         r["time_ratio"] = r["step_s"] / ref["step_s"]
         r["mem_ratio"] = r["peak_mib"] / ref["peak_mib"] if device.type == "cuda" else float("nan")
+    label = f"{label} [{kind} step]"
     print(f"\n{label}")
     print(f"{'estimator':<12}{'step [ms]':>12}{'x reparam':>11}{'peak [MiB]':>13}{'x reparam':>11}")
     for name, r in rows.items():
@@ -120,6 +140,11 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--fast",
+        default="funnel",
+        help="cases (funnel,determinant or none) also timed with fit()'s compiled / CUDA-graph step",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:
@@ -135,7 +160,7 @@ def main(argv=None):
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "memory": "torch.cuda.max_memory_allocated above the pre-step baseline"
+        "memory": "peak torch.cuda.max_memory_allocated over warm-up and timed steps, above the flow and target"
         if device.type == "cuda"
         else "not measured on CPU",
         "warmup": args.warmup,
@@ -152,6 +177,12 @@ def main(argv=None):
         "config": funnel,
         "rows": run_case(label, flow_for(funnel), target, funnel["batch"], args, device),
     }
+    fast_cases = [] if args.fast == "none" else args.fast.split(",")
+    if "funnel" in fast_cases:
+        results["cases"]["funnel_fast"] = {
+            "config": funnel,
+            "rows": run_case(label, flow_for(funnel), target, funnel["batch"], args, device, "fast"),
+        }
 
     target = DeterminantTarget(det["dim"], det["n"]).to(device)
     label = (
@@ -162,6 +193,11 @@ def main(argv=None):
         "config": det,
         "rows": run_case(label, flow_for(det), target, det["batch"], args, device),
     }
+    if "determinant" in fast_cases:
+        results["cases"]["determinant_fast"] = {
+            "config": det,
+            "rows": run_case(label, flow_for(det), target, det["batch"], args, device, "fast"),
+        }
 
     if args.out:
         with open(args.out, "w") as f:
