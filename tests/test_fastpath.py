@@ -229,3 +229,25 @@ def test_compile_failure_falls_back_to_the_same_step(monkeypatch, where):
     if where == "backward":
         assert not step.options.compile  # the whole step runs uncompiled from then on
     torch.testing.assert_close(fast_losses, plain_losses, rtol=1e-5, atol=1e-5)
+
+
+class _HostSyncTarget(torch.nn.Module):
+    """A standard normal whose log_prob reads a value on the host: it cannot be captured in a graph."""
+
+    event_shape = (6,)
+
+    def log_prob(self, x):
+        scale = float(x.new_ones(()).item())
+        return -0.5 * scale * (x * x).sum(-1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_uncapturable_target_trains_without_cuda_graphs():
+    torch.manual_seed(0)
+    flow = realnvp(6, layers=2, hidden=16).cuda()
+    target = _HostSyncTarget().cuda()
+    with pytest.warns(RuntimeWarning, match="cannot be captured"):
+        losses, oks, step = _train(flow, target, _opts(cuda_graph=True), steps=8)
+    assert step.graph is None and all(oks) and torch.isfinite(losses).all()
+    torch.randn(3, device="cuda")  # the generator is usable afterwards

@@ -165,6 +165,49 @@ def _compiled(fn):
     return call
 
 
+def target_capture_error(target, batch_size: int, device, dtype) -> str | None:
+    """Why ``target.log_prob`` and its gradient cannot be captured in a CUDA graph, or None if they can.
+
+    Probed on a throwaway graph that draws no random numbers: a capture that fails inside the real
+    step would leave the CUDA generator in capture mode. Host synchronisations (``.item()``, data-
+    dependent shapes) and some solver paths (for example batched complex LU of large matrices, as in
+    fermion determinants) cannot be captured; such targets train with compile but without CUDA graphs.
+    """
+    event_shape = getattr(target, "event_shape", None)
+    if event_shape is None:
+        return None
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn((batch_size, *event_shape), generator=g, device=device, dtype=dtype).requires_grad_(True)
+
+    def log_prob_and_grad():
+        lp = target.log_prob(x)
+        return torch.autograd.grad(lp.sum(), x)[0]
+
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            log_prob_and_grad()  # eager first: lazy initialisation must not happen under capture
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            log_prob_and_grad()
+    except Exception as e:  # noqa: BLE001  (whatever the reason, the step runs without graphs)
+        torch.cuda.synchronize(device)
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def _end_generator_capture() -> None:
+    """After a failed capture the CUDA generator can be left in capture mode (its epilogue runs only
+    when the capture ends cleanly); an empty capture that ends cleanly takes it out again."""
+    try:
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            pass
+    except Exception:  # noqa: BLE001, S110  (best effort: the warning below already tells the user)
+        pass
+
+
 def make_optimizer(params, cfg, options: StepOptions):
     """Adam; on the fast path the fused kernel with a tensor learning rate (graph-capturable)."""
     if options.fused_adam:
@@ -244,6 +287,17 @@ class FastStep:
         self.calls = 0
         self.graph = None
         self.static = None
+        if options.cuda_graph:
+            dtype = next(iter(params)).dtype
+            reason = target_capture_error(target, cfg.batch_size, self.device, dtype)
+            if reason is not None:
+                warnings.warn(
+                    f"the target cannot be captured in a CUDA graph ({reason}); training continues without "
+                    "CUDA graphs (pass cuda_graph=False to silence this)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.options.cuda_graph = False
 
     def _forward(self):
         if self.autocast_dtype is None:
@@ -309,6 +363,7 @@ class FastStep:
                 static = self._body()
         except Exception as e:  # noqa: BLE001  (anything that cannot be captured: run uncaptured, say why)
             torch.cuda.synchronize(self.device)
+            _end_generator_capture()
             torch.cuda.set_rng_state(rng, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             warnings.warn(
