@@ -194,18 +194,21 @@ def target_capture_error(target, batch_size: int, device, dtype) -> str | None:
             log_prob_and_grad()
     except Exception as e:  # noqa: BLE001  (whatever the reason, the step runs without graphs)
         torch.cuda.synchronize(device)
+        _end_generator_capture(device)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
 
 
-def _end_generator_capture() -> None:
-    """After a failed capture the CUDA generator can be left in capture mode (its epilogue runs only
-    when the capture ends cleanly); an empty capture that ends cleanly takes it out again."""
-    try:
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            pass
-    except Exception:  # noqa: BLE001, S110  (best effort: the warning below already tells the user)
-        pass
+def _end_generator_capture(device) -> None:
+    """Take the CUDA generator out of capture mode after a failed capture.
+
+    Beginning a capture puts the device's default generator in capture mode; only a capture that
+    ends cleanly takes it out again, so after a failed one every later draw would fail. A fresh copy
+    of the generator's state (same seed and offset, not capturing) replaces the stuck one."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    gen = torch.cuda.default_generators[index]
+    if hasattr(gen, "clone_state") and hasattr(gen, "graphsafe_set_state"):
+        gen.graphsafe_set_state(gen.clone_state())
 
 
 def make_optimizer(params, cfg, options: StepOptions):
@@ -363,7 +366,7 @@ class FastStep:
                 static = self._body()
         except Exception as e:  # noqa: BLE001  (anything that cannot be captured: run uncaptured, say why)
             torch.cuda.synchronize(self.device)
-            _end_generator_capture()
+            _end_generator_capture(self.device)
             torch.cuda.set_rng_state(rng, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             warnings.warn(
