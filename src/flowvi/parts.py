@@ -334,13 +334,13 @@ class PartsTrainer:
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["rng"])
 
-    def _log(self, metrics_path, loss: float, lr: float) -> dict:
+    def _log(self, metrics_path, loss: float | None, lr: float) -> dict:
         active = active_parts(self.cfg, max(self.state.step - 1, 0), len(self.parted))
         m = {
             "step": self.state.step,
             "time": self.state.elapsed,
             "phase": "end_to_end" if active is None else "parts " + ",".join(map(str, active)),
-            "train_step_loss": loss,
+            "step_objective": loss,  # nats per example: the trained parts' truncated objectives (or -log p)
             "lr": lr,
             "skipped": self.state.skipped,
         }
@@ -379,7 +379,7 @@ class PartsTrainer:
         loss = torch.zeros(())
         try:
             if self.state.step == 0 and self.evaluate is not None and not resume:
-                self._log(metrics_path, float("nan"), self._set_lr(0))
+                self._log(metrics_path, None, self._set_lr(0))
             _synchronize(devices)
             t0 = time.perf_counter() - self.state.elapsed
             while self.state.step < cfg.steps:
