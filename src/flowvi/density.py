@@ -166,7 +166,8 @@ def run(config: dict, out, resume: bool = False, progress: bool = True, log=prin
     }
     ckpt.write_json_atomic(summary, out / "summary.json")
     write_samples(model, prep, out, config.get("n_samples", 64), config.get("temperature", 1.0))
-    plot_learning_curve(out, prep.unit)
+    switch = round((1 - cfg.finetune_fraction) * cfg.steps) if cfg.schedule == "alternate_then_finetune" else None
+    plot_learning_curve(out, prep.unit, switch)
     return summary
 
 
@@ -208,8 +209,9 @@ def _image_grid(pixels: np.ndarray, levels: int, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_learning_curve(out: Path, unit: str) -> Path:
-    """learning_curve.png: train and test loss of the full model against the step."""
+def plot_learning_curve(out: Path, unit: str, finetune_from: int | None = None) -> Path:
+    """learning_curve.png: train and test loss of the full model against the step (and where end-to-end
+    fine-tuning starts)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,9 +222,8 @@ def plot_learning_curve(out: Path, unit: str) -> Path:
     steps = [r["step"] for r in rows]
     for key, label in (("train_loss", "train"), ("test_loss", "test")):
         ax.plot(steps, [r.get(key, float("nan")) for r in rows], marker=".", label=label)
-    phases = [r["step"] for r in rows if r["phase"] == "end_to_end"]
-    if phases and any(r["phase"] != "end_to_end" for r in rows[1:]):
-        ax.axvline(min(phases) - 0.5, color="gray", ls=":", label="end-to-end phase")
+    if finetune_from is not None:
+        ax.axvline(finetune_from, color="gray", ls=":", label="end-to-end fine-tuning from here")
     ax.set_xlabel("step")
     ax.set_ylabel(unit)
     ax.set_title(f"flowvi fit-data: {out.name}")
