@@ -354,7 +354,8 @@ class PartsTrainer:
 
     def run(self, run_dir=None, resume: bool = False, progress: bool = False, callback=None) -> PartsState:
         """Train for ``cfg.steps`` steps; with ``run_dir``: metrics.jsonl per evaluation and an atomic
-        checkpoint.pt every ``checkpoint_every`` steps; ``resume`` continues from it."""
+        checkpoint.pt every ``checkpoint_every`` steps; ``resume`` continues from it. ``callback(state, metrics)``
+        runs after every evaluation; returning True stops training there (after a checkpoint)."""
         cfg = self.cfg
         run_dir = Path(run_dir) if run_dir is not None else None
         ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
@@ -394,6 +395,7 @@ class PartsTrainer:
                     )
                 if bar is not None:
                     bar.update(1)
+                stop = False
                 log_now = self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps
                 save_now = self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps
                 if log_now or save_now:
@@ -406,9 +408,11 @@ class PartsTrainer:
                                 {k: f"{v:.4g}" for k, v in m.items() if k.startswith("test")}, refresh=False
                             )
                         if callback is not None:
-                            callback(self.state, m)
-                    if save_now and ckpt_path is not None:
+                            stop = bool(callback(self.state, m))
+                    if (save_now or stop) and ckpt_path is not None:
                         ckpt.save_atomic(self._checkpoint(), ckpt_path)
+                    if stop:
+                        break
                     _synchronize(devices)
                     t0 = time.perf_counter() - self.state.elapsed
         finally:

@@ -37,11 +37,24 @@ class InvertibleConv1x1(Transform):
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
         self.channels = channels
 
-    def weight(self) -> Tensor:
+    def _factors(self) -> tuple[Tensor, Tensor]:
         eye = torch.eye(self.channels, dtype=self.lower.dtype, device=self.lower.device)
         lower = self.lower * self.lower_mask + eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return lower, upper
+
+    def weight(self) -> Tensor:
+        lower, upper = self._factors()
         return self.perm @ lower @ upper
+
+    def inverse_weight(self) -> Tensor:
+        """W^{-1} = U^{-1} L^{-1} P^T by triangular solves (no pivoting, no singularity check that would
+        synchronise a GPU; U is invertible because its diagonal is exp(log|s|) > 0 up to sign)."""
+        lower, upper = self._factors()
+        eye = torch.eye(self.channels, dtype=lower.dtype, device=lower.device)
+        inv_lower = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        inv_upper = torch.linalg.solve_triangular(upper, eye, upper=True)
+        return inv_upper @ inv_lower @ self.perm.T
 
     def _check(self, z: Tensor) -> None:
         if z.dim() < 2 or z.shape[1] != self.channels:
@@ -66,10 +79,10 @@ class InvertibleConv1x1(Transform):
 
     def inverse(self, x):
         self._check(x)
-        return self._mix(torch.linalg.inv(self.weight()), x), -self._logdet(x)
+        return self._mix(self.inverse_weight(), x), -self._logdet(x)
 
     def forward_with_score(self, z, score):
         """Linear with constant log-det: score_x = W^{-T} score at every position."""
         x, logdet = self.forward(z)
-        w_inv = torch.linalg.inv(self.weight()).detach()
+        w_inv = self.inverse_weight().detach()
         return x, logdet, self._mix(w_inv.T, score).detach()
