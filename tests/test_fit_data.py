@@ -105,6 +105,11 @@ def test_vectors_from_a_user_file_report_nats_per_dim(tmp_path, capsys):
             "unknown schedule",
         ),
         (lambda p: np.save(p / "a.npy", np.zeros((9, 1, 8, 8), np.uint8)), ["--estimator", "path"], "target density"),
+        (
+            lambda p: np.save(p / "a.npy", np.zeros((9, 1, 8, 8), np.uint8)),
+            ["--schedule", "alternate", "--part-devices", "cpu,cpu,cpu"],
+            "names 3 devices for 2 parts",
+        ),
     ],
 )
 def test_bad_input_gives_a_one_line_error(tmp_path, capsys, make, extra, message):

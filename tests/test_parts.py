@@ -123,3 +123,19 @@ def test_short_alternate_run_lowers_test_bits_per_dim_on_digits(tmp_path):
     assert after < before - 0.3, (before, after)
     assert (tmp_path / "checkpoint.pt").exists()
     assert [m["step"] for m in state.history] == [0, 60, 120]
+
+
+@pytest.mark.parametrize("schedule, changed", [("alternate", [0]), ("parallel", [0, 1, 2]), ("end_to_end", [0, 1, 2])])
+def test_a_step_updates_exactly_the_scheduled_parts(schedule, changed):
+    model = flat_glow(8, blocks=2, steps=3, hidden=8)
+    layers, _ = normalizing_layers(model)
+    parted = PartedFlow(model, part_starts(layers, parts=3), devices=["cpu"] * 3)
+    x = torch.randn(256, 8) * torch.linspace(0.5, 2, 8)
+    parted.initialize(x)
+    before = [[p.detach().clone() for p in parted.parameters(k)] for k in range(3)]
+    trainer = PartsTrainer(parted, PartsConfig(schedule=schedule, warmup=0), lambda g, n: x[:n])
+    ok, _ = trainer.step()
+    assert ok
+    for k in range(3):
+        moved = any(not torch.equal(a, b) for a, b in zip(before[k], parted.parameters(k), strict=True))
+        assert moved == (k in changed), (schedule, k)
