@@ -10,7 +10,8 @@ Runs (same model initialisation, data, batch size and learning rate):
 * ``alternate_then_finetune``: 2 parts, alternate for 2/3 of its steps, then end to end; up to
   ``--parts-factor`` x ``--steps`` steps, stopped once the test bits/dim is within 1% of both targets;
 * ``sequential``: 2 parts trained greedily one after the other for ``--steps`` steps (reported as it is);
-* ``alternate_then_finetune`` with ``--part-devices cuda:0,cuda:1``, only when 2 GPUs are present.
+* ``alternate_then_finetune`` and ``parallel`` (every part on its own truncated objective every step, so the
+  two devices' backward passes can overlap) with the parts on ``cuda:0,cuda:1``, only when 2 GPUs are present.
 
 Wall time is training time only (the device is synchronised before the clock is read; evaluation excluded).
 A step of ``alternate`` for part k runs the parts before k under no_grad, skips the parts after k, and runs
@@ -188,6 +189,7 @@ def main(argv=None):
     p.add_argument("--max-seconds", type=float, default=90.0, help="training time cap of each run")
     p.add_argument("--no-stop-at-target", dest="stop_at_target", action="store_false")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part-devices", help="devices of the multi-device runs (default cuda:0,cuda:1 if 2 GPUs)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (quick mode)")
     args = p.parse_args(argv)
     q = args.quick
@@ -227,12 +229,14 @@ def main(argv=None):
     runs.append(train(args, prep, "alternate_then_finetune", "alternate_then_finetune", long, [device], best_target))
     runs.append(train(args, prep, "sequential", "sequential", args.steps, [device], best_target))
     two_gpus = device.type == "cuda" and torch.cuda.device_count() >= 2
-    if two_gpus:
-        devs = ["cuda:0", "cuda:1"]
+    devs = args.part_devices.split(",") if args.part_devices else (["cuda:0", "cuda:1"] if two_gpus else None)
+    if devs:
+        names = "+".join(devs)
         runs.append(
-            train(args, prep, "alternate_then_finetune 2 GPUs", "alternate_then_finetune", long, devs, best_target)
+            train(args, prep, f"alternate_then_finetune {names}", "alternate_then_finetune", long, devs, best_target)
         )
-        multi = "ran on cuda:0,cuda:1"
+        runs.append(train(args, prep, f"parallel {names}", "parallel", long, devs, best_target))
+        multi = f"ran on {','.join(devs)}"
     else:
         multi = "not run: fewer than 2 CUDA GPUs available"
         print(f"--part-devices cuda:0,cuda:1 variant {multi}")
