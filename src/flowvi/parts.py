@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ from .transforms.squeeze import Squeeze, Unsqueeze
 SCHEDULES = ("end_to_end", "alternate", "sequential", "alternate_then_finetune", "parallel")
 
 
-def normalizing_layers(model) -> tuple[list[nn.Module], callable]:
+def normalizing_layers(model) -> tuple[list[nn.Module], Callable[[Tensor], Tensor]]:
     """The layers of ``model`` in the normalizing direction and its prior log density p_Z."""
     if isinstance(model, MultiscaleFlow):
         return list(model.layers), model.prior_log_prob
