@@ -25,4 +25,20 @@ def load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
         return data["X"], data["y"]
 
 
-__all__ = ["load_breast_cancer", "load_nci60"]
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """UCI optdigits 8 x 8 (scikit-learn's ``load_digits``): ``images`` (1797, 8, 8) uint8 with values 0..16
+    and ``labels`` (1797,). Alpaydin & Kaynak (1998), CC BY 4.0."""
+    with resources.files(__name__).joinpath("digits.npz").open("rb") as f:
+        data = np.load(f, allow_pickle=False)
+        return data["images"], data["labels"]
+
+
+def load_wine() -> tuple[np.ndarray, np.ndarray]:
+    """UCI Wine recognition (scikit-learn's ``load_wine``): ``X`` (178, 13) float64 and ``y`` (178,) cultivar.
+    Forina et al. (1991), CC BY 4.0."""
+    with resources.files(__name__).joinpath("wine.npz").open("rb") as f:
+        data = np.load(f, allow_pickle=False)
+        return data["X"], data["y"]
+
+
+__all__ = ["load_breast_cancer", "load_digits", "load_nci60", "load_wine"]

@@ -31,3 +31,17 @@ class Squeeze(Transform):
     def forward_with_score(self, z, score):
         """A permutation: the score is permuted the same way."""
         return _squeeze(z), z.new_zeros(z.shape[0]), _squeeze(score).detach()
+
+
+class Unsqueeze(Transform):
+    """The inverse of :class:`Squeeze`: (N, 4C, H, W) -> (N, C, 2H, 2W). In a density model, whose layers run
+    from data to latent through ``inverse``, it is the layer that squeezes the data."""
+
+    def forward(self, z):
+        return _unsqueeze(z), z.new_zeros(z.shape[0])
+
+    def inverse(self, x):
+        return _squeeze(x), x.new_zeros(x.shape[0])
+
+    def forward_with_score(self, z, score):
+        return _unsqueeze(z), z.new_zeros(z.shape[0]), _unsqueeze(score).detach()
