@@ -28,10 +28,10 @@ import torch
 
 from flowvi.estimators import ESTIMATORS
 from flowvi.fastpath import StepOptions, make_optimizer, make_step
-from flowvi.train import TrainConfig
 from flowvi.realnvp import realnvp
 from flowvi.targets.base import Target
 from flowvi.targets.funnel import Funnel
+from flowvi.train import TrainConfig
 
 NAMES = ("reparam", "path", "path_naive", "reinforce")
 
@@ -76,7 +76,11 @@ def time_estimator(name, flow, target, batch, warmup, repeats, device, kind="pla
         torch._dynamo.reset()
         cfg = TrainConfig(steps=10**9, batch_size=batch, lr=1e-5, schedule="constant", estimator=name, clip=0.0)
         options = StepOptions(
-            compile=True, cuda_graph=device.type == "cuda", precision="fp32", tf32=False, fused_adam=device.type == "cuda"
+            compile=True,
+            cuda_graph=device.type == "cuda",
+            precision="fp32",
+            tf32=False,
+            fused_adam=device.type == "cuda",
         )
         params = [p for p in flow.parameters() if p.requires_grad]
         step = make_step(flow, target, estimator, make_optimizer(params, cfg, options), params, cfg, options)
