@@ -16,11 +16,15 @@ from torch import Tensor
 
 from ..targets.base import Target, TargetError
 
-#: name -> (L, kappa, lambda). ``nicoli``: the phi^4 setting of Nicoli et al. 2021 reused by the
-#: path-gradient paper's lattice experiment (kappa = 0.3, lambda = 0.022); ``small``: a quick CPU setting.
+#: name -> (L, kappa, lambda); provenance in docs/lattice.md. ``nicoli``: lambda = 0.022 of Nicoli et al.
+#: 2021 at kappa = 0.3 (broken phase: kappa_c is about 0.27 at this lambda) on 16 x 16; ``small``: the same
+#: couplings on 4 x 4 for quick CPU runs; ``upg-default``: the defaults of the phi^4 options (--lat-shape 8x8,
+#: --kappa 0.21, --lam 1.0) of script/train.py in the path-gradient authors' repository
+#: (github.com/lenz3000/unified-path-gradients), which does not ship the phi^4 action itself.
 PRESETS = {
     "nicoli": (16, 0.3, 0.022),
     "small": (4, 0.3, 0.022),
+    "upg-default": (8, 0.21, 1.0),
 }
 
 
