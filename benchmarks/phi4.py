@@ -23,7 +23,7 @@ import torch
 
 from flowvi.diagnostics import normalized_ess, pareto_k
 from flowvi.evaluate import importance_log_weights
-from flowvi.lattice.flows_phi4 import phi4_flow
+from flowvi.lattice.flows_phi4 import phi4_flow, z2_proposal
 from flowvi.lattice.phi4 import PRESETS, Phi4
 from flowvi.lattice.phi4_mcmc import hmc_phi4, nmcmc_phi4
 from flowvi.train import fit
@@ -68,10 +68,10 @@ def run_estimator(name, args, device):
     per_step = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(stamps[:-1], stamps[1:], strict=True) if b[0] > a[0]]
     per_step = per_step[len(per_step) // 5 :] or per_step
     flow.eval()
-    log_w = importance_log_weights(flow, target, n=args.eval, batch_size=min(args.eval, 10_000))
+    log_w = importance_log_weights(z2_proposal(flow), target, n=args.eval, batch_size=min(args.eval, 10_000))
     nm = nmcmc_phi4(flow, target, args.nmcmc, seed=args.seed + 1)
     with torch.no_grad():
-        x0 = flow.sample(args.hmc_chains)
+        x0 = z2_proposal(flow).sample(args.hmc_chains)
     hm = hmc_phi4(target, x0, args.hmc_steps, step_size=args.hmc_step_size, n_leapfrog=10, seed=args.seed + 2)
     return {
         "estimator": name,

@@ -47,8 +47,10 @@ def _run_phi4(args, flow, target):
         print("warning: Pareto k > 0.7: the importance weights are heavy-tailed; IMH and reweighted estimates")
         print("         can be biased with understated errors (train the flow longer)")
     if args.hmc:
+        from ..lattice.flows_phi4 import z2_proposal
+
         with torch.no_grad():
-            x0 = flow.sample(args.hmc_chains)
+            x0 = z2_proposal(flow).sample(args.hmc_chains)
         result["hmc"] = hmc_phi4(target, x0, args.hmc, args.hmc_step_size, args.hmc_leapfrog, seed=args.seed + 1)
         print(f"HMC acceptance {result['hmc']['acceptance']:.4f} ({args.hmc_chains} chains x {args.hmc})")
     print(f"{'':20s} {'IMH chain':>28s}  {'reweighted':>22s}" + (f"  {'HMC':>22s}" if args.hmc else ""))

@@ -20,6 +20,7 @@ from ..diagnostics import normalized_ess, pareto_k
 from ..samplers import hmc
 from ..samplers.nmcmc import flow_proposals, imh_indices
 from ..stats import tau_int
+from .flows_phi4 import z2_proposal
 from .observables_phi4 import measurements, phi4_estimates
 
 
@@ -39,10 +40,11 @@ def chain_estimates(phi_chain, bins: int = 50) -> dict:
 
 @torch.no_grad()
 def nmcmc_phi4(flow, target, n: int, bins: int = 50, batch_size: int = 1024, seed: int | None = None) -> dict:
-    """IMH chain of ``n`` steps with ``flow`` as proposal, and the reweighted estimates of its proposals."""
+    """IMH chain of ``n`` steps with ``flow`` as proposal (its Z2-symmetrized mixture for flows built with
+    ``z2="symmetrize"``, see :func:`.flows_phi4.z2_proposal`), and the reweighted estimates of its proposals."""
     if seed is not None:
         torch.manual_seed(seed)
-    x, logw = flow_proposals(flow, target, n, batch_size)
+    x, logw = flow_proposals(z2_proposal(flow), target, n, batch_size)
     idx, acc = imh_indices(logw)
     chain = chain_estimates(x[idx.to(x.device)], bins=bins)
     rew = phi4_estimates(measurements(x), log_w=logw, bins=bins)
