@@ -41,7 +41,8 @@ def _sync(device):
 def run_estimator(name, args, device):
     torch.manual_seed(args.seed)
     target = Phi4(L=args.L, kappa=args.kappa, lam=args.lam).to(device)
-    flow = phi4_flow(args.L, layers=args.layers, hidden=args.hidden, depth=args.depth, seed=args.seed).to(device)
+    flow = phi4_flow(args.L, layers=args.layers, hidden=args.hidden, depth=args.depth, seed=args.seed, z2=args.z2)
+    flow = flow.to(device)
     stamps = []
 
     def tick(state, metrics):
@@ -75,6 +76,7 @@ def run_estimator(name, args, device):
     hm = hmc_phi4(target, x0, args.hmc_steps, step_size=args.hmc_step_size, n_leapfrog=10, seed=args.seed + 2)
     return {
         "estimator": name,
+        "z2": args.z2,
         "L": args.L,
         "kappa": args.kappa,
         "lam": args.lam,
@@ -113,6 +115,7 @@ def main():
     ap.add_argument("--hmc-chains", type=int, default=64)
     ap.add_argument("--hmc-steps", type=int, default=500)
     ap.add_argument("--hmc-step-size", type=float, default=0.1)
+    ap.add_argument("--z2", default="symmetrize", choices=["symmetrize", "equivariant"], help="flow's Z2 handling")
     ap.add_argument("--compile", default="false", choices=["auto", "true", "false"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--estimators", default="path,reparam")
