@@ -22,6 +22,9 @@ def register(subparsers):
     p.add_argument("run_dir")
     p.add_argument("--steps", type=int, default=20_000, help="chain length (= number of flow proposals)")
     p.add_argument("--bins", type=int, default=50, help="jackknife bins (fewer if tau_int needs longer bins)")
+    p.add_argument(
+        "--errors", default="jackknife", choices=["jackknife", "bootstrap"], help="errors of the reweighted estimates"
+    )
     p.add_argument("--hmc", type=int, default=0, metavar="N", help="also run N HMC trajectories per chain")
     p.add_argument("--hmc-chains", type=int, default=16, help="HMC chains, started from flow samples")
     p.add_argument("--hmc-step-size", type=float, default=0.1)
@@ -40,7 +43,7 @@ def _run_phi4(args, flow, target):
 
     from ..lattice.phi4_mcmc import hmc_phi4, nmcmc_phi4
 
-    result = nmcmc_phi4(flow, target, args.steps, bins=args.bins, seed=args.seed)
+    result = nmcmc_phi4(flow, target, args.steps, bins=args.bins, seed=args.seed, reweighted_errors=args.errors)
     rew = result["reweighted"]
     print(f"IMH acceptance {result['acceptance']:.4f}   ESS/n {rew['ess']:.4f}   Pareto k {rew['pareto_k']:.3f}")
     if rew["pareto_k"] > 0.7:

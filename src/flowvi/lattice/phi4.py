@@ -39,13 +39,23 @@ def phi4_action(phi: Tensor, kappa: float, lam: float) -> Tensor:
 class Phi4(Target):
     """phi^4 target: log_prob(phi) = -S(phi) on (batch, L, L) fields.
 
-    ``preset`` (see :data:`PRESETS`) sets L, kappa and lam; explicit values override it.
+    ``preset`` (see :data:`PRESETS`) sets L, kappa and lam; explicit values override it. ``z2`` picks how
+    :meth:`default_flow` respects phi -> -phi (``symmetrize`` or ``equivariant``, see :mod:`.flows_phi4`);
+    as a target parameter it is stored with a run (``flowvi fit phi4 -p z2=equivariant``).
     """
 
     def __init__(
-        self, L: int | None = None, kappa: float | None = None, lam: float | None = None, preset: str | None = None
+        self,
+        L: int | None = None,
+        kappa: float | None = None,
+        lam: float | None = None,
+        preset: str | None = None,
+        z2: str = "symmetrize",
     ):
         super().__init__()
+        if z2 not in ("symmetrize", "equivariant"):
+            raise TargetError(f"unknown phi4 z2 mode {z2!r}; choose symmetrize or equivariant")
+        self.z2 = z2
         if preset is not None:
             if preset not in PRESETS:
                 raise TargetError(f"unknown phi4 preset {preset!r}; presets: {', '.join(PRESETS)}")
@@ -71,4 +81,4 @@ class Phi4(Target):
     def default_flow(self, **flow_options):
         from .flows_phi4 import phi4_flow
 
-        return phi4_flow(self.L, **flow_options)
+        return phi4_flow(self.L, **{**flow_options, "z2": self.z2})

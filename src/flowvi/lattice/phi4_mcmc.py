@@ -39,15 +39,24 @@ def chain_estimates(phi_chain, bins: int = 50) -> dict:
 
 
 @torch.no_grad()
-def nmcmc_phi4(flow, target, n: int, bins: int = 50, batch_size: int = 1024, seed: int | None = None) -> dict:
+def nmcmc_phi4(
+    flow,
+    target,
+    n: int,
+    bins: int = 50,
+    batch_size: int = 1024,
+    seed: int | None = None,
+    reweighted_errors: str = "jackknife",
+) -> dict:
     """IMH chain of ``n`` steps with ``flow`` as proposal (its Z2-symmetrized mixture for flows built with
-    ``z2="symmetrize"``, see :func:`.flows_phi4.z2_proposal`), and the reweighted estimates of its proposals."""
+    ``z2="symmetrize"``, see :func:`.flows_phi4.z2_proposal`), and the reweighted estimates of its proposals
+    (independent draws, so their errors may also come from the bootstrap: ``reweighted_errors``)."""
     if seed is not None:
         torch.manual_seed(seed)
     x, logw = flow_proposals(z2_proposal(flow), target, n, batch_size)
     idx, acc = imh_indices(logw)
     chain = chain_estimates(x[idx.to(x.device)], bins=bins)
-    rew = phi4_estimates(measurements(x), log_w=logw, bins=bins)
+    rew = phi4_estimates(measurements(x), log_w=logw, method=reweighted_errors, bins=bins, seed=seed or 0)
     rew["ess"] = normalized_ess(logw)
     rew["pareto_k"] = pareto_k(logw)
     return {"steps": n, "acceptance": acc, "chain": chain, "reweighted": rew}
