@@ -69,14 +69,15 @@ def measurements(phi) -> dict:
     }
 
 
-def _derived(cols: np.ndarray, v: int, L: int) -> np.ndarray:
-    """Ensemble quantities from columns (w, |m|, m^2, P(p_1)) of a block of configurations."""
-    w = cols[:, 0]
-    mean = (w[:, None] * cols[:, 1:]).sum(0) / w.sum()
-    abs_m, m2, p1 = mean
+def _estimates_from_sums(sums: np.ndarray, v: int, L: int) -> np.ndarray:
+    """[<|m|>, chi_2, chi, xi_2, G(y)...] from the weighted sums [sum w, sum w|m|, sum w m^2, sum w P(p_1),
+    sum w G(y)...] of a set of configurations."""
+    mean = sums[1:] / sums[0]
+    abs_m, m2, p1 = mean[:3]
     chi = v * (m2 - abs_m**2)
     xi2 = (v * m2 / p1 - 1.0) / (4.0 * math.sin(math.pi / L) ** 2)
-    return np.array([abs_m, v * m2, chi, math.sqrt(xi2) if xi2 > 0 else float("nan")])
+    xi = math.sqrt(xi2) if xi2 > 0 else float("nan")
+    return np.concatenate([[abs_m, v * m2, chi, xi], mean[3:]])
 
 
 ESTIMATE_NAMES = ("abs_magnetization", "chi_2", "susceptibility", "xi_2nd_moment")
@@ -87,12 +88,16 @@ def phi4_estimates(meas: dict, log_w=None, method: str = "jackknife", bins: int 
     G(y) from :func:`measurements`, reweighted by ``exp(log_w)`` if given (self-normalised IS).
 
     ``method``: ``jackknife`` (``bins`` contiguous bins: for a Markov chain each bin must be much longer
-    than the integrated autocorrelation time) or ``bootstrap``. Returns {name: {"mean", "se"}} and
+    than the integrated autocorrelation time) or ``bootstrap`` (200 resamples of single configurations:
+    for independent draws only). Every quantity is a function of weighted sums, so leave-one-bin-out and
+    resampled estimates come from bin sums and resampling counts. Returns {name: {"mean", "se"}} and
     "two_point": {"mean": (L, L) list, "se": (L, L) list}.
     """
     if method not in ("jackknife", "bootstrap"):
         raise ValueError(f"unknown error method {method!r}; use 'jackknife' or 'bootstrap'")
     n = len(meas["abs_m"])
+    if n < 2:
+        raise ValueError(f"error estimates need at least 2 configurations, got {n}")
     if log_w is None:
         w = np.ones(n)
     else:
@@ -104,37 +109,23 @@ def phi4_estimates(meas: dict, log_w=None, method: str = "jackknife", bins: int 
         w = np.exp(lw - lw.max())
     v = meas["V"]
     L = int(round(math.sqrt(v)))
-    g = meas["G"].reshape(n, -1)
-    cols = np.column_stack([w, meas["abs_m"], meas["m2"], meas["p1"], g])
-
-    def fn(block):
-        wb = block[:, 0]
-        gmean = (wb[:, None] * block[:, 4:]).sum(0) / wb.sum()
-        return np.concatenate([_derived(block[:, :4], v, L), gmean])
-
+    wx = w[:, None] * np.column_stack([np.ones(n), meas["abs_m"], meas["m2"], meas["p1"], meas["G"].reshape(n, -1)])
+    total = wx.sum(0)
+    est = _estimates_from_sums(total, v, L)
     if method == "jackknife":
-        est, se = _vector_jackknife(cols, fn, bins)
+        k = min(bins, n)
+        edges = np.linspace(0, n, k + 1).astype(int)
+        block_sums = np.add.reduceat(wx, edges[:-1], axis=0)
+        thetas = np.array([_estimates_from_sums(total - b, v, L) for b in block_sums])
+        se = np.sqrt((k - 1) / k * np.sum((thetas - thetas.mean(0)) ** 2, axis=0))
     else:
-        est, se = _vector_bootstrap(cols, fn, seed)
+        rng = np.random.default_rng(seed)
+        counts = np.array([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(200)], dtype=float)
+        thetas = np.array([_estimates_from_sums(c, v, L) for c in counts @ wx])
+        se = thetas.std(0, ddof=1)
     out = {name: {"mean": float(est[i]), "se": float(se[i])} for i, name in enumerate(ESTIMATE_NAMES)}
     out["two_point"] = {"mean": est[4:].reshape(L, L).tolist(), "se": se[4:].reshape(L, L).tolist()}
     return out
-
-
-def _vector_jackknife(x, fn, bins):
-    n = min(bins, len(x))
-    if n < 2:
-        raise ValueError(f"jackknife needs at least 2 samples, got {len(x)}")
-    blocks = np.array_split(x, n)
-    thetas = np.array([fn(np.concatenate(blocks[:i] + blocks[i + 1 :])) for i in range(n)])
-    se = np.sqrt((n - 1) / n * np.sum((thetas - thetas.mean(0)) ** 2, axis=0))
-    return fn(x), se
-
-
-def _vector_bootstrap(x, fn, seed, n_boot=200):
-    rng = np.random.default_rng(seed)
-    thetas = np.array([fn(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)])
-    return fn(x), thetas.std(0, ddof=1)
 
 
 __all__ = [
