@@ -7,6 +7,15 @@ from flowvi.lattice.phi4 import Phi4
 from flowvi.stats import jackknife, tau_int
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: intra-op threads only add synchronisation (and stall badly on a loaded CPU).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_action_matches_loop():
     torch.manual_seed(0)
     L, k, lam = 5, 0.27, 0.03
