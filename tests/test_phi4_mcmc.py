@@ -1,5 +1,6 @@
 """phi^4 observables, HMC and neural MCMC against exact values and against each other."""
 
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from flowvi.lattice.flows_phi4 import phi4_flow, z2_proposal
-from flowvi.lattice.observables_phi4 import measurements, phi4_estimates
+from flowvi.lattice.observables_phi4 import ESTIMATE_NAMES, measurements, phi4_estimates
 from flowvi.lattice.phi4 import Phi4
 from flowvi.lattice.phi4_mcmc import hmc_phi4, nmcmc_phi4
 from flowvi.samplers.nmcmc import imh_indices
@@ -127,3 +128,20 @@ def test_imh_indices_follow_the_acceptance_rule():
     assert idx[:5].tolist() == [0, 0, 2, 3, 3]
     assert idx[5].item() in (3, 5)
     assert 0.4 <= acc <= 0.6
+
+
+def test_cli_fit_and_nmcmc_write_all_estimates(tmp_path, capsys):
+    from flowvi.cli import main
+
+    out = tmp_path / "run"
+    argv = ["fit", "phi4", "--lattice", "4", "--steps", "10", "--batch-size", "32", "--hidden", "4", "--layers", "2"]
+    assert main([*argv, "--eval-samples", "500", "--n-samples", "10", "--quiet", "--out", str(out)]) == 0
+    assert main(["nmcmc", str(out), "--steps", "400", "--bins", "10", "--hmc", "20", "--hmc-chains", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "IMH acceptance" in printed and "susceptibility" in printed
+    res = json.loads((out / "nmcmc.json").read_text())
+    for part in (res["chain"], res["reweighted"], res["hmc"]["estimates"]):
+        assert set(ESTIMATE_NAMES) <= set(part) and np.array(part["two_point"]["mean"]).shape == (4, 4)
+    assert 0 <= res["acceptance"] <= 1 and res["reweighted"]["ess"] > 0 and "tau_int" in res["chain"]["chi_2"]
+    assert main(["nmcmc", str(out), "--steps", "1"]) == 2
+    assert "--steps must be >= 2" in capsys.readouterr().err
