@@ -1,7 +1,7 @@
 """Real scalar phi^4 theory on an L x L periodic lattice.
 
-Action in the hopping-parameter form used by Nicoli et al. 2021 (PRL 126, 032001) and the path-gradient
-paper (Vaitl et al. 2024, arXiv 2403.15881):
+Action in the hopping-parameter form of Nicoli et al. 2021 (PRL 126, 032001), the parameterization the
+path-gradient work of Vaitl et al. (arXiv 2403.15881) is said to use (provenance: docs/lattice.md):
 
     S(phi) = sum_x [ -2 kappa sum_{mu=1,2} phi_x phi_{x+mu} + (1 - 2 lambda) phi_x^2 + lambda phi_x^4 ]
 
