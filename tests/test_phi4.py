@@ -1,9 +1,19 @@
 import numpy as np
+import pytest
 import torch
 
-from flowvi.lattice.flows_phi4 import phi4_flow
+from flowvi.lattice.flows_phi4 import Z2Symmetrized, phi4_flow, z2_proposal
 from flowvi.lattice.phi4 import Phi4
 from flowvi.stats import jackknife, tau_int
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: intra-op threads only add synchronisation (and stall badly on a loaded CPU).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_action_matches_loop():
@@ -21,16 +31,17 @@ def test_action_matches_loop():
     assert torch.allclose(t.log_prob(phi), -ref)
 
 
-def _flow():
+def _flow(z2="equivariant"):
     torch.manual_seed(1)
-    f = phi4_flow(4, layers=4, hidden=4, depth=1).double()
+    f = phi4_flow(4, layers=4, hidden=4, depth=1, z2=z2).double()
     for p in f.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return f
 
 
-def test_invertible_and_logdet_vs_autograd():
-    f = _flow()
+@pytest.mark.parametrize("z2", ["equivariant", "symmetrize"])
+def test_invertible_and_logdet_vs_autograd(z2):
+    f = _flow(z2)
     z = torch.randn(2, 4, 4, dtype=torch.float64)
     x, ld = f.transform(z)
     z2, ldi = f.transform.inverse(x)
@@ -40,14 +51,32 @@ def test_invertible_and_logdet_vs_autograd():
         assert torch.allclose(torch.linalg.slogdet(J)[1], ld[b], atol=1e-10)
 
 
-def test_fast_score_equals_naive_and_z2():
-    f = _flow()
+@pytest.mark.parametrize("z2", ["equivariant", "symmetrize"])
+def test_fast_score_equals_naive_and_z2(z2):
+    f = _flow(z2)
     torch.manual_seed(2)
     x, log_q, score = f.sample_with_score(5)
     xd = x.detach().requires_grad_(True)
     naive = torch.autograd.grad(f.log_prob(xd).sum(), xd)[0]
     assert torch.allclose(score, naive, atol=1e-8)
-    assert torch.allclose(f.log_prob(-x.detach()), f.log_prob(x.detach()), atol=1e-10)
+    symmetric = torch.allclose(f.log_prob(-x.detach()), f.log_prob(x.detach()), atol=1e-10)
+    assert symmetric == (z2 == "equivariant")
+
+
+def test_z2_symmetrized_mixture_is_symmetric_and_normalised():
+    f = _flow("symmetrize")
+    mix = Z2Symmetrized(f)
+    torch.manual_seed(3)
+    x, log_q = mix.sample_and_log_prob(7)
+    assert torch.allclose(log_q, mix.log_prob(x), atol=1e-10)
+    assert torch.allclose(mix.log_prob(-x), mix.log_prob(x), atol=1e-10)
+    expected = torch.log(0.5 * (f.log_prob(x).exp() + f.log_prob(-x).exp()))
+    assert torch.allclose(mix.log_prob(x), expected, atol=1e-10)
+    # E_mix[q_base / q_mix] over the mixture's own samples is the base's total mass, 1
+    y, lq = mix.sample_and_log_prob(4000)
+    ratio = (f.log_prob(y) - lq).exp().mean().item()
+    assert abs(ratio - 1) < 0.06
+    assert z2_proposal(f) is not f and z2_proposal(_flow("equivariant")).__class__.__name__ == "Flow"
 
 
 def test_jackknife_and_tau_int():

@@ -1,7 +1,7 @@
 """Real scalar phi^4 theory on an L x L periodic lattice.
 
-Action in the hopping-parameter form used by Nicoli et al. 2021 (PRL 126, 032001) and the path-gradient
-paper (Vaitl et al. 2024, arXiv 2403.15881):
+Action in the hopping-parameter form of Nicoli et al. 2021 (PRL 126, 032001), the parameterization the
+path-gradient work of Vaitl et al. (arXiv 2403.15881) is said to use (provenance: docs/lattice.md):
 
     S(phi) = sum_x [ -2 kappa sum_{mu=1,2} phi_x phi_{x+mu} + (1 - 2 lambda) phi_x^2 + lambda phi_x^4 ]
 
@@ -16,11 +16,15 @@ from torch import Tensor
 
 from ..targets.base import Target, TargetError
 
-#: name -> (L, kappa, lambda). ``nicoli``: the phi^4 setting of Nicoli et al. 2021 reused by the
-#: path-gradient paper's lattice experiment (kappa = 0.3, lambda = 0.022); ``small``: a quick CPU setting.
+#: name -> (L, kappa, lambda); provenance in docs/lattice.md. ``nicoli``: lambda = 0.022 of Nicoli et al.
+#: 2021 at kappa = 0.3 (broken phase: kappa_c is about 0.27 at this lambda) on 16 x 16; ``small``: the same
+#: couplings on 4 x 4 for quick CPU runs; ``upg-default``: the defaults of the phi^4 options (--lat-shape 8x8,
+#: --kappa 0.21, --lam 1.0) of script/train.py in the path-gradient authors' repository
+#: (github.com/lenz3000/unified-path-gradients), which does not ship the phi^4 action itself.
 PRESETS = {
     "nicoli": (16, 0.3, 0.022),
     "small": (4, 0.3, 0.022),
+    "upg-default": (8, 0.21, 1.0),
 }
 
 
@@ -35,13 +39,23 @@ def phi4_action(phi: Tensor, kappa: float, lam: float) -> Tensor:
 class Phi4(Target):
     """phi^4 target: log_prob(phi) = -S(phi) on (batch, L, L) fields.
 
-    ``preset`` (see :data:`PRESETS`) sets L, kappa and lam; explicit values override it.
+    ``preset`` (see :data:`PRESETS`) sets L, kappa and lam; explicit values override it. ``z2`` picks how
+    :meth:`default_flow` respects phi -> -phi (``symmetrize`` or ``equivariant``, see :mod:`.flows_phi4`);
+    as a target parameter it is stored with a run (``flowvi fit phi4 -p z2=equivariant``).
     """
 
     def __init__(
-        self, L: int | None = None, kappa: float | None = None, lam: float | None = None, preset: str | None = None
+        self,
+        L: int | None = None,
+        kappa: float | None = None,
+        lam: float | None = None,
+        preset: str | None = None,
+        z2: str = "symmetrize",
     ):
         super().__init__()
+        if z2 not in ("symmetrize", "equivariant"):
+            raise TargetError(f"unknown phi4 z2 mode {z2!r}; choose symmetrize or equivariant")
+        self.z2 = z2
         if preset is not None:
             if preset not in PRESETS:
                 raise TargetError(f"unknown phi4 preset {preset!r}; presets: {', '.join(PRESETS)}")
@@ -67,4 +81,4 @@ class Phi4(Target):
     def default_flow(self, **flow_options):
         from .flows_phi4 import phi4_flow
 
-        return phi4_flow(self.L, **flow_options)
+        return phi4_flow(self.L, **{**flow_options, "z2": self.z2})

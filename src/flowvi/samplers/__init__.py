@@ -1,6 +1,6 @@
 """MCMC samplers: flow-based independence Metropolis-Hastings and HMC."""
 
 from .hmc import hmc
-from .nmcmc import independence_mh
+from .nmcmc import flow_proposals, imh_indices, independence_mh
 
-__all__ = ["hmc", "independence_mh"]
+__all__ = ["flow_proposals", "hmc", "imh_indices", "independence_mh"]
