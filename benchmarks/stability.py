@@ -1,29 +1,32 @@
 """Stability benchmark on the real-data horseshoe logistic regression (issue 4; Andrade 2024, arXiv 2402.16408).
 
-Full mode (GPU, about 6-8 minutes on one H100; see docs/high_dimensional.md for the estimate):
+Full mode (GPU), in three short invocations plus a merge (or ``--part all`` in one):
 
-    PYTHONPATH=src python benchmarks/stability.py --device cuda --out stability.json
+    PYTHONPATH=src python benchmarks/stability.py --device cuda --part stabilized   --out stab.json
+    PYTHONPATH=src python benchmarks/stability.py --device cuda --part unstabilized --out unstab.json
+    PYTHONPATH=src python benchmarks/stability.py --device cuda --part smc          --out smc.json
+    PYTHONPATH=src python benchmarks/stability.py --merge stab.json unstab.json smc.json --out stability.json
 
-  * target horseshoe_nci60 with p = 2000 genes, d = 4002;
-  * Real NVP (8 coupling layers, width 256), 2000 steps of 256 draws, Adam 1e-3, cosine schedule;
-  * stabilized (asymmetric clamp + LOFT) against unstabilized (no clamp, no LOFT), Gaussian base, 10 seeds each:
-    fraction diverged, ELBO, IS log Z +- SE and its spread over seeds, Pareto k, median wall time per run;
-  * tempered SMC (4000 particles, 20 MALA moves per stage) over 10 seeds: log Z spread and wall time per run
-    (roughly the wall time of one flow run, for the equal-time comparison);
-  * a short NUTS reference (Pyro, on the CPU cores by default: one chain of 200 + 200 iterations, tree depth <= 8),
-    used for the share of coefficients whose flow posterior mean lies within 0.1 NUTS posterior standard
-    deviations (rough: the chain is short).
+  * target horseshoe_nci60 with p = 2000 genes, d = 4002 (or ``--target horseshoe_colon --data FILE``, the
+    paper's colon data, which flowvi does not ship);
+  * Real NVP (8 coupling layers, width 256), 2000 steps of 256 draws, Adam 1e-3, cosine schedule, clip 10;
+  * stabilized (asymmetric clamp + LOFT) and unstabilized (no clamp, no LOFT), Gaussian base, 10 seeds each:
+    runs diverged, ELBO, IS log Z +- SE and its spread over seeds, Pareto k, median wall time per run, and the
+    share of coefficients whose flow posterior mean lies within 0.1 NUTS posterior standard deviations;
+  * tempered SMC (4000 particles, 20 MALA moves per stage) over 10 seeds: log Z spread and wall time per run;
+    its spread is also scaled to the flow's wall time (sd * sqrt(t_smc / t_flow): averaging runs);
+  * the issue's goals as computed booleans (printed, and under "goals" in the JSON).
 
-Estimated time on one H100 (not measured: written on a CPU-only machine): NUTS ~ 75 s (measured here on 2 CPU
-cores: 0.45 ms per gradient, ~180 ms per iteration), 20 flow runs x ~11 s
-(~5 ms per step, launch-bound) ~ 220 s, 10 SMC runs ~ 80 s, start-up ~ 20 s: about 6.5 minutes. If it runs
-long, pass ``--seeds 5`` or ``--steps 1000``. ``--base student_t --clip 0`` makes the unstabilized flow more likely
-to diverge (on the CPU, 3 of 4 such runs at d = 202 did; docs/high_dimensional.md).
+NUTS reference: for the default target the committed ``refs/horseshoe_nci60_p2000_nuts.npz`` (made on a CPU with
+``benchmarks/nuts_reference.py``) is used, so the GPU machine needs no Pyro; ``--reference`` takes another
+(a ``flowvi baseline nuts`` run directory or such a .npz); otherwise a short NUTS run here if Pyro is installed.
 
-Pyro is needed for NUTS; without it the NUTS part is skipped (say so in the output). Instead, NUTS draws made
-elsewhere can be passed with ``--reference RUN_DIR`` (a ``flowvi baseline nuts horseshoe_nci60`` run directory).
+Estimated time on one H100 (not measured: written on a CPU-only machine): a flow part ~ 10 runs x ~12 s
+(~5 ms per step, launch-bound, plus evaluation) ~ 2-3 minutes; the SMC part ~ 1-2 minutes; each part well under
+9 minutes. ``--seeds``/``--steps`` shorten it; ``--base student_t --clip 0 --lr 3e-3`` makes the unstabilized
+flow more likely to diverge.
 
-Quick mode (CPU, about 15 s on 2 cores): ``--quick`` shrinks everything (p = 50, 2 seeds, 300 steps, small flow).
+Quick mode (CPU, about 10 s per part on 2 cores): ``--quick`` shrinks everything (p = 50, 2 seeds, 300 steps).
 Writes the JSON summary to ``--out`` and the study's table.md / table.csv / runs.csv / plots to ``--study-dir``.
 """
 
