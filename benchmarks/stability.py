@@ -1,29 +1,32 @@
 """Stability benchmark on the real-data horseshoe logistic regression (issue 4; Andrade 2024, arXiv 2402.16408).
 
-Full mode (GPU, about 6-8 minutes on one H100; see docs/high_dimensional.md for the estimate):
+Full mode (GPU), in three short invocations plus a merge (or ``--part all`` in one):
 
-    PYTHONPATH=src python benchmarks/stability.py --device cuda --out stability.json
+    PYTHONPATH=src python benchmarks/stability.py --device cuda --part stabilized   --out stab.json
+    PYTHONPATH=src python benchmarks/stability.py --device cuda --part unstabilized --out unstab.json
+    PYTHONPATH=src python benchmarks/stability.py --device cuda --part smc          --out smc.json
+    PYTHONPATH=src python benchmarks/stability.py --merge stab.json unstab.json smc.json --out stability.json
 
-  * target horseshoe_nci60 with p = 2000 genes, d = 4002;
-  * Real NVP (8 coupling layers, width 256), 2000 steps of 256 draws, Adam 1e-3, cosine schedule;
-  * stabilized (asymmetric clamp + LOFT) against unstabilized (no clamp, no LOFT), Gaussian base, 10 seeds each:
-    fraction diverged, ELBO, IS log Z +- SE and its spread over seeds, Pareto k, median wall time per run;
-  * tempered SMC (4000 particles, 20 MALA moves per stage) over 10 seeds: log Z spread and wall time per run
-    (roughly the wall time of one flow run, for the equal-time comparison);
-  * a short NUTS reference (Pyro, on the CPU cores by default: one chain of 200 + 200 iterations, tree depth <= 8),
-    used for the share of coefficients whose flow posterior mean lies within 0.1 NUTS posterior standard
-    deviations (rough: the chain is short).
+  * target horseshoe_nci60 with p = 2000 genes, d = 4002 (or ``--target horseshoe_colon --data FILE``, the
+    paper's colon data, which flowvi does not ship);
+  * Real NVP (8 coupling layers, width 256), 2000 steps of 256 draws, Adam 1e-3, cosine schedule, clip 10;
+  * stabilized (asymmetric clamp + LOFT) and unstabilized (no clamp, no LOFT), Gaussian base, 10 seeds each:
+    runs diverged, ELBO, IS log Z +- SE and its spread over seeds, Pareto k, median wall time per run, and the
+    share of coefficients whose flow posterior mean lies within 0.1 NUTS posterior standard deviations;
+  * tempered SMC (4000 particles, 20 MALA moves per stage) over 10 seeds: log Z spread and wall time per run;
+    its spread is also scaled to the flow's wall time (sd * sqrt(t_smc / t_flow): averaging runs);
+  * the issue's goals as computed booleans (printed, and under "goals" in the JSON).
 
-Estimated time on one H100 (not measured: written on a CPU-only machine): NUTS ~ 75 s (measured here on 2 CPU
-cores: 0.45 ms per gradient, ~180 ms per iteration), 20 flow runs x ~11 s
-(~5 ms per step, launch-bound) ~ 220 s, 10 SMC runs ~ 80 s, start-up ~ 20 s: about 6.5 minutes. If it runs
-long, pass ``--seeds 5`` or ``--steps 1000``. ``--base student_t --clip 0`` makes the unstabilized flow more likely
-to diverge (on the CPU, 3 of 4 such runs at d = 202 did; docs/high_dimensional.md).
+NUTS reference: for the default target the committed ``refs/horseshoe_nci60_p2000_nuts.npz`` (made on a CPU with
+``benchmarks/nuts_reference.py``) is used, so the GPU machine needs no Pyro; ``--reference`` takes another
+(a ``flowvi baseline nuts`` run directory or such a .npz); otherwise a short NUTS run here if Pyro is installed.
 
-Pyro is needed for NUTS; without it the NUTS part is skipped (say so in the output). Instead, NUTS draws made
-elsewhere can be passed with ``--reference RUN_DIR`` (a ``flowvi baseline nuts horseshoe_nci60`` run directory).
+Estimated time on one H100 (not measured: written on a CPU-only machine): a flow part ~ 10 runs x ~12 s
+(~5 ms per step, launch-bound, plus evaluation) ~ 2-3 minutes; the SMC part ~ 1-2 minutes; each part well under
+9 minutes. ``--seeds``/``--steps`` shorten it; ``--base student_t --clip 0 --lr 3e-3`` makes the unstabilized
+flow more likely to diverge.
 
-Quick mode (CPU, about 15 s on 2 cores): ``--quick`` shrinks everything (p = 50, 2 seeds, 300 steps, small flow).
+Quick mode (CPU, about 10 s per part on 2 cores): ``--quick`` shrinks everything (p = 50, 2 seeds, 300 steps).
 Writes the JSON summary to ``--out`` and the study's table.md / table.csv / runs.csv / plots to ``--study-dir``.
 """
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -85,67 +89,46 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="stability.json")
-    ap.add_argument(
-        "--study-dir", default=None, help="where the study tables and plots go (default: OUT without .json)"
-    )
-    ap.add_argument("--quick", action="store_true", help="small CPU check (about a minute)")
-    ap.add_argument("--no-nuts", action="store_true", help="skip the NUTS reference (needs pyro-ppl)")
-    ap.add_argument("--reference", help="use the NUTS draws of this run directory instead of running NUTS")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument(
-        "--nuts-device", default="cpu", help="device for NUTS (Pyro's tree building is launch-bound on a GPU)"
-    )
-    ap.add_argument("--seeds", type=int, help="override the number of seeds per configuration")
-    ap.add_argument("--steps", type=int, help="override the training steps")
-    ap.add_argument("--p", type=int, help="override the number of genes (d = 2p + 2)")
-    ap.add_argument("--base", default="gaussian", choices=["gaussian", "student_t"], help="base of both flows")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0: none)")
-    args = ap.parse_args(argv)
-    s = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "steps", "p"):
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    study_dir = Path(args.study_dir or out.with_suffix(""))
-    study_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"name": "horseshoe_nci60", "params": {"p": s["p"]}}
-    result = {
-        "settings": {**s, "base": args.base, "lr": args.lr, "clip": args.clip},
-        "device": str(device),
-        "torch": torch.__version__,
-        "dtype": args.dtype,
-    }
-    if device.type == "cuda":
-        result["gpu"] = torch.cuda.get_device_name(device)
-    print(f"stability benchmark: horseshoe_nci60 p={s['p']} (d={2 * s['p'] + 2}) on {device}", flush=True)
+PARTS = ("all", "stabilized", "unstabilized", "smc")
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[1] / "refs" / "horseshoe_nci60_p2000_nuts.npz"
 
-    # NUTS reference first (float64), so the study can score posterior means against it.
-    reference_dir = Path(args.reference) if args.reference else None
-    if reference_dir is None and not args.no_nuts:
-        try:
-            from flowvi.baselines.nuts import run_nuts
 
-            target = make_target(spec["name"], **spec["params"]).to(resolve_device(args.nuts_device), torch.float64)
-            t0 = time.perf_counter()
-            nuts = run_nuts(
-                target, num_samples=s["nuts_samples"], warmup=s["nuts_warmup"], max_tree_depth=s["nuts_depth"]
-            )
-            reference_dir = study_dir / "nuts"
-            reference_dir.mkdir(exist_ok=True)
-            np.save(reference_dir / "samples.npy", nuts["samples"].reshape(-1, target.dim))
-            result["nuts"] = {**nuts["summary"], "wall_seconds": time.perf_counter() - t0}
-            print(
-                f"  NUTS: {result['nuts']['wall_seconds']:.1f} s, ESS min {nuts['summary']['ess_min']:.1f}", flush=True
-            )
-        except ImportError as e:
-            print(f"  NUTS skipped: {e}", flush=True)
+def target_spec(args, s) -> dict:
+    if args.target == "horseshoe_colon":
+        if not args.data:
+            raise SystemExit("--target horseshoe_colon needs --data FILE (the colon data are not shipped)")
+        return {"name": "horseshoe_colon", "params": {"path": str(Path(args.data).resolve())}}
+    return {"name": "horseshoe_nci60", "params": {"p": s["p"]}}
 
+
+def find_reference(args, spec, study_dir, s, result):
+    """The NUTS reference: --reference (run directory or .npz), else the committed file for the default
+    target, else a short NUTS run here (needs Pyro), else none."""
+    if args.reference:
+        return Path(args.reference)
+    if spec == {"name": "horseshoe_nci60", "params": {"p": 2000}} and DEFAULT_REFERENCE.exists() and not args.quick:
+        print(f"  NUTS reference: {DEFAULT_REFERENCE.relative_to(DEFAULT_REFERENCE.parents[1])}", flush=True)
+        return DEFAULT_REFERENCE
+    if args.no_nuts:
+        return None
+    try:
+        from flowvi.baselines.nuts import run_nuts
+
+        target = make_target(spec["name"], **spec["params"]).to(resolve_device(args.nuts_device), torch.float64)
+        t0 = time.perf_counter()
+        nuts = run_nuts(target, num_samples=s["nuts_samples"], warmup=s["nuts_warmup"], max_tree_depth=s["nuts_depth"])
+    except ImportError as e:
+        print(f"  NUTS skipped: {e}", flush=True)
+        return None
+    reference_dir = study_dir / "nuts"
+    reference_dir.mkdir(exist_ok=True)
+    np.save(reference_dir / "samples.npy", nuts["samples"].reshape(-1, target.dim))
+    result["nuts"] = {**nuts["summary"], "wall_seconds": time.perf_counter() - t0}
+    print(f"  NUTS: {result['nuts']['wall_seconds']:.1f} s, ESS min {nuts['summary']['ess_min']:.1f}", flush=True)
+    return reference_dir
+
+
+def run_flows(args, s, spec, device, study_dir, reference, part):
     # warm-up (kernels, allocator) before timing
     flow, target = build(
         {
@@ -157,9 +140,10 @@ def main(argv=None):
     )
     fit(flow, target, steps=10, batch_size=s["batch_size"], progress=False)
     sync(device)
-
     settings = grid(["asymmetric", "none"], [True, False], [args.base], ["reparam"])
     settings = [c for c in settings if (c["clamp"] == "asymmetric") == c["loft"]]  # stabilized vs unstabilized
+    if part != "all":
+        settings = [c for c in settings if (c["clamp"] == "asymmetric") == (part == "stabilized")]
     train = TrainConfig(
         steps=s["steps"], batch_size=s["batch_size"], lr=args.lr, clip=args.clip or None, checkpoint_every=10**9
     )
@@ -173,23 +157,28 @@ def main(argv=None):
         device=str(device),
         dtype=args.dtype,
         eval_samples=s["eval_samples"],
-        reference_dir=reference_dir,
+        reference_dir=reference,
         progress=True,
     )
     sync(device)
     rows = list(csv.DictReader(open(study_dir / "runs.csv")))
     for sm in summary:
-        times = [float(r["seconds"]) for r in rows if r["config"] == sm["config"]]
-        sm["median_seconds"] = statistics.median(times)
-    result["flows"] = summary
+        sm["median_seconds"] = statistics.median(float(r["seconds"]) for r in rows if r["config"] == sm["config"])
+        sm["seeds"] = s["seeds"]
+    return summary
 
-    # SMC log Z spread over seeds (float64)
+
+def run_smc_part(s, spec, device):
     target64 = make_target(spec["name"], **spec["params"]).to(device, torch.float64)
-    smc = [
-        run_smc(target64, particles=s["smc_particles"], moves=s["smc_moves"], seed=k) for k in range(s["smc_repeats"])
-    ]
+    smc = []
+    for k in range(s["smc_repeats"]):
+        sync(device)
+        smc.append(run_smc(target64, particles=s["smc_particles"], moves=s["smc_moves"], seed=k))
+        print(f"  SMC seed {k}: log Z {smc[-1]['log_z']:.3f}  [{smc[-1]['seconds']:.1f} s]", flush=True)
     log_z = [r["log_z"] for r in smc]
-    result["smc"] = {
+    return {
+        "particles": s["smc_particles"],
+        "moves": s["smc_moves"],
         "log_z": float(np.mean(log_z)),
         "log_z_sd": float(np.std(log_z, ddof=1)),
         "log_z_runs": log_z,
@@ -197,20 +186,148 @@ def main(argv=None):
         "stages": [len(r["temperatures"]) - 1 for r in smc],
     }
 
-    print()
-    print(markdown_table(summary, f"horseshoe_nci60, d = {2 * s['p'] + 2}, {s['seeds']} seeds, {s['steps']} steps"))
-    print("| method | log Z | sd over seeds | median wall s per run |")
-    print("|---|---|---|---|")
-    for sm in summary:
+
+def ceiling_share(reference: Path, n_flow: int) -> float:
+    """The share of coefficients an *exact* sampler would place within 0.1 reference sd: the reference mean has
+    Monte Carlo error sd / sqrt(ESS) and the flow's mean of n_flow independent draws sd / sqrt(n_flow), so the
+    standardised difference is N(0, 1/ESS + 1/n_flow) and P(|.| < 0.1) = erf(0.1 / sqrt(2 (1/ESS + 1/n_flow)))."""
+    with np.load(reference) as f:
+        ess = f["ess"]
+    scale = np.sqrt(2.0 * (1.0 / np.maximum(ess, 1.0) + 1.0 / n_flow))
+    return float(np.mean([math.erf(0.1 / v) for v in scale]))
+
+
+def report(result) -> None:
+    """Print the flow table, the log Z comparison with SMC at equal wall time and the issue's goals."""
+    flows, smc = result.get("flows", []), result.get("smc")
+    if flows:
+        print()
+        print(markdown_table(flows, f"{result['target']['name']}, d = {result['dim']}"))
+    print("| method | log Z | mean SE | sd over seeds | median wall s per run | sd at the flow's wall time |")
+    print("|---|---|---|---|---|---|")
+    for sm in flows:
         print(
-            f"| flow {sm['config']} | {sm['log_z']:.2f} ± {sm['log_z_se']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |"
+            f"| flow {sm['config']} | {sm['log_z']:.2f} | {sm['log_z_se']:.2f} | {sm['log_z_sd']:.2f} "
+            f"| {sm['median_seconds']:.1f} | {sm['log_z_sd']:.2f} |"
         )
-    sm = result["smc"]
-    print(
-        f"| SMC ({s['smc_particles']} particles) | {sm['log_z']:.2f} | {sm['log_z_sd']:.2f} | {sm['median_seconds']:.1f} |"
+    stab = next((f for f in flows if f["config"].startswith("asymmetric/loft")), None)
+    if smc is not None:
+        # averaging k independent SMC runs divides the sd by sqrt(k): the SMC sd scaled to the flow's time
+        t_ref = stab["median_seconds"] if stab else smc["median_seconds"]
+        smc["log_z_sd_at_flow_time"] = smc["log_z_sd"] * math.sqrt(smc["median_seconds"] / t_ref)
+        print(
+            f"| SMC ({smc['particles']} particles x {smc['moves']} moves) | {smc['log_z']:.2f} | – | {smc['log_z_sd']:.2f} "
+            f"| {smc['median_seconds']:.1f} | {smc['log_z_sd_at_flow_time']:.2f} |"
+        )
+    goals = {}
+    for sm in flows:
+        kind = "stabilized" if sm["config"].startswith("asymmetric/loft") else "unstabilized"
+        goals[f"{kind}_diverged"] = f"{sm['diverged']}/{sm['runs']}"
+    if stab:
+        goals["stabilized_all_finished"] = stab["diverged"] == 0
+        goals["stabilized_is_log_z_se_below_1"] = bool(stab["log_z_se"] < 1.0)
+        # the IS standard error is only trustworthy with Pareto k-hat < 0.7 (Vehtari et al.)
+        goals["stabilized_pareto_k"] = stab["pareto_k"]
+        goals["stabilized_is_reliable_k_below_0.7"] = bool(stab["pareto_k"] < 0.7)
+        if "within_0.1_sd" in stab:
+            goals["stabilized_share_within_0.1_nuts_sd"] = stab["within_0.1_sd"]
+            goals["stabilized_share_within_0.1_nuts_sd_at_least_0.95"] = bool(stab["within_0.1_sd"] >= 0.95)
+            if "reference_ceiling_within_0.1_sd" in result:
+                # what an exact sampler would score against this (finite) reference
+                goals["exact_sampler_share_within_0.1_sd"] = result["reference_ceiling_within_0.1_sd"]
+        if smc is not None:
+            goals["stabilized_log_z_sd_below_smc_at_equal_time"] = bool(stab["log_z_sd"] < smc["log_z_sd_at_flow_time"])
+            goals["stabilized_log_z_minus_smc_log_z"] = stab["log_z"] - smc["log_z"]
+    result["goals"] = goals
+    print()
+    for key, value in goals.items():
+        print(f"  goal {key}: {value}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="stability.json")
+    ap.add_argument(
+        "--study-dir", default=None, help="where the study tables and plots go (default: OUT without .json)"
     )
+    ap.add_argument("--quick", action="store_true", help="small CPU check (about a minute)")
+    ap.add_argument("--target", default="horseshoe_nci60", choices=["horseshoe_nci60", "horseshoe_colon"])
+    ap.add_argument("--data", help="the colon data file for --target horseshoe_colon (see docs/high_dimensional.md)")
+    ap.add_argument(
+        "--part",
+        default="all",
+        choices=PARTS,
+        help="run only the stabilized flows, the unstabilized flows or SMC (to keep each call short); "
+        "combine the parts' JSON files with --merge",
+    )
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine the JSON files of earlier --part runs")
+    ap.add_argument("--no-nuts", action="store_true", help="skip the NUTS reference (needs pyro-ppl)")
+    ap.add_argument("--reference", help="NUTS reference: a flowvi baseline nuts run directory or a summary .npz")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument(
+        "--nuts-device", default="cpu", help="device for NUTS (Pyro's tree building is launch-bound on a GPU)"
+    )
+    ap.add_argument("--seeds", type=int, help="override the number of seeds per configuration")
+    ap.add_argument("--steps", type=int, help="override the training steps")
+    ap.add_argument("--p", type=int, help="override the number of genes of horseshoe_nci60 (d = 2p + 2)")
+    ap.add_argument("--smc-particles", type=int, help="override the SMC particles")
+    ap.add_argument("--base", default="gaussian", choices=["gaussian", "student_t"], help="base of both flows")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0: none)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        result = {k: v for k, v in parts[0].items() if k not in ("flows", "smc", "goals", "part")}
+        for key in ("reference", "reference_ceiling_within_0.1_sd"):
+            found = [p[key] for p in parts if p.get(key) is not None]
+            if found:
+                result[key] = found[0]
+        result["parts"] = [p.get("part") for p in parts]
+        result["flows"] = [f for p in parts for f in p.get("flows", [])]
+        smcs = [p["smc"] for p in parts if p.get("smc")]
+        if smcs:
+            result["smc"] = smcs[0]
+        report(result)
+        out.write_text(json.dumps(result, indent=2, default=float))
+        print(f"\nwrote {out}")
+        return 0
+
+    s = dict(QUICK if args.quick else FULL)
+    for key, name in (("seeds", "seeds"), ("steps", "steps"), ("p", "p"), ("smc_particles", "smc_particles")):
+        if getattr(args, key) is not None:
+            s[name] = getattr(args, key)
+    device = resolve_device(args.device)
+    study_dir = Path(args.study_dir or out.with_suffix(""))
+    study_dir.mkdir(parents=True, exist_ok=True)
+    spec = target_spec(args, s)
+    dim = make_target(spec["name"], **spec["params"]).dim
+    result = {
+        "target": spec,
+        "dim": dim,
+        "part": args.part,
+        "settings": {**s, "base": args.base, "lr": args.lr, "clip": args.clip},
+        "device": str(device),
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+    }
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    print(f"stability benchmark: {spec['name']} (d={dim}) on {device}, part {args.part}", flush=True)
+    start = time.perf_counter()
+    if args.part in ("all", "stabilized", "unstabilized"):
+        reference = find_reference(args, spec, study_dir, s, result)
+        result["reference"] = str(reference) if reference else None
+        result["flows"] = run_flows(args, s, spec, device, study_dir, reference, args.part)
+        if reference is not None and Path(reference).suffix == ".npz":
+            result["reference_ceiling_within_0.1_sd"] = ceiling_share(Path(reference), min(s["eval_samples"], 10_000))
+    if args.part in ("all", "smc"):
+        result["smc"] = run_smc_part(s, spec, device)
+    result["wall_seconds"] = time.perf_counter() - start
+    report(result)
     out.write_text(json.dumps(result, indent=2, default=float))
-    print(f"\nwrote {out} and {study_dir}/")
+    print(f"\nwrote {out} and {study_dir}/ ({result['wall_seconds']:.0f} s)")
     return 0
 
 

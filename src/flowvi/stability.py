@@ -55,12 +55,30 @@ def coordinates(target, x: torch.Tensor) -> torch.Tensor:
     return f(x) if f is not None else x
 
 
-def reference_stats(target, reference_dir, n_plot: int = 4) -> dict:
-    """Mean and standard deviation of NUTS draws (``samples.npy`` in ``reference_dir``), in the
-    coordinates of :func:`coordinates`, and the ``n_plot`` coordinates of largest |mean| / sd to plot."""
-    path = Path(reference_dir) / "samples.npy"
+def reference_stats(target, reference, n_plot: int = 4) -> dict:
+    """Mean and standard deviation of NUTS draws in the coordinates of :func:`coordinates`, and the ``n_plot``
+    coordinates of largest |mean| / sd to plot, with their draws.
+
+    ``reference`` is a ``flowvi baseline nuts`` run directory (its ``samples.npy``) or a summary file ``.npz``
+    written by :func:`flowvi.reference.write_reference` (arrays ``mean``, ``sd``, ``plot``, ``draws``)."""
+    reference = Path(reference)
+    if reference.suffix == ".npz":
+        if not reference.exists():
+            raise FileNotFoundError(f"--reference {reference}: no such file")
+        with np.load(reference, allow_pickle=False) as f:
+            out = {key: f[key] for key in ("mean", "sd", "plot", "draws")}
+        if out["mean"].shape != out["sd"].shape or out["draws"].shape[1] != len(out["plot"]):
+            raise ValueError(f"--reference {reference}: inconsistent arrays mean/sd/plot/draws")
+        with torch.no_grad():
+            width = coordinates(target, torch.zeros(1, target.dim, dtype=torch.float64, device=target_device(target)))
+        if out["mean"].shape != (width.shape[1],):
+            raise ValueError(
+                f"--reference {reference} summarises {out['mean'].shape[0]} coordinates; the target has {width.shape[1]}"
+            )
+        return out
+    path = reference / "samples.npy"
     if not path.exists():
-        raise FileNotFoundError(f"--reference {reference_dir}: no samples.npy (run 'flowvi baseline nuts' first)")
+        raise FileNotFoundError(f"--reference {reference}: no samples.npy (run 'flowvi baseline nuts' first)")
     draws = np.load(path)
     if draws.ndim != 2 or draws.shape[1] != target.dim:
         raise ValueError(f"--reference draws have shape {draws.shape}; the target has dimension {target.dim}")

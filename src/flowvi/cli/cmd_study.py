@@ -49,7 +49,10 @@ def register(sub):
     g.add_argument("--df", type=float, default=5.0, help="Student-t base degrees of freedom")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=int, default=10_000)
-    g.add_argument("--reference", help="NUTS run directory (flowvi baseline nuts) to compare marginals with")
+    g.add_argument(
+        "--reference",
+        help="NUTS run directory (flowvi baseline nuts) or reference summary .npz to compare marginals with",
+    )
     g.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 

@@ -9,7 +9,13 @@ from .base import CallableTarget, Target, TargetError, checked_log_prob, load_ca
 from .funnel import Funnel
 from .gauge import Schwinger, U1Gauge
 from .gaussian import CorrelatedGaussian
-from .horseshoe import HorseshoeBreastCancer, HorseshoeLogisticRegression, HorseshoeNCI60, HorseshoeSynthetic
+from .horseshoe import (
+    HorseshoeBreastCancer,
+    HorseshoeColon,
+    HorseshoeLogisticRegression,
+    HorseshoeNCI60,
+    HorseshoeSynthetic,
+)
 from .regression import ConjugateLinearRegression
 from .student_t import MultivariateStudentT
 
@@ -23,6 +29,10 @@ TARGETS = {
         "Bayesian linear regression, normal-inverse-gamma prior; exact log Z",
     ),
     "horseshoe_nci60": (HorseshoeNCI60, "horseshoe logistic regression, NCI-60 microarray data; d = 2p + 2 (p = 2000)"),
+    "horseshoe_colon": (
+        HorseshoeColon,
+        "horseshoe logistic regression, colon cancer microarray (data file not shipped); d = 4002",
+    ),
     "horseshoe_breast_cancer": (HorseshoeBreastCancer, "horseshoe logistic regression, UCI breast cancer data; d = 62"),
     "horseshoe_synthetic": (HorseshoeSynthetic, "horseshoe logistic regression, simulated sparse data; d = 2p + 2"),
     "u1": (U1Gauge, "2D compact U(1) lattice gauge theory, Wilson action; link angles (2, L, L)"),
@@ -69,6 +79,7 @@ __all__ = [
     "CorrelatedGaussian",
     "Funnel",
     "HorseshoeBreastCancer",
+    "HorseshoeColon",
     "HorseshoeLogisticRegression",
     "HorseshoeNCI60",
     "HorseshoeSynthetic",

@@ -24,6 +24,9 @@ Targets:
     ``horseshoe_nci60``     real data: NCI-60 microarray (64 cell lines, up to 6830 genes), one cancer type
                             against the rest; ``p`` keeps the p genes of largest variance (d = 2p + 2;
                             the default p = 2000 gives d = 4002, as the paper's colon data).
+    ``horseshoe_colon``     real data: the paper's colon cancer microarray (Alon et al. 1999; 62 tissues x 2000
+                            genes, 40 tumours), d = 4002, preprocessed as in Andrade's code; the data file is
+                            not shipped (``path=`` or FLOWVI_COLON_DATA, see flowvi/data/README.md).
     ``horseshoe_breast_cancer`` real data: UCI Breast Cancer Wisconsin (569 tumours, 30 features), malignant
                             against benign; d = 62 (small enough for long NUTS runs on a CPU).
     ``horseshoe_synthetic`` simulated data as in the paper's synthetic experiments: n observations,
@@ -112,12 +115,48 @@ def standardize(X: np.ndarray) -> np.ndarray:
     return (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)
 
 
+def robust_scale(X: np.ndarray) -> np.ndarray:
+    """Columns to ``(x - median) / IQR`` (quartiles by linear interpolation; a zero IQR counts as 1), as
+    scikit-learn's ``RobustScaler`` with its defaults, which Andrade applies to the colon data."""
+    q25, median, q75 = np.percentile(X, [25, 50, 75], axis=0)
+    iqr = q75 - q25
+    return (X - median) / np.where(iqr > 0, iqr, 1.0)
+
+
+def libsvm_standardize(X: np.ndarray) -> np.ndarray:
+    """LIBSVM's preprocessing of its microarray sets (colon-cancer, leukemia): each tissue (row) to mean 0 and
+    standard deviation 1 over its genes, then each gene (column) to mean 0 and sample standard deviation 1."""
+    R = (X - X.mean(1, keepdims=True)) / X.std(1, keepdims=True)
+    return (R - R.mean(0)) / R.std(0, ddof=1)
+
+
+class HorseshoeColon(HorseshoeLogisticRegression):
+    """Horseshoe logistic regression on the colon cancer microarray data (Alon et al. 1999), d = 4002: the
+    real-data experiment of Andrade (2024, Sec. 5).
+
+    ``y = 1`` for the 40 tumour tissues, 0 for the 22 normal ones. Preprocessing as in Andrade's
+    ``prepare_colon_data.py``: LIBSVM's ``colon-cancer`` file (rows, then columns standardised; see
+    :func:`libsvm_standardize`, applied here when ``path`` holds the raw intensities) followed by
+    :func:`robust_scale`. Andrade codes LIBSVM's -1 as 0; flipping all labels maps the posterior of
+    ``(z, beta0)`` to that of ``(-z, -beta0)``, which leaves ``log Z`` and all scale parameters unchanged.
+    ``path``: the data file (not shipped; see :func:`flowvi.data.load_colon`).
+    """
+
+    def __init__(self, path: str | None = None, tau_scale: float = 1.0, intercept_scale: float = 10.0):
+        from ..data import load_colon
+
+        X, y, kind = load_colon(path)
+        if kind == "raw":
+            X = libsvm_standardize(X)
+        super().__init__(robust_scale(X), y, tau_scale, intercept_scale)
+
+
 class HorseshoeNCI60(HorseshoeLogisticRegression):
     """Horseshoe logistic regression on the NCI-60 microarray data (Ross et al. 2000), d = 2p + 2.
 
     ``y = 1`` for the cell lines of cancer type ``positive`` (default RENAL: 9 of 64), 0 otherwise.
     ``p`` (1..6830, default 2000 -> d = 4002) keeps the p genes of largest variance, then standardises them.
-    Data: ``flowvi/data/nci60.npz`` (from the R package ISLR, GPL; see flowvi/data/README.md).
+    Data: ``flowvi/data/nci60.npz`` (as shipped by the Python package ISLP, BSD; see flowvi/data/README.md).
     """
 
     def __init__(self, p: int = 2000, positive: str = "RENAL", tau_scale: float = 1.0, intercept_scale: float = 10.0):
