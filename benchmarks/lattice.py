@@ -16,7 +16,8 @@ Stebel 2023, arXiv 2308.13294) and its lattice sizes L = 8, 12, 16, with the gau
    then the normalized ESS and the acceptance of an independence Metropolis-Hastings chain with the flow as
    proposal over ``--eval-samples`` draws, and the reweighted plaquette and chi_t;
 5. ``u1``: pure-gauge U(1) (``--u1-size``, ``--u1-beta``; exact answers known) trained with ``--u1-estimators``
-   (default path vs reparam) with the fast step (CUDA graph on) for ``--u1-seconds`` each, same metrics.
+   (default path vs reparam) with the fast step (CUDA graph on a GPU, no compile unless ``--u1-compile``) for
+   ``--u1-seconds`` each, same metrics.
 
 A global ``--max-minutes`` guard skips training runs that would not fit (recorded as skipped).
 
@@ -204,14 +205,16 @@ def evaluate(flow, target, n, batch):
     return out
 
 
-def fast_run(target_name, name, L, args, device, dtype, train_seconds, beta=2.0):
+def fast_run(target_name, name, L, args, device, dtype, train_seconds, beta=2.0, compile=True):
     """fit()'s fast step for one estimator: compile time, step time, peak memory, then training for
     ``train_seconds`` of wall time (after compilation) and the ESS / acceptance of the trained flow."""
     torch.manual_seed(1)
     flow, target = build(target_name, L, args, device, dtype, seed=1, beta=beta)
     cuda = device.type == "cuda"
+    if compile:
+        torch._dynamo.reset()  # every run compiles from scratch: comparable compile times, no stale guards
     options = StepOptions(
-        compile=args.compile,
+        compile=compile,
         cuda_graph=cuda and target_name == "u1",  # the Schwinger model's LU cannot be captured
         precision="fp32",
         tf32=cuda,
@@ -314,7 +317,7 @@ def main(argv=None):
     p.add_argument("--ops-size", type=int, default=8, help="lattice size of the operation counts (0: skip)")
     p.add_argument("--ops-batch-size", type=int, default=64)
     p.add_argument("--fast-sizes", type=int, nargs="*", default=[16], help="sizes of the fast-step runs")
-    p.add_argument("--estimators", nargs="+", default=["reparam", "path", "reinforce"])
+    p.add_argument("--estimators", nargs="+", default=["reparam", "reinforce", "path"])
     p.add_argument("--batch-size", type=int, default=256, help="batch of the eager timing")
     p.add_argument("--train-batch-size", type=int, default=256)
     p.add_argument("--warmup", type=int, default=3)
@@ -325,6 +328,9 @@ def main(argv=None):
     p.add_argument("--u1-beta", type=float, default=2.0)
     p.add_argument("--u1-estimators", nargs="+", default=["path", "reparam"])
     p.add_argument("--u1-seconds", type=float, default=25.0, help="U(1) training budget per estimator")
+    p.add_argument(
+        "--u1-compile", action="store_true", help="compile the U(1) step too (default: CUDA graph, no compile)"
+    )
     p.add_argument("--no-compile", dest="compile", action="store_false", help="fast step without torch.compile")
     p.add_argument("--max-minutes", type=float, default=8.0, help="skip training runs that would end later")
     p.add_argument("--layers", type=int, default=16)
@@ -385,26 +391,29 @@ def main(argv=None):
         )
     print("(bound: the REINFORCE/reparam time ratio if the flow cost nothing: action / (action + gradient))")
 
-    runs = [("schwinger", name, L, args.train_seconds, 2.0) for L in args.fast_sizes for name in names]
+    runs = [("schwinger", name, L, args.train_seconds, 2.0, args.compile) for L in args.fast_sizes for name in names]
     if args.u1_size:
-        runs += [("u1", name, args.u1_size, args.u1_seconds, args.u1_beta) for name in args.u1_estimators]
+        u1_runs = [
+            ("u1", name, args.u1_size, args.u1_seconds, args.u1_beta, args.u1_compile) for name in args.u1_estimators
+        ]
+        runs += u1_runs
     fast, u1 = [], []
-    expected_overhead = 60.0 if args.compile and device.type == "cuda" else 15.0  # compile + evaluation
-    print(f"\nfast step (compile={args.compile}), then training at equal wall time")
+    compile_estimate = 60.0  # seconds; updated from the runs; a run also needs about 15 s to warm up and evaluate
+    print("\nfast step (Schwinger: compile, no CUDA graph; U(1): CUDA graph), then training at equal wall time")
     header_for = None
-    for target_name, name, L, seconds, beta in runs:
+    for target_name, name, L, seconds, beta, compile in runs:
         if target_name != header_for:
             label = "Schwinger" if target_name == "schwinger" else f"U(1) beta={beta}"
             print(f"\n{label}\n{TRAIN_HEADER}")
             header_for = target_name
         left = deadline - time.perf_counter()
-        if left < seconds + expected_overhead:
+        if left < seconds + 15.0 + (compile_estimate if compile else 0.0):
             r = {"target": target_name, "estimator": name, "L": L, "skipped_run": "not run: --max-minutes budget"}
         else:
-            r = guarded(fast_run, target_name, name, L, args, device, dtype, seconds, beta=beta)
+            r = guarded(fast_run, target_name, name, L, args, device, dtype, seconds, beta=beta, compile=compile)
             r.update({"target": target_name, "estimator": name, "L": L})
-            if "compile_s" in r:
-                expected_overhead = max(expected_overhead, r["compile_s"] + 10.0)
+            if "compile_s" in r and compile:
+                compile_estimate = max(compile_estimate, r["compile_s"])
         (fast if target_name == "schwinger" else u1).append(r)
         print_training(r)
     fast_ok = [r for r in fast if "step_s" in r]
