@@ -416,6 +416,9 @@ def main(argv=None):
                 compile_estimate = max(compile_estimate, r["compile_s"])
         (fast if target_name == "schwinger" else u1).append(r)
         print_training(r)
+    exact = next((r["exact_plaquette"] for r in u1 if "exact_plaquette" in r), None)
+    if exact is not None:
+        print(f"U(1) exact plaquette {exact:.4f}")
     fast_ok = [r for r in fast if "step_s" in r]
     fast_ratios, lines = ratio_lines(fast_ok, "step_s", "fast")
     print("\n" + "\n".join(lines))

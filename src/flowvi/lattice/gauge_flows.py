@@ -160,7 +160,8 @@ class PlaquetteCoupling(Transform):
         B = flat.shape[0]
         plaq = (flat.index_select(1, self.plaq_index).view(B, 4, -1) * self.plaq_sign).sum(1)  # (B, V)
         feats = torch.cos(plaq.unsqueeze(1) - self.phase) * self.frozen  # (cos P, sin P) on frozen plaquettes
-        raw = self.net(feats.view(B, 2, self.L, self.L)).flatten(2)  # (B, 3K, V)
+        # (B, 3K, V); under autocast the convolutions may run in 16 bits, the spline always in the links' dtype
+        raw = self.net(feats.view(B, 2, self.L, self.L)).flatten(2).to(flat.dtype)
         table = spline_table(raw.transpose(1, 2).index_select(1, self.active_plaquettes))  # (B, n, 6, K)
         p = torch.remainder(plaq.index_select(1, self.active_plaquettes), TWO_PI)
         return p, flat.index_select(1, self.active_links), table
