@@ -21,7 +21,7 @@ Stebel 2023, arXiv 2308.13294) and its lattice sizes L = 8, 12, 16, with the gau
 
 A global ``--max-minutes`` guard skips training runs that would not fit (recorded as skipped).
 
-GPU:  PYTHONPATH=src python benchmarks/lattice.py --device cuda --out lattice.json     (about 7 minutes, H100)
+GPU:  PYTHONPATH=src python benchmarks/lattice.py --device cuda --out lattice.json     (at most --max-minutes 8)
 CPU:  PYTHONPATH=src python benchmarks/lattice.py --quick
 """
 
