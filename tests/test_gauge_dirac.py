@@ -109,7 +109,10 @@ def test_schwinger_target():
     assert torch.autograd.gradcheck(lambda y: t.log_prob(y), (x,))
     with pytest.raises(ValueError, match="shape"):
         t.log_prob(torch.zeros(2, 32, dtype=torch.float64))
-    assert make_target("schwinger", L=4, antiperiodic="False").antiperiodic is False
+    periodic = make_target("schwinger", L=4, antiperiodic="False").double()
+    assert periodic.antiperiodic is False  # its precomputed stencil (buffers) matches the plain function
+    expected = -wilson_action(links, 2.0) + 2 * log_abs_det_dirac(links, 0.276, antiperiodic=False)
+    assert torch.allclose(periodic.log_prob(links), expected)
     assert make_target("schwinger", L=4, antiperiodic=1).antiperiodic is True
     with pytest.raises(ValueError, match="antiperiodic"):
         make_target("schwinger", L=4, antiperiodic="maybe")

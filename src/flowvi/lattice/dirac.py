@@ -33,7 +33,7 @@ def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-def _hop_indices(L0: int, L1: int, device) -> Tensor:
+def hop_indices(L0: int, L1: int, device) -> Tensor:
     """Flat indices into the ``(2V)^2`` matrix of the four hops (``+e0, +e1, -e0, -e1``) of every
     site and spin pair, shape ``(4, V, 2, 2)``."""
     x0, x1 = torch.meshgrid(torch.arange(L0, device=device), torch.arange(L1, device=device), indexing="ij")
@@ -54,29 +54,55 @@ def _hop_indices(L0: int, L1: int, device) -> Tensor:
     return torch.stack(out)
 
 
-def wilson_dirac(links: Tensor, kappa: float, antiperiodic: bool = True) -> Tensor:
-    """Dense Wilson–Dirac matrices ``(batch, 2V, 2V)`` (complex, precision of ``links``)."""
+def spin_projectors(dtype=torch.complex128, device=None) -> Tensor:
+    """``(1 - gamma_0, 1 - gamma_1, 1 + gamma_0, 1 + gamma_1)``, shape ``(4, 2, 2)``, in hop order."""
+    g0, g1, _ = gamma_matrices(dtype, device)
+    eye = torch.eye(2, dtype=dtype, device=device)
+    return torch.stack([eye - g0, eye - g1, eye + g0, eye + g1])
+
+
+def time_boundary(L0: int, L1: int, antiperiodic: bool = True, dtype=torch.float64, device=None) -> Tensor:
+    """Sign ``(L0, L1)`` multiplying the hop ``x -> x + e0``: -1 on the last time slice when antiperiodic."""
+    sign = torch.ones(L0, L1, dtype=dtype, device=device)
+    if antiperiodic:
+        sign[-1] = -1.0
+    return sign
+
+
+def wilson_dirac(
+    links: Tensor,
+    kappa: float,
+    antiperiodic: bool = True,
+    hop_index: Tensor | None = None,
+    projectors: Tensor | None = None,
+    boundary: Tensor | None = None,
+) -> Tensor:
+    """Dense Wilson–Dirac matrices ``(batch, 2V, 2V)`` (complex, precision of ``links``).
+
+    ``hop_index`` (:func:`hop_indices`), ``projectors`` (:func:`spin_projectors`, real and imaginary parts
+    stacked in a last dim of size 2) and ``boundary`` (:func:`time_boundary`) may be passed precomputed (the
+    Schwinger target keeps them as buffers), so a call builds no constant tensors and copies nothing from the
+    host.
+    """
     links = check_links(links)
     B, _, L0, L1 = links.shape
     V = L0 * L1
     cdtype = complex_dtype(links.dtype)
-    g0, g1, _ = gamma_matrices(cdtype, links.device)
-    eye = torch.eye(2, dtype=cdtype, device=links.device)
+    if projectors is None:
+        projectors = torch.view_as_real(spin_projectors(cdtype, links.device))
+    if boundary is None:
+        boundary = time_boundary(L0, L1, antiperiodic, links.dtype, links.device)
+    if hop_index is None:
+        hop_index = hop_indices(L0, L1, links.device)
+    spin = torch.view_as_complex(projectors.to(links.dtype).contiguous())
     u = torch.polar(torch.ones_like(links), links)  # (B, 2, L0, L1)
-    if antiperiodic:
-        sign = torch.ones(L0, 1, dtype=links.dtype, device=links.device)
-        sign[-1] = -1.0
-        bc0 = sign.expand(L0, L1)  # multiplies the hop x -> x + e0 leaving the last time slice
-    else:
-        bc0 = torch.ones(L0, L1, dtype=links.dtype, device=links.device)
-    fwd0 = u[:, 0] * bc0
+    fwd0 = u[:, 0] * boundary.to(links.dtype)  # the boundary sign multiplies hops leaving the last time slice
     fwd1 = u[:, 1]
     bwd0 = torch.roll(fwd0, 1, dims=-2).conj()  # U_0(x - e0)^* with the same boundary sign
     bwd1 = torch.roll(fwd1, 1, dims=-1).conj()
     hops = torch.stack([fwd0, fwd1, bwd0, bwd1], dim=1).reshape(B, 4, V)
-    spin = torch.stack([eye - g0, eye - g1, eye + g0, eye + g1])  # (4, 2, 2)
     values = (-kappa) * hops[:, :, :, None, None] * spin[None, :, None]  # (B, 4, V, 2, 2)
-    index = _hop_indices(L0, L1, links.device).reshape(1, -1).expand(B, -1)
+    index = hop_index.reshape(1, -1).expand(B, -1)
     # real and imaginary parts are scattered separately (real scatter_add is supported on every device)
     zeros = links.new_zeros(B, (2 * V) ** 2)
     re = zeros.scatter_add(1, index, values.real.reshape(B, -1))
@@ -85,9 +111,10 @@ def wilson_dirac(links: Tensor, kappa: float, antiperiodic: bool = True) -> Tens
     return D + torch.eye(2 * V, dtype=cdtype, device=links.device)
 
 
-def log_abs_det_dirac(links: Tensor, kappa: float, antiperiodic: bool = True) -> Tensor:
-    """``log|det D|`` per configuration by batched LU (``torch.linalg.slogdet``), real, differentiable."""
-    return torch.linalg.slogdet(wilson_dirac(links, kappa, antiperiodic)).logabsdet
+def log_abs_det_dirac(links: Tensor, kappa: float, antiperiodic: bool = True, **stencil) -> Tensor:
+    """``log|det D|`` per configuration by batched LU (``torch.linalg.slogdet``), real, differentiable.
+    ``stencil``: the precomputed ``hop_index``, ``projectors``, ``boundary`` of :func:`wilson_dirac`."""
+    return torch.linalg.slogdet(wilson_dirac(links, kappa, antiperiodic, **stencil)).logabsdet
 
 
 def free_dirac_eigenvalues(L0: int, L1: int, kappa: float, antiperiodic: bool = True) -> Tensor:

@@ -8,7 +8,10 @@ circular version of Rezende et al. 2020, arXiv 2002.02428).
     y  = y_k + h_k (s xi^2 + d_k xi (1 - xi)) / (s + (d_{k+1} + d_k - 2s) xi (1 - xi))
     y' = s^2 (d_{k+1} xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2) / (s + (d_{k+1} + d_k - 2s) xi (1 - xi))^2
 
-The functions are elementwise in ``x``; the parameter tensors carry one extra trailing dim of size ``K``.
+The functions are elementwise in ``x``. Their parameters are packed into one *table* of shape ``[..., 6, K]``
+(rows: left x knots, left y knots, widths, heights, ``d_k``, ``d_{k+1}``), so that looking up the bin of every
+point is a single ``gather`` — the flows call these once per layer for all active links, and on a GPU the
+number of kernel launches, not the arithmetic, sets the cost.
 """
 
 from __future__ import annotations
@@ -27,72 +30,101 @@ DERIVATIVE_SHIFT = math.log(math.expm1(1 - MIN_DERIVATIVE))
 
 def spline_params(raw: Tensor, min_bin: float = 1e-3):
     """Split ``raw[..., 3K]`` into (widths, heights, derivatives), each ``[..., K]``."""
+    table = spline_table(raw, min_bin)
+    return table[..., 2, :], table[..., 3, :], table[..., 4, :]
+
+
+def spline_table(raw: Tensor, min_bin: float = 1e-3) -> Tensor:
+    """The parameter table ``[..., 6, K]`` from unconstrained ``raw[..., 3K]`` (widths, heights, derivatives):
+    ``w_k = 2pi (min_bin + (1 - K min_bin) softmax(raw_w)_k)``, likewise ``h_k``, and
+    ``d_k = 1e-3 + softplus(raw_d + shift)`` (``raw = 0`` is the identity map)."""
     K = raw.shape[-1] // 3
-    w, h, d = raw[..., :K], raw[..., K : 2 * K], raw[..., 2 * K :]
-    widths = TWO_PI * (min_bin + (1 - min_bin * K) * torch.softmax(w, -1))
-    heights = TWO_PI * (min_bin + (1 - min_bin * K) * torch.softmax(h, -1))
-    derivs = MIN_DERIVATIVE + F.softplus(d + DERIVATIVE_SHIFT)
-    return widths, heights, derivs
+    raw = raw.unflatten(-1, (3, K))
+    sizes = TWO_PI * min_bin + (TWO_PI * (1 - min_bin * K)) * torch.softmax(raw[..., :2, :], -1)
+    derivs = MIN_DERIVATIVE + F.softplus(raw[..., 2:, :] + DERIVATIVE_SHIFT)
+    return _pack(sizes, derivs)
 
 
-def _knots(sizes: Tensor) -> Tensor:
-    c = torch.cumsum(sizes, -1)
-    c = torch.cat([torch.zeros_like(c[..., :1]), c], -1)
-    return torch.cat([c[..., :-1], torch.full_like(c[..., -1:], TWO_PI)], -1)  # last knot exactly 2pi
+def _pack(sizes: Tensor, derivs: Tensor) -> Tensor:
+    """``sizes [..., 2, K]`` (widths, heights) and ``derivs [..., 1, K]`` -> the table ``[..., 6, K]``."""
+    knots = torch.cumsum(sizes, -1) - sizes  # left knots, the first exactly 0
+    return torch.cat([knots, sizes, derivs, derivs.roll(-1, -1)], -2)
 
 
-def _gather(t: Tensor, idx: Tensor) -> Tensor:
-    return torch.gather(t, -1, idx[..., None])[..., 0]
+def table_from_params(widths: Tensor, heights: Tensor, derivs: Tensor) -> Tensor:
+    """The table ``[..., 6, K]`` from explicit widths, heights (each summing to ``2pi``) and derivatives."""
+    return _pack(torch.stack([widths, heights], -2), derivs.unsqueeze(-2))
 
 
-def _bin(knots: Tensor, v: Tensor) -> Tensor:
-    idx = torch.searchsorted(knots[..., 1:-1].contiguous(), v[..., None].contiguous(), right=True)[..., 0]
-    return idx.clamp(0, knots.shape[-1] - 2)
+def _lookup(table: Tensor, v: Tensor, row: int):
+    """The six bin quantities of the bin of ``v`` among the knots in ``table[..., row, :]``."""
+    idx = (v.unsqueeze(-1) >= table[..., row, 1:]).sum(-1)  # bin index 0..K-1, no host sync
+    q = torch.gather(table, -1, idx[..., None, None].expand(*idx.shape, 6, 1)).squeeze(-1)
+    return q.unbind(-1)
 
 
-def _bin_quantities(x_knots, y_knots, widths, heights, derivs, idx):
-    d_ext = torch.cat([derivs, derivs[..., :1]], -1)
-    xk, yk = _gather(x_knots, idx), _gather(y_knots, idx)
-    wk, hk = _gather(widths, idx), _gather(heights, idx)
-    d0, d1 = _gather(d_ext, idx), _gather(d_ext, idx + 1)
-    return xk, yk, wk, hk, d0, d1
+def _log_slope(s, d0, d1, s2, xi, omx, xi2, den):
+    """``log y'`` and the numerator ``d1 xi^2 + 2 s xi (1 - xi) + d0 (1 - xi)^2`` (``s2 = 2 s``, ``omx = 1 - xi``)."""
+    num = torch.addcmul(torch.addcmul(d1 * xi2, s2, xi * omx), d0, omx * omx)
+    ratio = s / den
+    return torch.log(ratio * ratio * num), num
+
+
+def spline_forward(x: Tensor, table: Tensor, with_score: bool = True):
+    """``(y, log y'(x), d log y'(x)/dx)`` for ``x`` in ``[0, 2pi)``; the last (the analytic derivative used by
+    the fast path gradient) is ``None`` unless ``with_score``.
+
+    ``xi`` is not clamped: the bin search guarantees ``x >= x_k``, and a rounding excess of ``xi`` over 1 is
+    harmless (the rational function is smooth there). Written with few, fused (``addcmul``) operations, as
+    each one is a kernel launch in eager mode.
+    """
+    xk, yk, wk, hk, d0, d1 = _lookup(table, x, 0)
+    s = hk / wk
+    xi = (x - xk) / wk
+    omx = 1 - xi
+    q = xi * omx
+    s2 = 2 * s
+    c = d1 + d0 - s2
+    den = torch.addcmul(s, c, q)
+    xi2 = xi * xi
+    y = torch.addcmul(yk, hk, torch.addcmul(s * xi2, d0, q) / den)
+    log_dy, num = _log_slope(s, d0, d1, s2, xi, omx, xi2, den)
+    if not with_score:
+        return y, log_dy, None
+    # d log y'/dx = (num'/num - 2 den'/den) / w_k with num' = 2 (d1 xi + s (1 - 2 xi) - d0 (1 - xi))
+    # and den' = c (1 - 2 xi)
+    one_m_2xi = omx - xi
+    dnum = 2 * (torch.addcmul(d1 * xi, s, one_m_2xi) - d0 * omx)
+    dlog_dy = (dnum / num - 2 * c * one_m_2xi / den) / wk
+    return y, log_dy, dlog_dy
+
+
+def spline_inverse(y: Tensor, table: Tensor):
+    """``(x, log x'(y))`` with ``x`` the preimage of ``y`` in ``[0, 2pi)`` (root of the bin's quadratic
+    ``a xi^2 + b xi + c = 0``, in the cancellation-free form ``xi = 2c / (-b - sqrt(b^2 - 4ac))``)."""
+    xk, yk, wk, hk, d0, d1 = _lookup(table, y, 1)
+    s = hk / wk
+    dy = y - yk
+    s2 = 2 * s
+    c = d1 + d0 - s2
+    dyc = dy * c
+    a = torch.addcmul(dyc, hk, s - d0)
+    b = hk * d0 - dyc
+    cc = -s * dy
+    disc = torch.addcmul(b * b, a, cc, value=-4).clamp_min(0)
+    xi = ((2 * cc) / (-b - torch.sqrt(disc))).clamp(0, 1)
+    x = torch.addcmul(xk, xi, wk)
+    omx = 1 - xi
+    den = torch.addcmul(s, c, xi * omx)
+    log_dy, _ = _log_slope(s, d0, d1, s2, xi, omx, xi * xi, den)
+    return x, -log_dy
 
 
 def circular_spline(x: Tensor, widths: Tensor, heights: Tensor, derivs: Tensor):
-    """``(y, log y'(x), d log y'(x) / dx)`` for ``x`` in ``[0, 2pi)`` (the last is the analytic derivative
-    used by the fast path gradient)."""
-    x_knots, y_knots = _knots(widths), _knots(heights)
-    idx = _bin(x_knots, x)
-    xk, yk, wk, hk, d0, d1 = _bin_quantities(x_knots, y_knots, widths, heights, derivs, idx)
-    s = hk / wk
-    xi = ((x - xk) / wk).clamp(0, 1)
-    q = xi * (1 - xi)
-    den = s + (d1 + d0 - 2 * s) * q
-    y = yk + hk * (s * xi * xi + d0 * q) / den
-    num = d1 * xi * xi + 2 * s * q + d0 * (1 - xi) ** 2
-    log_dy = 2 * torch.log(s) + torch.log(num) - 2 * torch.log(den)
-    dnum = 2 * d1 * xi + 2 * s * (1 - 2 * xi) - 2 * d0 * (1 - xi)
-    dden = (d1 + d0 - 2 * s) * (1 - 2 * xi)
-    dlog_dy = (dnum / num - 2 * dden / den) / wk
-    return y, log_dy, dlog_dy
+    """``(y, log y'(x), d log y'(x) / dx)`` for ``x`` in ``[0, 2pi)`` with parameters ``[..., K]``."""
+    return spline_forward(x, table_from_params(widths, heights, derivs))
 
 
 def circular_spline_inverse(y: Tensor, widths: Tensor, heights: Tensor, derivs: Tensor):
     """``(x, log x'(y))`` with ``x`` the preimage of ``y`` in ``[0, 2pi)``."""
-    x_knots, y_knots = _knots(widths), _knots(heights)
-    idx = _bin(y_knots, y)
-    xk, yk, wk, hk, d0, d1 = _bin_quantities(x_knots, y_knots, widths, heights, derivs, idx)
-    s = hk / wk
-    dy = y - yk
-    c_ = d1 + d0 - 2 * s
-    a = hk * (s - d0) + dy * c_
-    b = hk * d0 - dy * c_
-    c = -s * dy
-    disc = (b * b - 4 * a * c).clamp_min(0)
-    xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
-    x = xk + xi * wk
-    q = xi * (1 - xi)
-    den = s + c_ * q
-    num = d1 * xi * xi + 2 * s * q + d0 * (1 - xi) ** 2
-    log_dy = 2 * torch.log(s) + torch.log(num) - 2 * torch.log(den)
-    return x, -log_dy
+    return spline_inverse(y, table_from_params(widths, heights, derivs))

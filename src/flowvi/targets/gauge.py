@@ -15,7 +15,9 @@ Variables are link angles of shape ``(2, L, L)`` (see :mod:`flowvi.lattice.u1`),
 
 from __future__ import annotations
 
-from ..lattice.dirac import log_abs_det_dirac
+import torch
+
+from ..lattice.dirac import hop_indices, log_abs_det_dirac, spin_projectors, time_boundary
 from ..lattice.gauge_flows import u1_gauge_flow
 from ..lattice.u1 import (
     check_links,
@@ -102,10 +104,15 @@ class Schwinger(Target):
         self.L, self.beta, self.kappa = L, float(beta), float(kappa)
         self.antiperiodic = _as_bool("antiperiodic", antiperiodic)
         self.event_shape = (2, L, L)
+        # the Dirac stencil as buffers: no constant is rebuilt or copied from the host per call
+        self.register_buffer("hop_index", hop_indices(L, L, None), persistent=False)
+        self.register_buffer("projectors", torch.view_as_real(spin_projectors()), persistent=False)
+        self.register_buffer("boundary", time_boundary(L, L, self.antiperiodic), persistent=False)
 
     def log_prob(self, x):
         x = check_links(x)
-        return -wilson_action(x, self.beta) + 2 * log_abs_det_dirac(x, self.kappa, self.antiperiodic)
+        stencil = {"hop_index": self.hop_index, "projectors": self.projectors, "boundary": self.boundary}
+        return -wilson_action(x, self.beta) + 2 * log_abs_det_dirac(x, self.kappa, self.antiperiodic, **stencil)
 
     def default_flow(self, **flow_options):
         return _gauge_flow(self.L, flow_options)
