@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flowvi.baselines.smc import run_smc  # noqa: E402
 from flowvi.runs import build, resolve_device  # noqa: E402
-from flowvi.stability import grid, markdown_table, run_study  # noqa: E402
+from flowvi.stability import grid, markdown_table, run_study, score_against_reference  # noqa: E402
 from flowvi.targets import make_target  # noqa: E402
 from flowvi.train import TrainConfig, fit  # noqa: E402
 
@@ -144,8 +144,14 @@ def run_flows(args, s, spec, device, study_dir, reference, part):
     settings = [c for c in settings if (c["clamp"] == "asymmetric") == c["loft"]]  # stabilized vs unstabilized
     if part != "all":
         settings = [c for c in settings if (c["clamp"] == "asymmetric") == (part == "stabilized")]
+    compile = {"auto": "auto", "true": True, "false": False}[args.compile]
     train = TrainConfig(
-        steps=s["steps"], batch_size=s["batch_size"], lr=args.lr, clip=args.clip or None, checkpoint_every=10**9
+        steps=s["steps"],
+        batch_size=s["batch_size"],
+        lr=args.lr,
+        clip=args.clip or None,
+        checkpoint_every=10**9,
+        compile=compile,
     )
     summary = run_study(
         spec,
@@ -275,6 +281,13 @@ def main(argv=None):
     ap.add_argument("--base", default="gaussian", choices=["gaussian", "student_t"], help="base of both flows")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0: none)")
+    ap.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="torch.compile the training step (auto: on CUDA); false keeps the CUDA graph and skips the "
+        "per-run compilation, which dominates short runs",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.merge:
@@ -285,6 +298,17 @@ def main(argv=None):
             if found:
                 result[key] = found[0]
         result["parts"] = [p.get("part") for p in parts]
+        if args.reference:  # score the parts' flows against a reference made after they ran
+            for f, part in zip(args.merge, parts, strict=True):
+                if part.get("flows"):
+                    scored = score_against_reference(Path(f).with_suffix(""), result["target"], args.reference)
+                    share = {sm["config"]: sm.get("within_0.1_sd") for sm in scored}
+                    for sm in part["flows"]:
+                        sm["within_0.1_sd"] = share[sm["config"]]
+            result["reference"] = args.reference
+            if Path(args.reference).suffix == ".npz":
+                n_flow = min(result.get("settings", {}).get("eval_samples", 10_000), 10_000)
+                result["reference_ceiling_within_0.1_sd"] = ceiling_share(Path(args.reference), n_flow)
         result["flows"] = [f for p in parts for f in p.get("flows", [])]
         smcs = [p["smc"] for p in parts if p.get("smc")]
         if smcs:
@@ -307,7 +331,7 @@ def main(argv=None):
         "target": spec,
         "dim": dim,
         "part": args.part,
-        "settings": {**s, "base": args.base, "lr": args.lr, "clip": args.clip},
+        "settings": {**s, "base": args.base, "lr": args.lr, "clip": args.clip, "compile": args.compile},
         "device": str(device),
         "torch": torch.__version__,
         "dtype": args.dtype,

@@ -161,18 +161,62 @@ def run_one(
                 stats = evaluate(flow, target, n=eval_samples)
                 if not math.isfinite(stats["elbo"]):
                     row.update(diverged=True, reason="non-finite ELBO")
-                elif reference is not None:
+                else:
                     with torch.no_grad():
                         c = coordinates(target, x.double()).cpu().numpy()
-                    z = np.abs(c.mean(0) - reference["mean"]) / np.maximum(reference["sd"], 1e-12)
-                    row["within_0.1_sd"] = float((z < 0.1).mean())
-                    row["plot_draws"] = c[:, reference["plot"]]
+                    # kept so that a reference made later can score this run (see score_against_reference)
+                    row["coord_mean"], row["coord_sd"] = c.mean(0), c.std(0)
+                    if reference is not None:
+                        row["within_0.1_sd"] = share_within(row["coord_mean"], reference)
+                        row["plot_draws"] = c[:, reference["plot"]]
         except TargetError as e:
             row.update(diverged=True, reason=f"evaluation: {e}")
     row["seconds"] = time.perf_counter() - start
     for key in ("elbo", "elbo_se", "log_z", "log_z_se", "ess", "pareto_k"):
         row[key] = stats.get(key, float("nan"))
     return row
+
+
+def share_within(mean: np.ndarray, reference: dict, tol: float = 0.1) -> float:
+    """Share of coordinates whose mean lies within ``tol`` reference posterior sds of the reference mean."""
+    z = np.abs(mean - reference["mean"]) / np.maximum(reference["sd"], 1e-12)
+    return float((z < tol).mean())
+
+
+def score_against_reference(out, target_spec: dict, reference, device: str = "cpu") -> list[dict]:
+    """Score a finished study (its ``runs.csv`` and ``coordinates.npz``) against a NUTS reference made
+    afterwards: adds ``within_0.1_sd`` to every run, rewrites runs.csv, table.csv and table.md, and returns
+    the per-configuration summary."""
+    out = Path(out)
+    target = make_target(target_spec["name"], **target_spec.get("params", {}))
+    ref = reference_stats(target.to(resolve_device(device), torch.float64), reference)
+    rows = read_csv(out / "runs.csv")
+    with np.load(out / "coordinates.npz", allow_pickle=False) as f:
+        moments = {key: f[key] for key in f.files}
+    for row in rows:
+        key = f"{row['config']}/seed{row['seed']}"
+        if key in moments and not row["diverged"]:
+            row["within_0.1_sd"] = share_within(moments[key][0], ref)
+    write_study_tables(rows, out, target_spec, sorted({r["seed"] for r in rows}), reference=True)
+    return aggregate(rows)
+
+
+def read_csv(path) -> list[dict]:
+    """runs.csv back into rows with numbers and booleans."""
+
+    def value(v):
+        if v in ("True", "False"):
+            return v == "True"
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                return v
+
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -326,9 +370,22 @@ def run_study(
                     else f"ELBO {row['elbo']:.3f}, log Z {row['log_z']:.3f} ± {row['log_z_se']:.3f}, k {row['pareto_k']:.2f}"
                 )
                 print(f"  {row['config']:<44} seed {seed}: {status}  [{row['seconds']:.1f} s]", flush=True)
-    summary = aggregate(rows)
-    if not summary:
+    if not aggregate(rows):
         raise ValueError(f"no configuration could run: {rows[0]['reason']}")
+    moments = {
+        f"{r['config']}/seed{r['seed']}": np.stack([r["coord_mean"], r["coord_sd"]]) for r in rows if "coord_mean" in r
+    }
+    np.savez_compressed(out / "coordinates.npz", **moments)
+    summary = write_study_tables(rows, out, target_spec, seeds, reference=reference is not None)
+    plot_curves(rows, out / "elbo_curves.png")
+    if reference is not None:
+        plot_marginals(rows, reference, out / "marginals.png")
+    return summary
+
+
+def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, reference: bool) -> list[dict]:
+    """runs.csv, table.csv and table.md of a study; returns the per-configuration summary."""
+    summary = aggregate(rows)
     keys = [
         "config",
         "clamp",
@@ -353,7 +410,4 @@ def run_study(
     write_csv(summary, out / "table.csv", list(summary[0]))
     title = f"Stability study: {target_spec['name']} {json.dumps(target_spec.get('params', {}))}, seeds {seeds}"
     (out / "table.md").write_text(markdown_table(summary, title))
-    plot_curves(rows, out / "elbo_curves.png")
-    if reference is not None:
-        plot_marginals(rows, reference, out / "marginals.png")
     return summary
