@@ -62,6 +62,25 @@ def test_nuts_recovers_gaussian_moments():
     assert res["summary"]["divergences"] == 0
 
 
+def test_chain_diagnostics_match_pyro():
+    """flowvi reads divergences and acceptance from the chain (Pyro's MCMC.diagnostics() also recomputes ESS
+    and R-hat with memory quadratic in the draws); both routes must agree."""
+    pytest.importorskip("pyro")
+    import pyro
+    from pyro.infer import MCMC, NUTS
+
+    from flowvi.baselines.nuts import _chain_diagnostics
+
+    pyro.set_rng_seed(1)
+    # a funnel-like potential, so that some transitions diverge
+    kernel = NUTS(potential_fn=lambda p: 0.5 * (p["x"][0] ** 2 / 9 + p["x"][1:].pow(2).sum() * torch.exp(-p["x"][0])))
+    mcmc = MCMC(kernel, num_samples=60, warmup_steps=30, initial_params={"x": torch.zeros(3)}, disable_progbar=True)
+    mcmc.run()
+    ours, pyros = _chain_diagnostics(mcmc), mcmc.diagnostics()
+    assert ours["divergences"] == pyros["divergences"]
+    assert ours["acceptance rate"] == pyros["acceptance rate"]
+
+
 def test_cli_smc_writes_run_directory(tmp_path, capsys):
     out = tmp_path / "smc"
     rc = main(

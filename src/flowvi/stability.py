@@ -291,7 +291,9 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     names = list(dict.fromkeys(r["config"] for r in rows))
     ncol = min(4, len(names))
     nrow = math.ceil(len(names) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.6 * nrow), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(max(3.6 * ncol, 5.0), 2.6 * nrow + 0.6), squeeze=False, sharey=True, layout="constrained"
+    )
     finite = [e for r in rows for _, e in r["curve"] if math.isfinite(e)]
     lo, hi = np.percentile(finite, [10, 100]) if finite else (0, 1)
     for ax, name in zip(axes.flat, names, strict=False):
@@ -305,7 +307,6 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax.axis("off")
     fig.supxlabel("step")
     fig.supylabel("batch ELBO (red: diverged run)")
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
