@@ -136,3 +136,24 @@ def test_unknown_option_is_one_line(capsys):
 def test_targets_lists_parameters(capsys):
     rc, stdout, _ = run(["targets"], capsys)
     assert rc == 0 and "funnel" in stdout and "conjugate_regression" in stdout and "sigma=3.0" in stdout
+
+
+@pytest.mark.parametrize("argv", [["fit", "u1", "--lattice", "4"], ["fit", "funnel", "--dim", "6"]])
+def test_fit_without_size_options_uses_the_flows_own_defaults(argv):
+    """`--layers/--hidden/--depth` left out: Real NVP gets 8 x 256 x 2, a lattice target its field flow's own
+    defaults (a 256-channel convolution would make `flowvi fit u1` take hours on a CPU)."""
+    from flowvi.cli import build_parser
+    from flowvi.cli.cmd_fit import config_from_args
+    from flowvi.realnvp import realnvp
+    from flowvi.runs import build
+
+    config = config_from_args(build_parser().parse_args(argv))
+    assert not {"layers", "hidden", "depth"} & set(config["flow"])
+    flow, target = build(config)
+    n = sum(p.numel() for p in flow.parameters())
+    if not hasattr(target, "default_flow"):
+        assert n == sum(p.numel() for p in realnvp(6, layers=8, hidden=256, depth=2).parameters())
+    else:
+        assert n == sum(p.numel() for p in target.default_flow().parameters())
+        big = build({**config, "flow": {**config["flow"], "hidden": 256}})[0]
+        assert n < sum(p.numel() for p in big.parameters()) / 100

@@ -49,9 +49,10 @@ def register(sub):
     g.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"], help="CUDA-graph the step")
     g.add_argument("--no-tf32", dest="tf32", action="store_false", help="strict float32 matmuls on CUDA")
     g = p.add_argument_group("flow")
-    g.add_argument("--layers", type=int, default=8, help="coupling layers")
-    g.add_argument("--hidden", type=int, default=256, help="conditioner width")
-    g.add_argument("--depth", type=int, default=2, help="conditioner hidden layers")
+    arch = "default: the flow's own (Real NVP {}; lattice targets: their field flow's)"
+    g.add_argument("--layers", type=int, default=None, help="coupling layers (" + arch.format(8) + ")")
+    g.add_argument("--hidden", type=int, default=None, help="conditioner width or channels (" + arch.format(256) + ")")
+    g.add_argument("--depth", type=int, default=None, help="conditioner hidden layers (" + arch.format(2) + ")")
     g.add_argument("--clamp", default="asymmetric", help=f"scale clamp: {', '.join(CLAMPS)}")
     g.add_argument("--alpha-pos", type=float, default=0.1)
     g.add_argument("--alpha-neg", type=float, default=2.0)
@@ -79,7 +80,7 @@ def config_from_args(args) -> dict:
     if args.clamp not in CLAMPS:
         raise ValueError(f"unknown clamp {args.clamp!r}; choose one of {', '.join(CLAMPS)}")
     for name in ("steps", "batch_size", "layers", "hidden", "eval_samples"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     train = TrainConfig(
         steps=args.steps,
@@ -98,9 +99,8 @@ def config_from_args(args) -> dict:
     return {
         "target": {"name": args.target, "params": params},
         "flow": {
-            "layers": args.layers,
-            "hidden": args.hidden,
-            "depth": args.depth,
+            # the architecture's size only where given: Real NVP and the lattice flows have different defaults
+            **{k: getattr(args, k) for k in ("layers", "hidden", "depth") if getattr(args, k) is not None},
             "clamp": args.clamp,
             "alpha_pos": args.alpha_pos,
             "alpha_neg": args.alpha_neg,
