@@ -48,7 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flowvi.baselines.smc import run_smc  # noqa: E402
 from flowvi.runs import build, resolve_device  # noqa: E402
-from flowvi.stability import grid, markdown_table, run_study, score_against_reference  # noqa: E402
+from flowvi.stability import (  # noqa: E402
+    aggregate,
+    grid,
+    markdown_table,
+    read_csv,
+    run_study,
+    score_against_reference,
+)
 from flowvi.targets import make_target  # noqa: E402
 from flowvi.train import TrainConfig, fit  # noqa: E402
 
@@ -157,7 +164,7 @@ def run_flows(args, s, spec, device, study_dir, reference, part):
         spec,
         study_dir,
         settings,
-        list(range(s["seeds"])),
+        list(range(args.first_seed, args.first_seed + s["seeds"])),
         {"layers": s["layers"], "hidden": s["hidden"], "depth": 2, "alpha_pos": 0.1, "alpha_neg": 2.0, "tau": 100.0},
         train,
         device=str(device),
@@ -174,10 +181,10 @@ def run_flows(args, s, spec, device, study_dir, reference, part):
     return summary
 
 
-def run_smc_part(s, spec, device):
+def run_smc_part(s, spec, device, first_seed: int = 0):
     target64 = make_target(spec["name"], **spec["params"]).to(device, torch.float64)
     smc = []
-    for k in range(s["smc_repeats"]):
+    for k in range(first_seed, first_seed + s["smc_repeats"]):
         sync(device)
         smc.append(run_smc(target64, particles=s["smc_particles"], moves=s["smc_moves"], seed=k))
         print(f"  SMC seed {k}: log Z {smc[-1]['log_z']:.3f}  [{smc[-1]['seconds']:.1f} s]", flush=True)
@@ -189,6 +196,7 @@ def run_smc_part(s, spec, device):
         "log_z_sd": float(np.std(log_z, ddof=1)),
         "log_z_runs": log_z,
         "median_seconds": statistics.median(r["seconds"] for r in smc),
+        "seconds_runs": [r["seconds"] for r in smc],
         "stages": [len(r["temperatures"]) - 1 for r in smc],
     }
 
@@ -201,6 +209,50 @@ def ceiling_share(reference: Path, n_flow: int) -> float:
         ess = f["ess"]
     scale = np.sqrt(2.0 * (1.0 / np.maximum(ess, 1.0) + 1.0 / n_flow))
     return float(np.mean([math.erf(0.1 / v) for v in scale]))
+
+
+def merge_parts(files: list[str], reference: str | None = None) -> dict:
+    """Combine the JSON files (and study folders beside them) of earlier ``--part`` runs, also runs of the
+    same part over different seeds (``--first-seed``): the flows are re-aggregated per configuration from the
+    parts' runs.csv, the SMC runs pooled; with ``reference`` the flows are scored against it first."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    result = {k: v for k, v in parts[0].items() if k not in ("flows", "smc", "goals", "part", "wall_seconds")}
+    for key in ("reference", "reference_ceiling_within_0.1_sd"):
+        found = [p[key] for p in parts if p.get(key) is not None]
+        if found:
+            result[key] = found[0]
+    result["parts"] = [p.get("part") for p in parts]
+    rows = []
+    for f, part in zip(files, parts, strict=True):
+        if part.get("flows"):
+            study = Path(f).with_suffix("")
+            if reference:  # score the part's flows against a reference made after they ran
+                score_against_reference(study, result["target"], reference)
+            rows += read_csv(study / "runs.csv")
+    if reference:
+        result["reference"] = reference
+        if Path(reference).suffix == ".npz":
+            n_flow = min(result.get("settings", {}).get("eval_samples", 10_000), 10_000)
+            result["reference_ceiling_within_0.1_sd"] = ceiling_share(Path(reference), n_flow)
+    result["flows"] = aggregate(rows)
+    for sm in result["flows"]:
+        mine = [r for r in rows if r["config"] == sm["config"]]
+        sm["median_seconds"] = statistics.median(float(r["seconds"]) for r in mine)
+        sm["seeds"] = len({r["seed"] for r in mine})
+    smcs = [p["smc"] for p in parts if p.get("smc")]
+    if smcs:
+        log_z = [z for m in smcs for z in m["log_z_runs"]]
+        seconds = [t for m in smcs for t in m.get("seconds_runs", [m["median_seconds"]] * len(m["log_z_runs"]))]
+        result["smc"] = {
+            **smcs[0],
+            "log_z": float(np.mean(log_z)),
+            "log_z_sd": float(np.std(log_z, ddof=1)) if len(log_z) > 1 else float("nan"),
+            "log_z_runs": log_z,
+            "seconds_runs": seconds,
+            "median_seconds": statistics.median(seconds),
+            "stages": [st for m in smcs for st in m["stages"]],
+        }
+    return result
 
 
 def report(result) -> None:
@@ -275,6 +327,12 @@ def main(argv=None):
         "--nuts-device", default="cpu", help="device for NUTS (Pyro's tree building is launch-bound on a GPU)"
     )
     ap.add_argument("--seeds", type=int, help="override the number of seeds per configuration")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first-seed ... first-seed + seeds - 1 (split a study over calls)",
+    )
     ap.add_argument("--steps", type=int, help="override the training steps")
     ap.add_argument("--p", type=int, help="override the number of genes of horseshoe_nci60 (d = 2p + 2)")
     ap.add_argument("--smc-particles", type=int, help="override the SMC particles")
@@ -291,28 +349,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.merge:
-        parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        result = {k: v for k, v in parts[0].items() if k not in ("flows", "smc", "goals", "part")}
-        for key in ("reference", "reference_ceiling_within_0.1_sd"):
-            found = [p[key] for p in parts if p.get(key) is not None]
-            if found:
-                result[key] = found[0]
-        result["parts"] = [p.get("part") for p in parts]
-        if args.reference:  # score the parts' flows against a reference made after they ran
-            for f, part in zip(args.merge, parts, strict=True):
-                if part.get("flows"):
-                    scored = score_against_reference(Path(f).with_suffix(""), result["target"], args.reference)
-                    share = {sm["config"]: sm.get("within_0.1_sd") for sm in scored}
-                    for sm in part["flows"]:
-                        sm["within_0.1_sd"] = share[sm["config"]]
-            result["reference"] = args.reference
-            if Path(args.reference).suffix == ".npz":
-                n_flow = min(result.get("settings", {}).get("eval_samples", 10_000), 10_000)
-                result["reference_ceiling_within_0.1_sd"] = ceiling_share(Path(args.reference), n_flow)
-        result["flows"] = [f for p in parts for f in p.get("flows", [])]
-        smcs = [p["smc"] for p in parts if p.get("smc")]
-        if smcs:
-            result["smc"] = smcs[0]
+        result = merge_parts(args.merge, args.reference)
         report(result)
         out.write_text(json.dumps(result, indent=2, default=float))
         print(f"\nwrote {out}")
@@ -331,7 +368,14 @@ def main(argv=None):
         "target": spec,
         "dim": dim,
         "part": args.part,
-        "settings": {**s, "base": args.base, "lr": args.lr, "clip": args.clip, "compile": args.compile},
+        "settings": {
+            **s,
+            "base": args.base,
+            "lr": args.lr,
+            "clip": args.clip,
+            "compile": args.compile,
+            "first_seed": args.first_seed,
+        },
         "device": str(device),
         "torch": torch.__version__,
         "dtype": args.dtype,
@@ -347,7 +391,7 @@ def main(argv=None):
         if reference is not None and Path(reference).suffix == ".npz":
             result["reference_ceiling_within_0.1_sd"] = ceiling_share(Path(reference), min(s["eval_samples"], 10_000))
     if args.part in ("all", "smc"):
-        result["smc"] = run_smc_part(s, spec, device)
+        result["smc"] = run_smc_part(s, spec, device, args.first_seed)
     result["wall_seconds"] = time.perf_counter() - start
     report(result)
     out.write_text(json.dumps(result, indent=2, default=float))

@@ -198,3 +198,29 @@ def test_reference_made_after_the_study_scores_the_same(tmp_path):
     assert 0 <= later[0]["within_0.1_sd"] <= 1
     rows = list(csv.DictReader(open(tmp_path / "b" / "runs.csv")))
     assert all(r["within_0.1_sd"] != "" for r in rows)
+
+
+def test_benchmark_parts_over_seeds_merge_into_one_study(tmp_path):
+    """benchmarks/stability.py: a study split over calls (--first-seed) merges into the same per-configuration
+    numbers as its runs, pooled."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stability.py"
+    spec = importlib.util.spec_from_file_location("stability_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    common = ["--quick", "--device", "cpu", "--no-nuts", "--p", "5", "--steps", "30", "--seeds", "1"]
+    for first in (0, 1):
+        out = tmp_path / f"part{first}.json"
+        assert bench.main([*common, "--part", "stabilized", "--first-seed", str(first), "--out", str(out)]) == 0
+    merged = tmp_path / "merged.json"
+    assert (
+        bench.main(["--merge", str(tmp_path / "part0.json"), str(tmp_path / "part1.json"), "--out", str(merged)]) == 0
+    )
+    flows = json.loads(merged.read_text())["flows"]
+    assert len(flows) == 1 and flows[0]["runs"] == 2 and flows[0]["seeds"] == 2
+    rows = [r for k in (0, 1) for r in csv.DictReader(open(tmp_path / f"part{k}" / "runs.csv"))]
+    assert sorted(int(r["seed"]) for r in rows) == [0, 1]
+    assert flows[0]["log_z"] == pytest.approx(sum(float(r["log_z"]) for r in rows) / 2)
