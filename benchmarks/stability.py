@@ -227,7 +227,7 @@ def merge_parts(files: list[str], reference: str | None = None) -> dict:
         if part.get("flows"):
             study = Path(f).with_suffix("")
             if reference:  # score the part's flows against a reference made after they ran
-                score_against_reference(study, result["target"], reference)
+                score_against_reference(study, reference, result["target"])
             rows += read_csv(study / "runs.csv")
     if reference:
         result["reference"] = reference

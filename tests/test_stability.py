@@ -193,7 +193,7 @@ def test_reference_made_after_the_study_scores_the_same(tmp_path):
     with_ref = run_study(spec, tmp_path / "a", settings, reference_dir=ref_dir, **kwargs)
     run_study(spec, tmp_path / "b", settings, **kwargs)
     assert "within_0.1_sd" not in list(csv.DictReader(open(tmp_path / "b" / "runs.csv")))[0]
-    later = score_against_reference(tmp_path / "b", spec, ref_dir)
+    later = score_against_reference(tmp_path / "b", ref_dir)  # the target from the study's study.json
     assert later[0]["within_0.1_sd"] == pytest.approx(with_ref[0]["within_0.1_sd"], abs=1e-12)
     assert 0 <= later[0]["within_0.1_sd"] <= 1
     rows = list(csv.DictReader(open(tmp_path / "b" / "runs.csv")))
@@ -224,3 +224,29 @@ def test_benchmark_parts_over_seeds_merge_into_one_study(tmp_path):
     rows = [r for k in (0, 1) for r in csv.DictReader(open(tmp_path / f"part{k}" / "runs.csv"))]
     assert sorted(int(r["seed"]) for r in rows) == [0, 1]
     assert flows[0]["log_z"] == pytest.approx(sum(float(r["log_z"]) for r in rows) / 2)
+
+
+def test_cli_study_score_later(tmp_path, capsys):
+    """`flowvi study score DIR --reference REF` scores a study that ran without a reference; bad input is a
+    one-line error."""
+    import numpy as np
+
+    from flowvi.targets import make_target
+
+    out = tmp_path / "study"
+    argv = ["study", "stability", "horseshoe_synthetic", "-p", "p=3", "--clamps", "asymmetric", "--loft", "on"]
+    argv += ["--bases", "gaussian", "--estimators", "reparam", "--seeds", "1", "--steps", "10", "--batch-size", "8"]
+    argv += ["--layers", "2", "--hidden", "8", "--eval-samples", "100", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    ref = tmp_path / "nuts"
+    ref.mkdir()
+    dim = make_target("horseshoe_synthetic", p=3).dim
+    np.save(ref / "samples.npy", np.random.default_rng(0).normal(size=(200, dim)))
+    capsys.readouterr()
+    assert main(["study", "score", str(out), "--reference", str(ref)]) == 0
+    assert "share of coordinates within 0.1 reference sd: asymmetric/loft/gaussian/reparam" in capsys.readouterr().out
+    assert list(csv.DictReader(open(out / "runs.csv")))[0]["within_0.1_sd"] != ""
+    assert main(["study", "score", str(out)]) == 2
+    assert "needs --reference" in capsys.readouterr().err
+    assert main(["study", "score", str(tmp_path), "--reference", str(ref)]) == 2
+    assert "not a finished stability study" in capsys.readouterr().err

@@ -183,11 +183,16 @@ def share_within(mean: np.ndarray, reference: dict, tol: float = 0.1) -> float:
     return float((z < tol).mean())
 
 
-def score_against_reference(out, target_spec: dict, reference, device: str = "cpu") -> list[dict]:
+def score_against_reference(out, reference, target_spec: dict | None = None, device: str = "cpu") -> list[dict]:
     """Score a finished study (its ``runs.csv`` and ``coordinates.npz``) against a NUTS reference made
     afterwards: adds ``within_0.1_sd`` to every run, rewrites runs.csv, table.csv and table.md, and returns
-    the per-configuration summary."""
+    the per-configuration summary. The target is the one in the study's ``study.json`` unless given."""
     out = Path(out)
+    for name in ("runs.csv", "coordinates.npz"):
+        if not (out / name).exists():
+            raise FileNotFoundError(f"{out} is not a finished stability study (no {name})")
+    if target_spec is None:
+        target_spec = json.loads((out / "study.json").read_text())["target"]
     target = make_target(target_spec["name"], **target_spec.get("params", {}))
     ref = reference_stats(target.to(resolve_device(device), torch.float64), reference)
     rows = read_csv(out / "runs.csv")
@@ -353,6 +358,18 @@ def run_study(
     marginals.png with a reference) into ``out``; return the per-configuration summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    study = {
+        "target": target_spec,
+        "settings": settings,
+        "seeds": list(seeds),
+        "flow": flow_options,
+        "train": asdict(train),
+        "device": device,
+        "dtype": dtype,
+        "eval_samples": eval_samples,
+    }
+    (out / "study.json.tmp").write_text(json.dumps(study, indent=2))
+    (out / "study.json.tmp").replace(out / "study.json")
     reference = None
     if reference_dir is not None:
         target = make_target(target_spec["name"], **target_spec.get("params", {}))

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..estimators import ESTIMATORS
-from ..stability import BASE_CHOICES, CLAMP_CHOICES, grid, run_study
+from ..stability import BASE_CHOICES, CLAMP_CHOICES, grid, run_study, score_against_reference
 from ..train import TrainConfig
 from .common import add_device_options, parse_params
 
@@ -21,8 +21,16 @@ def register(sub):
         help="studies over many fits (stability: clamp x LOFT x base x estimator over seeds)",
         description="Run a study over many fits of TARGET and write a table and plots.",
     )
-    p.add_argument("study", choices=["stability"], help="which study")
-    p.add_argument("target", help="built-in target name (see 'flowvi targets') or path/to/file.py:function")
+    p.add_argument(
+        "study",
+        choices=["stability", "score"],
+        help="stability: run the grid on TARGET; score: score a finished study DIR against --reference",
+    )
+    p.add_argument(
+        "target",
+        help="built-in target name (see 'flowvi targets') or path/to/file.py:function; for 'score' the study's "
+        "output directory",
+    )
     p.add_argument("--dim", type=int, help="target dimension")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="target parameter (repeatable)")
     p.add_argument("--out", help="output directory (default runs/study-TARGET-TIME)")
@@ -74,6 +82,8 @@ def settings_from_args(args) -> list[dict]:
 
 
 def run(args):
+    if args.study == "score":
+        return score(args)
     settings = settings_from_args(args)
     for name in ("seeds", "steps", "batch_size", "layers", "hidden", "eval_samples"):
         if getattr(args, name) < 1:
@@ -112,4 +122,16 @@ def run(args):
     )
     print((out / "table.md").read_text())
     print(f"wrote {out}/{{table.md,table.csv,runs.csv,elbo_curves.png{',marginals.png' if args.reference else ''}}}")
+    return 0
+
+
+def score(args):
+    """``flowvi study score DIR --reference REF``: a study run before its NUTS reference was ready."""
+    if not args.reference:
+        raise ValueError("flowvi study score needs --reference (a flowvi baseline nuts run directory or a .npz)")
+    summary = score_against_reference(args.target, args.reference)
+    print((Path(args.target) / "table.md").read_text())
+    shares = ", ".join(f"{s['config']} {s['within_0.1_sd']:.3f}" for s in summary if "within_0.1_sd" in s)
+    print(f"share of coordinates within 0.1 reference sd: {shares}")
+    print(f"rewrote {args.target}/{{table.md,table.csv,runs.csv}}")
     return 0
