@@ -4,7 +4,6 @@ one run directory."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,11 @@ import torch.multiprocessing as mp
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, tmp, fn):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank, world, tmp, fn):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    # a file rendezvous: no port that another process could take between choosing and binding it
+    init = Path(tmp) / "rendezvous"
+    torch.distributed.init_process_group("gloo", init_method=init.as_uri(), rank=rank, world_size=world)
     try:
         fn(rank, world, Path(tmp))
         torch.distributed.barrier()
@@ -32,7 +27,7 @@ def _worker(rank, world, port, tmp, fn):
 
 
 def _spawn(fn, tmp_path, world=2):
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), fn), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, str(tmp_path), fn), nprocs=world, join=True)
 
 
 def _flow_and_target():
@@ -127,7 +122,7 @@ def test_two_process_fit_is_consistent_and_resumes_exactly(tmp_path):
 def test_torchrun_cli_fit(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "flowvi", "fit", "gaussian", "--dim", "4", "--steps", "20", "--batch-size", "32", "--layers", "2",
            "--hidden", "16", "--eval-samples", "2000", "--n-samples", "100", "--quiet", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
