@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import write_json_atomic
 from .evaluate import evaluate
 from .runs import build, resolve_device
 from .targets import TargetError, make_target
@@ -165,7 +166,7 @@ def run_one(
                     with torch.no_grad():
                         c = coordinates(target, x.double()).cpu().numpy()
                     # kept so that a reference made later can score this run (see score_against_reference)
-                    row["coord_mean"], row["coord_sd"] = c.mean(0), c.std(0)
+                    row["coord_mean"] = c.mean(0)
                     if reference is not None:
                         row["within_0.1_sd"] = share_within(row["coord_mean"], reference)
                         row["plot_draws"] = c[:, reference["plot"]]
@@ -197,13 +198,18 @@ def score_against_reference(out, reference, target_spec: dict | None = None, dev
     ref = reference_stats(target.to(resolve_device(device), torch.float64), reference)
     rows = read_csv(out / "runs.csv")
     with np.load(out / "coordinates.npz", allow_pickle=False) as f:
-        moments = {key: f[key] for key in f.files}
+        means = {key: f[key] for key in f.files}
     for row in rows:
-        key = f"{row['config']}/seed{row['seed']}"
-        if key in moments and not row["diverged"]:
-            row["within_0.1_sd"] = share_within(moments[key][0], ref)
+        key = run_key(row)
+        if key in means and not row["diverged"]:
+            row["within_0.1_sd"] = share_within(means[key], ref)
     write_study_tables(rows, out, target_spec, sorted({r["seed"] for r in rows}), reference=True)
     return aggregate(rows)
+
+
+def run_key(row: dict) -> str:
+    """A run's name in coordinates.npz."""
+    return f"{row['config']}/seed{row['seed']}"
 
 
 def read_csv(path) -> list[dict]:
@@ -368,8 +374,7 @@ def run_study(
         "dtype": dtype,
         "eval_samples": eval_samples,
     }
-    (out / "study.json.tmp").write_text(json.dumps(study, indent=2))
-    (out / "study.json.tmp").replace(out / "study.json")
+    write_json_atomic(study, out / "study.json")
     reference = None
     if reference_dir is not None:
         target = make_target(target_spec["name"], **target_spec.get("params", {}))
@@ -388,12 +393,7 @@ def run_study(
                     else f"ELBO {row['elbo']:.3f}, log Z {row['log_z']:.3f} ± {row['log_z_se']:.3f}, k {row['pareto_k']:.2f}"
                 )
                 print(f"  {row['config']:<44} seed {seed}: {status}  [{row['seconds']:.1f} s]", flush=True)
-    if not aggregate(rows):
-        raise ValueError(f"no configuration could run: {rows[0]['reason']}")
-    moments = {
-        f"{r['config']}/seed{r['seed']}": np.stack([r["coord_mean"], r["coord_sd"]]) for r in rows if "coord_mean" in r
-    }
-    np.savez_compressed(out / "coordinates.npz", **moments)
+    np.savez_compressed(out / "coordinates.npz", **{run_key(r): r["coord_mean"] for r in rows if "coord_mean" in r})
     summary = write_study_tables(rows, out, target_spec, seeds, reference=reference is not None)
     plot_curves(rows, out / "elbo_curves.png")
     if reference is not None:
@@ -404,6 +404,8 @@ def run_study(
 def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, reference: bool) -> list[dict]:
     """runs.csv, table.csv and table.md of a study; returns the per-configuration summary."""
     summary = aggregate(rows)
+    if not summary:
+        raise ValueError(f"no configuration could run: {rows[0]['reason']}")
     keys = [
         "config",
         "clamp",
