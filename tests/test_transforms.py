@@ -12,6 +12,7 @@ from flowvi.transforms import (
     AsymmetricClamp,
     Compose,
     ElementwiseAffine,
+    ElementwiseSpline,
     Permutation,
     SymmetricClamp,
 )
@@ -43,8 +44,10 @@ def _build(dim):
     out["coupling-odd-dim"] = randomize(AffineCoupling(5, hidden=8))
     out["loft"] = LOFT(tau=2.0).double()
     out["affine"] = randomize(ElementwiseAffine(dim))
+    out["spline"] = randomize(ElementwiseSpline(dim, bins=6, bound=3.0), 1.0)
     out["permutation"] = Permutation.random(dim)
     out["stack"] = randomize(realnvp(dim, layers=4, hidden=16, tau=3.0, permute="random").transform, 0.2)
+    out["stack-spline"] = randomize(realnvp(dim, layers=2, hidden=16, tau=3.0, spline=True, spline_bound=2.0).transform)
     return out
 
 
@@ -110,10 +113,10 @@ def test_coupling_starts_at_identity():
     torch.testing.assert_close(logdet, torch.zeros(3))
 
 
-@pytest.mark.parametrize("base", ["gaussian", "student_t"])
-def test_fast_path_score_matches_autograd(base):
+@pytest.mark.parametrize("base,spline", [("gaussian", False), ("student_t", False), ("gaussian", True)])
+def test_fast_path_score_matches_autograd(base, spline):
     """score from the per-layer recursion equals d log q(x)/dx by autograd through the inverse."""
-    flow = realnvp(6, layers=4, hidden=16, tau=2.0, base=base).double()
+    flow = realnvp(6, layers=4, hidden=16, tau=2.0, base=base, spline=spline, spline_bound=1.5).double()
     randomize(flow.transform, 0.3)
     torch.manual_seed(1)
     x, log_q, score = flow.sample_with_score(5)
@@ -131,3 +134,51 @@ def test_compose_is_sequential():
     x1, ld1 = a(z)
     torch.testing.assert_close(x, x1.flip(-1))
     torch.testing.assert_close(ld, ld1)
+
+
+def test_spline_starts_at_identity_and_is_identity_outside_its_interval():
+    t = ElementwiseSpline(4, bins=5, bound=2.0).double()
+    z = torch.linspace(-4, 4, 40, dtype=torch.float64).reshape(10, 4)
+    x, logdet = t(z)
+    torch.testing.assert_close(x, z)
+    torch.testing.assert_close(logdet, torch.zeros(10, dtype=torch.float64))
+    randomize(t, 1.0)
+    x, _ = t(z)
+    outside = z.abs() >= 2.0
+    torch.testing.assert_close(x[outside], z[outside])
+    assert (x[~outside] - z[~outside]).abs().max() > 1e-3  # the spline moved the inside
+    # monotone in every coordinate, and continuous at the ends of the interval
+    grid = torch.linspace(-3, 3, 2001, dtype=torch.float64)[:, None].expand(-1, 4).contiguous()
+    y, _ = t(grid)
+    assert (y.diff(dim=0) > 0).all()
+    assert (y.diff(dim=0).abs() < 0.05).all()
+
+
+def test_spline_fits_the_hyperbolic_secant():
+    """A spline on N(0, 1) fits sech(u)/pi (the horseshoe's log local scale) to within 2e-3 nats of
+    KL(q || p), where the best Gaussian stays at 0.021 nats."""
+    torch.manual_seed(0)
+    flow = realnvp(2, layers=0, spline=True, spline_bound=4.0, loft=False).double()
+    opt = torch.optim.Adam(flow.parameters(), lr=2e-2)
+
+    def kl(n):
+        x, log_q = flow.sample_and_log_prob(n)
+        log_p = (-math.log(math.pi) - torch.log(torch.cosh(x))).sum(-1)
+        return (log_q - log_p).mean()
+
+    for _ in range(600):
+        opt.zero_grad()
+        kl(512).backward()
+        opt.step()
+    with torch.no_grad():
+        value = kl(200_000).item() / 2
+    assert 0 <= value + 1e-3 and value < 2e-3
+
+
+def test_spline_rejects_bad_options_and_shapes():
+    with pytest.raises(ValueError, match="bins"):
+        ElementwiseSpline(3, bins=1)
+    with pytest.raises(ValueError, match="bound"):
+        ElementwiseSpline(3, bound=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        ElementwiseSpline(3)(torch.zeros(2, 4))

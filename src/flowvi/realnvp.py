@@ -1,5 +1,6 @@
 """The stabilised Real NVP of Andrade (2024): couplings with soft-clamped scales, an optional
-elementwise affine layer, and LOFT as the last bijection."""
+elementwise spline (marginal shapes, see :mod:`flowvi.transforms.spline`), an optional elementwise affine
+layer, and LOFT as the last bijection."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from .distributions import make_base
 from .flow import Flow
-from .transforms import LOFT, AffineCoupling, ElementwiseAffine, Permutation
+from .transforms import LOFT, AffineCoupling, ElementwiseAffine, ElementwiseSpline, Permutation
 
 
 def realnvp(
@@ -27,12 +28,17 @@ def realnvp(
     affine: bool = True,
     permute: str = "alternate",
     seed: int = 0,
+    spline: bool = False,
+    spline_bins: int = 8,
+    spline_bound: float = 5.0,
 ) -> Flow:
     """Build a Real NVP for ``(batch, dim)`` samples.
 
     ``layers`` coupling layers alternate which half they transform; ``permute='random'`` also puts
-    a fixed random permutation (drawn from ``seed``) before every coupling layer. ``affine`` adds a
-    learnable elementwise location-scale layer after the couplings, and ``loft`` a LOFT layer last.
+    a fixed random permutation (drawn from ``seed``) before every coupling layer. ``spline`` adds a
+    monotone rational-quadratic spline per coordinate after the couplings (``spline_bins`` bins on
+    ``[-spline_bound, spline_bound]``, the identity outside), so that marginals can change shape, ``affine`` a
+    learnable elementwise location-scale layer after that, and ``loft`` a LOFT layer last.
     """
     if dim < 2:
         raise ValueError(f"Real NVP needs dim >= 2, got {dim}")
@@ -61,6 +67,8 @@ def realnvp(
                 clamp_kwargs=clamp_kwargs[clamp],
             )
         )
+    if spline:
+        transforms.append(ElementwiseSpline(dim, bins=spline_bins, bound=spline_bound))
     if affine:
         transforms.append(ElementwiseAffine(dim))
     if loft:

@@ -37,15 +37,16 @@ CLAMP_CHOICES = ("none", "symmetric", "asymmetric")
 BASE_CHOICES = ("gaussian", "student_t")
 
 
-def config_name(clamp: str, loft: bool, base: str, estimator: str) -> str:
-    return f"{clamp}/{'loft' if loft else 'no-loft'}/{base}/{estimator}"
+def config_name(clamp: str, loft: bool, base: str, estimator: str, spline: bool = False) -> str:
+    return f"{clamp}/{'loft' if loft else 'no-loft'}/{base}/{estimator}" + ("/spline" if spline else "")
 
 
-def grid(clamps, lofts, bases, estimators) -> list[dict]:
-    """All combinations, as dicts with keys clamp, loft, base, estimator."""
+def grid(clamps, lofts, bases, estimators, splines=(False,)) -> list[dict]:
+    """All combinations, as dicts with keys clamp, loft, base, estimator, spline (an elementwise spline layer
+    after the couplings, :class:`flowvi.transforms.ElementwiseSpline`)."""
     return [
-        {"clamp": c, "loft": bool(lo), "base": b, "estimator": e}
-        for c, lo, b, e in itertools.product(clamps, lofts, bases, estimators)
+        {"clamp": c, "loft": bool(lo), "base": b, "estimator": e, "spline": bool(sp)}
+        for sp, c, lo, b, e in itertools.product(splines, clamps, lofts, bases, estimators)
     ]
 
 
@@ -115,6 +116,7 @@ def run_one(
             "clamp": setting["clamp"],
             "loft": setting["loft"],
             "base": setting["base"],
+            "spline": setting.get("spline", False),
             "seed": seed,
         },
         "train": asdict(TrainConfig(**{**asdict(train), "estimator": setting["estimator"]})),
@@ -412,6 +414,7 @@ def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, re
         "loft",
         "base",
         "estimator",
+        "spline",
         "seed",
         "diverged",
         "unsupported",

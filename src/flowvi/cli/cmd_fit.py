@@ -62,6 +62,13 @@ def register(sub):
     g.add_argument("--base", default="gaussian", help="gaussian or student_t")
     g.add_argument("--df", type=float, default=5.0, help="Student-t base degrees of freedom")
     g.add_argument("--permute", default="alternate", choices=["alternate", "random"])
+    g.add_argument(
+        "--spline",
+        action="store_true",
+        help="a monotone spline per coordinate after the couplings (marginals can change shape)",
+    )
+    g.add_argument("--spline-bins", type=int, default=8)
+    g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=int, default=100_000)
     g.add_argument("--n-samples", type=int, default=10_000, help="draws saved to samples.npy")
@@ -110,6 +117,11 @@ def config_from_args(args) -> dict:
             "df": args.df,
             "permute": args.permute,
             "seed": args.seed,
+            **(
+                {"spline": True, "spline_bins": args.spline_bins, "spline_bound": args.spline_bound}
+                if getattr(args, "spline", False)
+                else {}
+            ),
         },
         "train": asdict(train),
         "seed": args.seed,

@@ -41,6 +41,11 @@ def register(sub):
     g.add_argument("--loft", default="on,off", help="comma list of on, off")
     g.add_argument("--bases", default=",".join(BASE_CHOICES), help="comma list of gaussian, student_t")
     g.add_argument("--estimators", default=None, help=f"comma list (default: all registered: {', '.join(ESTIMATORS)})")
+    g.add_argument(
+        "--spline",
+        default="off",
+        help="comma list of off, on: an elementwise spline after the couplings (lets marginals change shape)",
+    )
     g.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per configuration")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=2000)
@@ -68,8 +73,9 @@ def register(sub):
 def settings_from_args(args) -> list[dict]:
     clamps, bases = comma_list(args.clamps), comma_list(args.bases)
     estimators = comma_list(args.estimators) if args.estimators else list(ESTIMATORS)
-    lofts = comma_list(args.loft)
+    lofts, splines = comma_list(args.loft), comma_list(args.spline)
     for name, values, allowed in (
+        ("spline", splines, ("on", "off")),
         ("clamp", clamps, CLAMP_CHOICES),
         ("base", bases, BASE_CHOICES),
         ("estimator", estimators, tuple(ESTIMATORS)),
@@ -78,7 +84,7 @@ def settings_from_args(args) -> list[dict]:
         bad = [v for v in values if v not in allowed]
         if bad or not values:
             raise ValueError(f"unknown {name} {', '.join(bad) or '(empty list)'}; choose from {', '.join(allowed)}")
-    return grid(clamps, [v == "on" for v in lofts], bases, estimators)
+    return grid(clamps, [v == "on" for v in lofts], bases, estimators, [v == "on" for v in splines])
 
 
 def run(args):

@@ -6,6 +6,7 @@ from .coupling import AffineCoupling, mlp
 from .elementwise import ElementwiseAffine
 from .loft import LOFT
 from .permutation import Permutation
+from .spline import ElementwiseSpline
 
 __all__ = [
     "CLAMPS",
@@ -14,6 +15,7 @@ __all__ = [
     "AsymmetricClamp",
     "Compose",
     "ElementwiseAffine",
+    "ElementwiseSpline",
     "NoClamp",
     "PathGradientUnsupported",
     "Permutation",
