@@ -165,7 +165,15 @@ def run_flows(args, s, spec, device, study_dir, reference, part):
         study_dir,
         settings,
         list(range(args.first_seed, args.first_seed + s["seeds"])),
-        {"layers": s["layers"], "hidden": s["hidden"], "depth": 2, "alpha_pos": 0.1, "alpha_neg": 2.0, "tau": 100.0},
+        {
+            "layers": s["layers"],
+            "hidden": s["hidden"],
+            "depth": 2,
+            "alpha_pos": 0.1,
+            "alpha_neg": 2.0,
+            "tau": 100.0,
+            "permute": args.permute,
+        },
         train,
         device=str(device),
         dtype=args.dtype,
@@ -352,6 +360,12 @@ def main(argv=None):
     ap.add_argument("--smc-particles", type=int, help="override the SMC particles")
     ap.add_argument("--base", default="gaussian", choices=["gaussian", "student_t"], help="base of both flows")
     ap.add_argument("--spline", action="store_true", help="an elementwise spline after the couplings, in both flows")
+    ap.add_argument(
+        "--permute",
+        default="alternate",
+        choices=["alternate", "random"],
+        help="coupling split: alternate halves (the paper's) or a random permutation before every coupling",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0: none)")
     ap.add_argument(
@@ -387,6 +401,7 @@ def main(argv=None):
             **s,
             "base": args.base,
             "spline": args.spline,
+            "permute": args.permute,
             "lr": args.lr,
             "clip": args.clip,
             "compile": args.compile,
