@@ -134,6 +134,7 @@ def adaptive_hmc(
 ) -> dict:
     """Run ``chains`` adaptive HMC chains on ``target`` (batched ``log_prob`` of x (chains, d)).
 
+    ``step_size`` is the initial guess of the warm-up's search, or with ``warmup = 0`` the step size used.
     Start from ``x0`` (chains, d) if given (device and dtype follow it), else ``uniform(-init_radius,
     init_radius)`` on ``device``/``dtype`` (default: those of the target's first buffer, else CPU float64).
     Returns a dict: ``draws`` (chains, n, d) on the device (n = kept draws; fewer than ``draws // thin`` when
@@ -177,7 +178,7 @@ def adaptive_hmc(
         )
 
     m_inv = torch.ones(d, device=device, dtype=dtype)
-    eps = _initial_step_size(target, x, lp, g, m_inv, step_size, gen)
+    eps = _initial_step_size(target, x, lp, g, m_inv, step_size, gen) if warmup > 0 else step_size
     adapt = DualAveraging(eps, target_accept)
     init_end, slow_ends = warmup_windows(warmup)
     window_sum = torch.zeros(d, device=device, dtype=torch.float64)
