@@ -33,6 +33,7 @@ fine on an 80 GB GPU. ESS and split R-hat need the whole chains, running moments
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -114,6 +115,21 @@ def _initial_step_size(target, x, lp, g, m_inv, eps, gen):
     return eps
 
 
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush subnormal numbers to zero on the CPU while the block runs (then back to PyTorch's default, off).
+
+    Diverging trajectories in the tails of funnels pass through exp(-700) and friends; subnormal arithmetic made
+    the horseshoe at d = 4002 14 times slower on an x86 CPU (55 s instead of 4 s for 100 warm-up iterations)."""
+    flush = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+@flush_denormals()
 def adaptive_hmc(
     target,
     chains: int = 256,
