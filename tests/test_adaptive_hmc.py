@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowvi.baselines.hmc import summarize_draws
+from flowvi.baselines.hmc import effective_sample_size_torch, split_rhat_torch, summarize_draws
 from flowvi.cli import main
-from flowvi.reference import summarize_chains
+from flowvi.reference import effective_sample_size, split_rhat, summarize_chains
 from flowvi.samplers.adaptive_hmc import DualAveraging, adaptive_hmc, warmup_windows
 from flowvi.stability import reference_stats
 from flowvi.targets import CorrelatedGaussian, Funnel, HorseshoeSynthetic
@@ -144,6 +144,15 @@ def test_float32_and_thinning_follow_the_inputs():
     x0 = torch.zeros(4, 4)
     r = adaptive_hmc(target, chains=4, warmup=20, draws=30, thin=3, x0=x0, seed=0)
     assert r["draws"].dtype == torch.float32 and r["draws"].shape == (4, 10, 4)
+
+
+def test_torch_estimators_equal_flowvi_reference():
+    rng = np.random.default_rng(5)
+    x = np.cumsum(rng.standard_normal((6, 301, 7)), axis=1) * 0.1 + rng.standard_normal((6, 301, 7))
+    x[2] += 0.5  # one chain off: R-hat well above 1
+    np.testing.assert_allclose(split_rhat_torch(torch.as_tensor(x)).numpy(), split_rhat(x), rtol=1e-10)
+    np.testing.assert_allclose(effective_sample_size_torch(torch.as_tensor(x)).numpy(), effective_sample_size(x), rtol=1e-8)
+    assert split_rhat(x).min() > 1.05
 
 
 def test_summarize_draws_equals_summarize_chains_blockwise():
