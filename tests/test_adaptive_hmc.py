@@ -151,7 +151,9 @@ def test_torch_estimators_equal_flowvi_reference():
     x = np.cumsum(rng.standard_normal((6, 301, 7)), axis=1) * 0.1 + rng.standard_normal((6, 301, 7))
     x[2] += 0.5  # one chain off: R-hat well above 1
     np.testing.assert_allclose(split_rhat_torch(torch.as_tensor(x)).numpy(), split_rhat(x), rtol=1e-10)
-    np.testing.assert_allclose(effective_sample_size_torch(torch.as_tensor(x)).numpy(), effective_sample_size(x), rtol=1e-8)
+    np.testing.assert_allclose(
+        effective_sample_size_torch(torch.as_tensor(x)).numpy(), effective_sample_size(x), rtol=1e-8
+    )
     assert split_rhat(x).min() > 1.05
 
 

@@ -71,7 +71,13 @@ class DualAveraging:
     """Hoffman & Gelman (2014) dual averaging of log step size towards a target acceptance probability."""
 
     def __init__(self, step_size: float, target_accept: float, gamma=0.05, t0=10.0, kappa=0.75):
-        self.mu, self.target, self.gamma, self.t0, self.kappa = math.log(10 * step_size), target_accept, gamma, t0, kappa
+        self.mu, self.target, self.gamma, self.t0, self.kappa = (
+            math.log(10 * step_size),
+            target_accept,
+            gamma,
+            t0,
+            kappa,
+        )
         self.t, self.h_bar, self.log_eps, self.log_eps_bar = 0, 0.0, math.log(step_size), 0.0
 
     def update(self, accept_prob: float) -> float:
