@@ -194,3 +194,25 @@ def test_cli_hmc_writes_run_directory_and_reference(tmp_path, capsys):
     bad = ["baseline", "hmc", "gaussian", "--reference-out", str(tmp_path / "r.txt"), "--out", str(tmp_path / "y")]
     assert main(bad) == 2
     assert "must end in .npz" in capsys.readouterr().err
+
+
+def test_reference_file_scores_a_finished_study(tmp_path):
+    """The --reference-out file is accepted unchanged by score_against_reference (flowvi study score)."""
+    from flowvi.stability import grid, run_study, score_against_reference
+    from flowvi.train import TrainConfig
+
+    spec = {"name": "horseshoe_synthetic", "params": {"p": 4, "n": 30}}
+    ref = tmp_path / "ref.npz"
+    args = ["baseline", "hmc", spec["name"], "-p", "p=4", "-p", "n=30", "--chains", "16", "--warmup", "100"]
+    args += ["--draws", "60", "--max-leapfrog", "8", "--out", str(tmp_path / "hmc"), "--quiet", "--no-samples"]
+    assert main(args + ["--reference-out", str(ref)]) == 0
+    assert not (tmp_path / "hmc" / "samples.npy").exists()
+    settings = grid(["asymmetric"], [True], ["gaussian"], ["reparam"])
+    train = TrainConfig(steps=40, batch_size=32, lr=1e-3, checkpoint_every=10**9)
+    flow = {"layers": 2, "hidden": 16, "depth": 1}
+    run_study(spec, tmp_path / "study", settings, [0], flow, train, "cpu", eval_samples=300, progress=False)
+    scored = score_against_reference(tmp_path / "study", ref)
+    with np.load(tmp_path / "study" / "coordinates.npz") as f, np.load(ref) as r:
+        (key,) = f.files
+        expected = np.mean(np.abs(f[key] - r["mean"]) / r["sd"] < 0.1)
+    assert scored[0]["within_0.1_sd"] == pytest.approx(expected)
