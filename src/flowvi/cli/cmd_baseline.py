@@ -69,6 +69,8 @@ def run(args):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    if args.method == "hmc":  # before the CPU thread pool starts, so that its threads inherit it (adaptive_hmc.py)
+        torch.set_flush_denormal(True)
     target = make_target(args.target, **params).to(device, dtype)
     out = Path(
         args.out or f"runs/{args.method}-{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
