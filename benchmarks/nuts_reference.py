@@ -28,6 +28,8 @@ def load_run(run_dir: Path):
     config = json.loads((run_dir / "config.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     draws = np.load(run_dir / "samples.npy")
+    if "nuts" not in config:  # many-chain HMC writes its reference itself: flowvi baseline hmc --reference-out
+        raise SystemExit(f"{run_dir} is not a 'flowvi baseline nuts' run; for hmc runs use --reference-out")
     chains = config["nuts"]["chains"]
     return config, summary, draws.reshape(chains, -1, draws.shape[-1])
 

@@ -1,4 +1,4 @@
-"""``flowvi baseline nuts|smc TARGET``: reference draws (NUTS, via Pyro) or log Z (tempered SMC).
+"""``flowvi baseline nuts|hmc|smc TARGET``: reference draws (NUTS via Pyro, many-chain HMC) or log Z (SMC).
 
 Writes a run directory like ``flowvi fit``: config.json, summary.json and samples.npy (draws of the target).
 """
@@ -24,7 +24,7 @@ def register(sub):
         description="Run a classical baseline on TARGET: 'nuts' (Pyro's No-U-Turn sampler; needs pyro-ppl) "
         "for reference posterior draws, or 'smc' (adaptive tempering + MALA moves) for log Z over repeats.",
     )
-    p.add_argument("method", choices=["nuts", "smc"], help="nuts or smc")
+    p.add_argument("method", choices=["nuts", "hmc", "smc"], help="nuts, hmc (many-chain adaptive HMC) or smc")
     p.add_argument("target", help="built-in target name (see 'flowvi targets') or path/to/file.py:function")
     p.add_argument("--dim", type=int, help="target dimension")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="target parameter (repeatable)")
@@ -34,11 +34,19 @@ def register(sub):
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("nuts")
-    g.add_argument("--samples", type=int, default=1000, help="draws per chain")
+    g.add_argument("--samples", "--draws", type=int, default=1000, help="draws per chain")
     g.add_argument("--warmup", type=int, default=1000, help="adaptation steps per chain")
-    g.add_argument("--chains", type=int, default=2, help="chains (run one after another)")
+    g.add_argument("--chains", type=int, help="chains (nuts: one after another, default 2; hmc: in lock-step, 256)")
     g.add_argument("--max-tree-depth", type=int, default=10)
     g.add_argument("--target-accept", type=float, default=0.8)
+    g = p.add_argument_group("hmc (also --samples/--draws, --warmup, --chains, --target-accept)")
+    g.add_argument("--max-leapfrog", type=int, default=32, help="leapfrog steps per iteration drawn from 1..L")
+    g.add_argument("--thin", type=int, default=1, help="keep every k-th draw")
+    g.add_argument("--init-radius", type=float, default=2.0, help="chains start uniform(-r, r) per coordinate")
+    g.add_argument("--max-seconds", type=float, help="wall-time limit: warm-up and sampling stop early, results kept")
+    g.add_argument("--store-dtype", choices=["float32", "float64"], help="dtype of the kept draws (default --dtype)")
+    g.add_argument("--no-samples", action="store_true", help="do not write samples.npy (large at d = 4002)")
+    g.add_argument("--reference-out", metavar="FILE.npz", help="also write a reference file (+ .json) of the draws")
     g = p.add_argument_group("smc")
     g.add_argument("--particles", type=int, default=1000)
     g.add_argument("--moves", type=int, default=10, help="MALA steps per temperature")
@@ -55,10 +63,14 @@ def run(args):
     params = parse_params(args.param)
     if args.dim is not None:
         params["dim"] = args.dim
+    if args.chains is None:
+        args.chains = 256 if args.method == "hmc" else 2
     for name in ("samples", "chains", "particles", "moves", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    if args.method == "hmc":  # before the CPU thread pool starts, so that its threads inherit it (adaptive_hmc.py)
+        torch.set_flush_denormal(True)
     target = make_target(args.target, **params).to(device, dtype)
     out = Path(
         args.out or f"runs/{args.method}-{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -105,6 +117,16 @@ def run(args):
             f"divergences {summary['divergences']}; ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}"
             + (f"; R-hat max {summary['rhat_max']:.3f}" if "rhat_max" in summary else "")
         )
+    elif args.method == "hmc":
+        from ..baselines.hmc import run_hmc_baseline
+
+        out.mkdir(parents=True, exist_ok=True)
+        samples, summary = run_hmc_baseline(target, args, config, out)
+        if samples is None:
+            summary["dim"] = target.dim
+            ckpt.write_json_atomic(summary, out / "summary.json")
+            print(f"wrote {out}/{{config.json,summary.json}}")
+            return 0
     else:
         from ..baselines.smc import run_smc
 

@@ -1,0 +1,229 @@
+"""Reference posteriors from many-chain adaptive HMC (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`).
+
+:func:`summarize_draws` is :func:`flowvi.reference.summarize_chains` for draws too large for one NumPy pass
+(512 chains x 1000 draws x 4002 coordinates: about 4 minutes of single-threaded NumPy FFTs): the same
+estimators (split R-hat, Geyer-truncated ESS over split chains; :func:`split_rhat_torch` and
+:func:`effective_sample_size_torch` are line-by-line torch translations of those in :mod:`flowvi.reference`,
+tested equal), on the GPU where the draws are, in blocks of coordinates. :func:`reference_info` is the JSON metadata of the reference file written with
+:func:`flowvi.reference.write_reference` (the format of ``refs/horseshoe_nci60_p2000_nuts.npz``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SAMPLER_NAME = "many-chain HMC"
+
+
+def split_rhat_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.split_rhat` in torch (any device), per coordinate of (chains, n, d)."""
+    half = x.shape[1] // 2
+    s = torch.cat([x[:, :half], x[:, half : 2 * half]], 0)
+    n = s.shape[1]
+    w = s.var(1, correction=1).mean(0)
+    var_plus = (n - 1) / n * w + s.mean(1).var(0, correction=1)
+    return torch.sqrt(var_plus / w.clamp(min=1e-300))
+
+
+def effective_sample_size_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.effective_sample_size` in torch (any device): ESS per coordinate of (chains, n, d)
+    over the split chains, Geyer's initial positive and monotone sequence of autocorrelation pair sums."""
+    half = x.shape[1] // 2
+    s = torch.cat([x[:, :half], x[:, half : 2 * half]], 0)
+    m, n, _ = s.shape
+    centred = s - s.mean(1, keepdim=True)
+    size = 1 << (2 * n - 1).bit_length()
+    f = torch.fft.rfft(centred, n=size, dim=1)
+    acov = torch.fft.irfft(f.real**2 + f.imag**2, n=size, dim=1)[:, :n] / n
+    w = s.var(1, correction=1).mean(0)
+    var_plus = (n - 1) / n * w + s.mean(1).var(0, correction=1)
+    rho = 1.0 - (w - acov.mean(0)) / var_plus.clamp(min=1e-300)
+    rho[0] = 1.0
+    pairs = rho[0 : n - 1 : 2] + rho[1:n:2]
+    positive = torch.cumprod((pairs > 0).to(torch.int8), 0).bool()
+    monotone = torch.cummin(torch.where(positive, pairs, torch.full_like(pairs, float("inf"))), 0).values
+    tau = -1.0 + 2.0 * torch.where(positive, monotone, torch.zeros_like(monotone)).sum(0)
+    return m * n / tau.clamp(min=1.0 / np.log10(max(m * n, 10)))
+
+
+def _blockwise(fn, x: torch.Tensor, max_bytes: float, device) -> np.ndarray:
+    """``fn`` (per coordinate of (chains, n, d)) on blocks of coordinates of at most ``max_bytes`` in float64
+    (the FFT takes about 4 times that), moved to ``device``; concatenated as a NumPy array."""
+    c, n, d = x.shape
+    step = max(1, int(max_bytes // (c * n * 8)))
+    return np.concatenate(
+        [fn(x[:, :, j : j + step].to(device, torch.float64)).cpu().numpy() for j in range(0, d, step)]
+    )
+
+
+def summarize_draws(target, draws, n_plot: int = 4, thin_plot: int = 1, max_bytes: float = 2e8, device=None) -> dict:
+    """Reference summary of ``draws`` (chains, n, target.dim), NumPy or torch, any float dtype; the same keys
+    and values as :func:`flowvi.reference.summarize_chains` (``mean``, ``sd``, ``rhat``, ``ess`` of the compared
+    coordinates; ``rhat_theta``, ``ess_theta`` of the raw ones; ``plot`` and its ``draws``), computed in float64
+    on ``device`` (default: that of torch ``draws``, else CPU) in blocks of ``max_bytes``."""
+    from ..stability import coordinates
+
+    draws = torch.as_tensor(draws)
+    device = torch.device(device) if device is not None else draws.device
+    if draws.ndim != 3 or draws.shape[2] != target.dim:
+        raise ValueError(f"draws must have shape (chains, n, {target.dim}); got {tuple(draws.shape)}")
+    c, n, d = draws.shape
+    if c < 2 or n < 4:
+        raise ValueError(f"need at least 2 chains of at least 4 draws, got {c} x {n}")
+    flat = draws.reshape(c * n, d)
+    rows = max(1, int(max_bytes // (d * 8)))
+    target64 = target.to(device, torch.float64)
+    with torch.no_grad():
+        coords = torch.cat(
+            [coordinates(target64, flat[i : i + rows].to(device, torch.float64)) for i in range(0, c * n, rows)]
+        )
+        mean = coords.mean(0)
+        sd = coords.var(0, correction=0).sqrt()
+        coords = coords.reshape(c, n, -1)
+        mean_np, sd_np = mean.cpu().numpy(), sd.cpu().numpy()
+        plot = np.argsort(-np.abs(mean_np) / np.maximum(sd_np, 1e-12), kind="stable")[:n_plot]
+        return {
+            "mean": mean_np,
+            "sd": sd_np,
+            "rhat": _blockwise(split_rhat_torch, coords, max_bytes, device),
+            "ess": _blockwise(effective_sample_size_torch, coords, max_bytes, device),
+            "rhat_theta": _blockwise(split_rhat_torch, draws, max_bytes, device),
+            "ess_theta": _blockwise(effective_sample_size_torch, draws, max_bytes, device),
+            "plot": plot,
+            "draws": coords.reshape(c * n, -1)[::thin_plot, torch.as_tensor(plot, device=device)].cpu().numpy(),
+        }
+
+
+def reference_info(target_spec: dict, dim: int, settings: dict, result: dict, summary: dict, seconds: dict) -> dict:
+    """JSON metadata of an HMC reference: settings, timings, adaptation, divergences and the convergence summary."""
+    ess, rhat = summary["ess"], summary["rhat"]
+    return {
+        "target": target_spec,
+        "dim": dim,
+        "sampler": SAMPLER_NAME,
+        "sampler_detail": "lock-step HMC, uniform jittered number of leapfrog steps, dual-averaging step size, "
+        "diagonal mass matrix from Stan-style windows pooled over chains; chains started uniform(-r, r)",
+        "chains": int(result["draws"].shape[0]),
+        "draws_per_chain": int(result["draws"].shape[1]),
+        **settings,
+        "warmup_iterations": int(result["warmup_iterations"]),
+        "sampling_iterations": int(result["iterations"]),
+        "stopped_early": bool(result["stopped_early"]),
+        "seconds": seconds,
+        "leapfrogs_per_chain": int(result["leapfrogs"]),
+        "step_size": float(result["step_size"]),
+        "accept_prob_mean": float(result["accept_prob"].mean()),
+        "divergences": int(result["divergences"].sum()),
+        "chains_with_divergences": int((result["divergences"] > 0).sum()),
+        "warmup_divergences": int(result["warmup_divergences"].sum()),
+        "inverse_metric_min": float(result["inverse_metric"].min()),
+        "inverse_metric_max": float(result["inverse_metric"].max()),
+        "beta_rhat_max": float(rhat.max()),
+        "beta_rhat_share_below_1.01": float((rhat < 1.01).mean()),
+        "beta_rhat_share_below_1.1": float((rhat < 1.1).mean()),
+        "beta_ess_min": float(ess.min()),
+        "beta_ess_median": float(np.median(ess)),
+        "theta_rhat_max": float(summary["rhat_theta"].max()),
+        "theta_ess_min": float(summary["ess_theta"].min()),
+        "theta_ess_median": float(np.median(summary["ess_theta"])),
+        # the Monte Carlo error of a reference mean, in posterior sds, is 1 / sqrt(ESS)
+        "beta_mean_mcse_over_sd_median": float(np.median(1 / np.sqrt(ess))),
+        "beta_mean_mcse_over_sd_max": float((1 / np.sqrt(ess)).max()),
+    }
+
+
+def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None, dict]:
+    """``flowvi baseline hmc``: run the sampler with the CLI's ``args``, write ``config.json`` (``config`` plus an
+    ``hmc`` section) and, with ``--reference-out``, the reference ``.npz`` + ``.json``; return the draws to save
+    as ``samples.npy`` ((chains * n, d), chain-major; None with ``--no-samples``) and the run summary."""
+    import json
+    import time
+    from pathlib import Path
+
+    from .. import checkpoint as ckpt
+    from ..reference import write_reference
+    from ..runs import resolve_dtype
+    from ..samplers.adaptive_hmc import adaptive_hmc
+
+    ref_out = Path(args.reference_out) if args.reference_out else None
+    if ref_out is not None and ref_out.suffix != ".npz":
+        raise ValueError(f"--reference-out must end in .npz, got {ref_out}")
+    settings = {
+        "chains": args.chains,
+        "warmup": args.warmup,
+        "draws": args.samples,
+        "max_leapfrog": args.max_leapfrog,
+        "target_accept": args.target_accept,
+        "thin": args.thin,
+        "init_radius": args.init_radius,
+        "max_seconds": args.max_seconds,
+        "store_dtype": args.store_dtype or args.dtype,
+    }
+    config["hmc"] = settings
+    ckpt.write_json_atomic(config, Path(out) / "config.json")
+    print(f"flowvi baseline hmc: {config['target']['name']} (d={target.dim}, {args.chains} chains) -> {out}")
+    anchor = next(iter(target.buffers()), None)
+    result = adaptive_hmc(
+        target,
+        chains=args.chains,
+        warmup=args.warmup,
+        draws=args.samples,
+        max_leapfrog=args.max_leapfrog,
+        target_accept=args.target_accept,
+        init_radius=args.init_radius,
+        seed=args.seed,
+        thin=args.thin,
+        max_seconds=args.max_seconds,
+        store_dtype=resolve_dtype(args.store_dtype) if args.store_dtype else None,
+        device=anchor.device if anchor is not None else None,
+        dtype=resolve_dtype(args.dtype),
+        progress=not args.quiet,
+    )
+    t0 = time.perf_counter()
+    draws = result["draws"]  # on the device: the summary runs there
+    stats = summarize_draws(target, draws)
+    seconds = {
+        "warmup": result["seconds_warmup"],
+        "sampling": result["seconds_sampling"],
+        "summary": time.perf_counter() - t0,
+    }
+    compared = "beta" if getattr(target, "coefficients", None) is not None else "x"
+    summary = {
+        "method": "hmc",
+        "sampler": SAMPLER_NAME,
+        "chains": int(draws.shape[0]),
+        "num_samples": int(draws.shape[1]),
+        "warmup": int(result["warmup_iterations"]),
+        "stopped_early": bool(result["stopped_early"]),
+        "seconds": seconds["warmup"] + seconds["sampling"],
+        "seconds_detail": seconds,
+        "step_size": float(result["step_size"]),
+        "accept_prob": float(result["accept_prob"].mean()),
+        "divergences": int(result["divergences"].sum()),
+        "divergences_per_chain": result["divergences"].tolist(),
+        "warmup_divergences": int(result["warmup_divergences"].sum()),
+        "leapfrogs_per_chain": int(result["leapfrogs"]),
+        "compared": compared,
+        "ess_min": float(stats["ess"].min()),
+        "ess_median": float(np.median(stats["ess"])),
+        "rhat_max": float(stats["rhat"].max()),
+        "ess_theta_min": float(stats["ess_theta"].min()),
+        "rhat_theta_max": float(stats["rhat_theta"].max()),
+    }
+    print(
+        f"  {summary['chains']} x {summary['num_samples']} draws after {summary['warmup']} warm-up iterations "
+        f"in {summary['seconds']:.1f} s{' (stopped at --max-seconds)' if summary['stopped_early'] else ''}\n"
+        f"  acceptance {summary['accept_prob']:.3f}, step size {summary['step_size']:.4g}, "
+        f"divergences {summary['divergences']} (warm-up {summary['warmup_divergences']})\n"
+        f"  {compared}: ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}; "
+        f"R-hat max {summary['rhat_max']:.4f}  (all coordinates: ESS min {summary['ess_theta_min']:.0f}, "
+        f"R-hat max {summary['rhat_theta_max']:.4f}); summary {seconds['summary']:.1f} s"
+    )
+    if ref_out is not None:
+        info = reference_info(config["target"], target.dim, {**settings, "seed": args.seed}, result, stats, seconds)
+        write_reference(ref_out, stats, info)
+        ref_out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+        print(f"wrote reference {ref_out} ({ref_out.stat().st_size / 1e6:.2f} MB) and {ref_out.with_suffix('.json')}")
+    samples = None if args.no_samples else draws.cpu().numpy().reshape(-1, target.dim)
+    return samples, summary
