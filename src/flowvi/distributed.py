@@ -93,7 +93,9 @@ class GradientAverager:
 
     def __init__(self, params, bucket_mb: float = 25.0, comm_dtype: str = "fp32"):
         if comm_dtype not in COMM_DTYPES:
-            raise ValueError(f"unknown gradient communication dtype {comm_dtype!r}; choose one of {', '.join(COMM_DTYPES)}")
+            raise ValueError(
+                f"unknown gradient communication dtype {comm_dtype!r}; choose one of {', '.join(COMM_DTYPES)}"
+            )
         self.comm_dtype = COMM_DTYPES[comm_dtype]
         self.params = [p for p in params if p.requires_grad]
         self.world = world_size()

@@ -28,15 +28,21 @@ from .transforms import Compose, Transform
 
 
 class CompiledLayer(Transform):
-    """``layer`` with its ``forward``, ``inverse`` and ``forward_with_score`` run through ``compile_fn``
-    (for example ``torch.compile``); the parameters are the layer's own."""
+    """``layer`` with its ``forward`` and ``inverse`` run through ``compile_fn`` (for example
+    ``torch.compile``); the parameters are the layer's own.
+
+    ``forward_with_score`` (the fast path gradient) runs eagerly: it takes a vector-Jacobian product
+    inside the layer (``torch.autograd.grad`` of the conditioner's outputs with respect to its input),
+    where dynamo breaks the graph, and the input handed out by the compiled part before the break is
+    not connected to the outputs computed from it, so the product comes back as zero (torch 2.13) and
+    the score would be wrong. Eagerly the layers still hand out their gradients one by one.
+    """
 
     def __init__(self, layer: nn.Module, compile_fn):
         super().__init__()
         self.layer = layer
         self._forward = compile_fn(layer.forward)
         self._inverse = compile_fn(layer.inverse)
-        self._forward_with_score = compile_fn(layer.forward_with_score)
 
     def forward(self, z):
         return self._forward(z)
@@ -45,7 +51,7 @@ class CompiledLayer(Transform):
         return self._inverse(x)
 
     def forward_with_score(self, z, score):
-        return self._forward_with_score(z, score)
+        return self.layer.forward_with_score(z, score)
 
 
 def compile_by_layer(flow, compile_fn) -> Flow | None:

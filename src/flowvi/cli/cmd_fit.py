@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist
-from ..estimators import ESTIMATORS
 from ..distributed import COMM_DTYPES
+from ..estimators import ESTIMATORS
 from ..evaluate import evaluate
 from ..fastpath import PRECISIONS
 from ..runs import build, plot_training_curve, read_config, write_samples
