@@ -79,8 +79,8 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False) -> Ste
     ``auto`` means: on a CUDA device, CUDA graphs, and compile for runs of at least
     ``COMPILE_MIN_STEPS`` steps (compiling takes tens of seconds); neither on the CPU; CUDA graphs not with fp16 (the loss scaler decides on the host) nor under
     torch.distributed (turn them on explicitly there). TF32 is used on CUDA unless ``tf32=False``.
-    ``overlap`` (compile layer by layer) applies to a compiled step; ``auto`` turns it on under
-    torch.distributed.
+    ``overlap`` (compile layer by layer) applies to a compiled step; ``auto`` turns it on for CUDA
+    devices under torch.distributed.
     """
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -106,7 +106,7 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False) -> Ste
         precision=cfg.precision,
         tf32=bool(cuda and cfg.tf32),
         fused_adam=bool(fast),
-        overlap=bool(comp and (overlap is True or (overlap == "auto" and distributed))),
+        overlap=bool(comp and (overlap is True or (overlap == "auto" and distributed and cuda))),
     )
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     cuda_graph: bool | str = "auto"  # capture the whole step in a CUDA graph after warm-up
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; log-dets, log-densities, loss in fp32)
     tf32: bool = True  # TF32 matrix products on CUDA during training
-    overlap: bool | str = "auto"  # compile layer by layer so the all-reduce overlaps the backward (auto: torchrun)
+    overlap: bool | str = "auto"  # compile layer by layer: all-reduce overlaps backward (auto: CUDA + torchrun)
     grad_comm: str = "fp32"  # fp32 | bf16 | fp16: dtype of the data-parallel gradient all-reduce
 
 
