@@ -78,7 +78,8 @@ class GradientAverager:
     The parameters are grouped into buckets of about ``bucket_mb`` megabytes in reverse order (the
     order in which the backward pass produces their gradients). When the last gradient of a bucket
     has been accumulated, the bucket is flattened, divided by the world size, and its all-reduce
-    starts asynchronously, so communication overlaps the rest of the backward pass. Buckets start in
+    starts asynchronously, so communication overlaps the rest of the backward pass (with a compiled
+    step only when the flow is compiled layer by layer, see :mod:`flowvi.overlap`). Buckets start in
     index order on every rank. Calling the averager after the backward pass (it is the training
     step's ``grad_hook``) waits for all buckets and points each ``p.grad`` at its slice of the
     averaged buffer (no copy back). Call :meth:`close` to remove the hooks.
