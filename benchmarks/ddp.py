@@ -7,7 +7,18 @@ warm-up), samples/s, and the scaling = samples/s on N GPUs / samples/s on 1 GPU 
 2 GPUs), both for the same variant and against the fastest 1-GPU variant.
 
     PYTHONPATH=src python benchmarks/ddp.py --device cuda --gpus 2 --out ddp.json
+    PYTHONPATH=src python benchmarks/ddp.py --device cuda --gpus 2 --configs 1 \
+        --variants fast,fast-overlap,fast-bf16comm,fast-overlap-bf16comm --out ddp2.json
     PYTHONPATH=src python benchmarks/ddp.py --quick               # 2 CPU processes with gloo
+
+Variants (``--variants``): ``eager`` (no compile, no CUDA graph), ``graph`` (eager backward, whose
+gradient hooks start each bucket's all-reduce during the backward pass, captured in a CUDA graph),
+``compile`` (torch.compile of the whole loss, no graph), ``fast`` (compile + CUDA graph: the default
+fast step; one compiled backward, so the all-reduce follows it), ``compile-overlap`` and
+``fast-overlap`` (the flow compiled layer by layer, flowvi.overlap, so the all-reduce of the last
+layers overlaps the backward of the first ones), and ``-bf16comm`` versions of ``graph``, ``fast``
+and ``fast-overlap`` (gradients all-reduced in bf16). A ``-bf16comm`` variant on one GPU is its base
+variant (no communication), so its 1-GPU row is copied from the base variant when that ran.
 
 NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are set here for every process).
 """
@@ -42,12 +53,22 @@ from flowvi.train import TrainConfig, make_scheduler  # noqa: E402
 
 CONFIGS = [(1000, 4096, 16, 512), (5000, 1024, 16, 512)]  # the two larger configurations of step.py
 QUICK_CONFIGS = [(20, 128, 2, 32)]
-VARIANTS = {  # compile, cuda_graph
-    "eager": (False, False),
-    "graph": (False, True),
-    "compile": (True, False),
-    "fast": (True, True),
+VARIANTS = {  # compile, cuda_graph, overlap (compile layer by layer), dtype of the gradient all-reduce
+    "eager": (False, False, False, "fp32"),
+    "graph": (False, True, False, "fp32"),
+    "compile": (True, False, False, "fp32"),
+    "fast": (True, True, False, "fp32"),
+    "compile-overlap": (True, False, True, "fp32"),
+    "fast-overlap": (True, True, True, "fp32"),
+    "graph-bf16comm": (False, True, False, "bf16"),
+    "fast-bf16comm": (True, True, False, "bf16"),
+    "fast-overlap-bf16comm": (True, True, True, "bf16"),
 }
+
+
+def base_variant(variant: str) -> str:
+    """The variant that runs the same step without the all-reduce compression (the same on one GPU)."""
+    return variant.removesuffix("-bf16comm")
 
 
 class StandardGaussian(torch.nn.Module):
@@ -72,6 +93,7 @@ def _worker(rank, world, port, device_type, job, queue):
         device = torch.device("cuda", rank)
     else:
         device = torch.device("cpu")
+        torch.set_num_threads(1)  # two ranks on a few cores: spinning thread pools would time each other
     td.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
     try:
         out = _measure(device, world, rank, **job)
@@ -86,17 +108,19 @@ def _worker(rank, world, port, device_type, job, queue):
 
 
 def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, steps, bucket_mb):
-    compile_, graph = VARIANTS[variant]
+    compile_, graph, overlap, comm = VARIANTS[variant]
     torch.manual_seed(0)
     flow = realnvp(d, layers=layers, hidden=hidden, depth=2, affine=False, loft=False).to(device)
     target = StandardGaussian(d)
     cfg = TrainConfig(steps=10**9, batch_size=batch, schedule="constant")
     cuda = device.type == "cuda"
-    options = StepOptions(compile=compile_, cuda_graph=graph and cuda, precision="fp32", tf32=cuda, fused_adam=True)
+    options = StepOptions(
+        compile=compile_, cuda_graph=graph and cuda, precision="fp32", tf32=cuda, fused_adam=True, overlap=overlap
+    )
     params = list(flow.parameters())
     optimizer = make_optimizer(params, cfg, options)
     scheduler = make_scheduler(optimizer, cfg)
-    hook = dist.GradientAverager(params, bucket_mb=bucket_mb) if world > 1 else None
+    hook = dist.GradientAverager(params, bucket_mb=bucket_mb, comm_dtype=comm) if world > 1 else None
     step_fn = make_step(flow, target, ESTIMATORS["reparam"], optimizer, params, cfg, options, grad_hook=hook)
     torch.manual_seed(1 + rank)
 
@@ -135,6 +159,8 @@ def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, ste
         "samples_per_s": world * batch / (ms * 1e-3),
         "warmup_s": warm_s,
         "graph_used": bool(getattr(step_fn, "graph", None) is not None),
+        "overlap_used": bool(getattr(getattr(step_fn, "options", None), "overlap", False)),
+        "grad_comm": comm,
         "peak_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
     }
 
@@ -168,7 +194,8 @@ def main(argv=None):
     p.add_argument("--gpus", type=int, default=2, help="the N of the N-process runs")
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true", help="one small configuration on 2 CPU processes (gloo)")
-    p.add_argument("--variants", help=f"step variants: {', '.join(VARIANTS)} (default graph,fast on CUDA)")
+    p.add_argument("--variants", help=f"step variants: {', '.join(VARIANTS)} (default graph,compile,fast on CUDA)")
+    p.add_argument("--configs", help=f"indices into the configurations {CONFIGS} (default all), e.g. 1")
     p.add_argument("--steps", type=int)
     p.add_argument("--job-timeout", type=float, default=180.0, help="seconds before a hung job is killed")
     p.add_argument("--bucket-mb", type=float, default=25.0, help="gradient all-reduce bucket size")
@@ -179,7 +206,15 @@ def main(argv=None):
     if device_type == "cuda" and torch.cuda.device_count() < args.gpus:
         print(f"# only {torch.cuda.device_count()} GPU(s) here; the {args.gpus}-GPU runs are skipped")
     configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.configs:
+        try:
+            configs = [configs[int(i)] for i in args.configs.split(",")]
+        except (ValueError, IndexError):
+            p.error(f"--configs takes indices 0..{len(configs) - 1} separated by commas, got {args.configs!r}")
     variants = (args.variants or ("graph,compile,fast" if device_type == "cuda" else "eager")).split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     steps = args.steps or (5 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 10)
     worlds = [1, args.gpus] if device_type == "cpu" or torch.cuda.device_count() >= args.gpus else [1]
@@ -195,6 +230,10 @@ def main(argv=None):
         res = {}
         for variant in variants:
             for world in worlds:
+                base = res.get(f"{base_variant(variant)}/1")
+                if world == 1 and base_variant(variant) != variant and base is not None and "ms" in base:
+                    res[f"{variant}/1"] = {**base, "variant": variant, "same_as": base_variant(variant)}
+                    continue
                 job = dict(
                     d=d,
                     batch=batch,
@@ -222,15 +261,18 @@ def main(argv=None):
         if args.out:  # after every configuration, so a run cut short keeps what it measured
             Path(args.out).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
         print(f"\n## d={d} B={batch}/GPU L={layers} h={hidden}")
-        print(f"{'variant':10s} {'GPUs':>4s} {'ms/step':>8s} {'samples/s':>11s} {'scale':>6s} {'vs best1':>8s} graph")
+        w = max(10, *(len(v) for v in variants))
+        print(f"{'variant':{w}s} {'GPUs':>4s} {'ms/step':>8s} {'samples/s':>11s} {'scale':>6s} {'vs best1':>8s} graph")
         for r in res.values():
             if "ms" not in r:
-                print(f"{r['variant']:10s} {r['world']:4d} error: {r.get('error', '')[:100]}")
+                print(f"{r['variant']:{w}s} {r['world']:4d} error: {r.get('error', '')[:100]}")
                 continue
             sc = f"{r['scaling_same_variant']:6.2f}" if r.get("scaling_same_variant") else "     -"
             sb = f"{r['scaling_vs_best_1']:8.2f}" if r.get("scaling_vs_best_1") else "       -"
+            same = f" (= {r['same_as']})" if "same_as" in r else ""
             print(
-                f"{r['variant']:10s} {r['world']:4d} {r['ms']:8.3f} {r['samples_per_s']:11.0f} {sc} {sb} {r['graph_used']}"
+                f"{r['variant']:{w}s} {r['world']:4d} {r['ms']:8.3f} {r['samples_per_s']:11.0f} {sc} {sb} "
+                f"{r['graph_used']}{same}"
             )
     out = {"info": info, "rows": rows}
     if args.out:

@@ -69,19 +69,35 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         td.broadcast(t.data, src=0)
 
 
+COMM_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # all-reduce dtype of gradients
+
+
 class GradientAverager:
     """Average gradients over ranks while the backward pass is still running.
 
     The parameters are grouped into buckets of about ``bucket_mb`` megabytes in reverse order (the
     order in which the backward pass produces their gradients). When the last gradient of a bucket
     has been accumulated, the bucket is flattened, divided by the world size, and its all-reduce
-    starts asynchronously, so communication overlaps the rest of the backward pass. Buckets start in
+    starts asynchronously, so communication overlaps the rest of the backward pass (with a compiled
+    step only when the flow is compiled layer by layer, see :mod:`flowvi.overlap`). Buckets start in
     index order on every rank. Calling the averager after the backward pass (it is the training
     step's ``grad_hook``) waits for all buckets and points each ``p.grad`` at its slice of the
     averaged buffer (no copy back). Call :meth:`close` to remove the hooks.
+
+    ``comm_dtype='bf16'`` (or ``'fp16'``) compresses the communication: each bucket is divided by
+    the world size in float32, cast to 16 bits, summed over ranks in 16 bits, and cast back, which
+    halves the bytes sent and changes the numerics: the averaged gradient's relative error is about
+    the 16-bit unit roundoff times the number of roundings (cast, then one per summation), for two
+    ranks about 2 x 2^-8 = 8e-3 of ``mean_r |g_r|`` with bf16 (2 x 2^-11 = 1e-3 with fp16, whose range
+    ends at 65504: an overflowing gradient becomes infinite and the step is skipped on every rank).
     """
 
-    def __init__(self, params, bucket_mb: float = 25.0):
+    def __init__(self, params, bucket_mb: float = 25.0, comm_dtype: str = "fp32"):
+        if comm_dtype not in COMM_DTYPES:
+            raise ValueError(
+                f"unknown gradient communication dtype {comm_dtype!r}; choose one of {', '.join(COMM_DTYPES)}"
+            )
+        self.comm_dtype = COMM_DTYPES[comm_dtype]
         self.params = [p for p in params if p.requires_grad]
         self.world = world_size()
         self.buckets, current, size = [], [], 0
@@ -112,13 +128,16 @@ class GradientAverager:
         self.next += 1
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
         flat.div_(self.world)
-        self.pending.append((td.all_reduce(flat, async_op=True), flat, bucket))
+        sent = flat if self.comm_dtype is None else flat.to(self.comm_dtype)
+        self.pending.append((td.all_reduce(sent, async_op=True), sent, flat, bucket))
 
     def __call__(self, params=None) -> None:
         while self.next < len(self.buckets):  # buckets with a parameter that got no gradient
             self._launch()
-        for work, flat, bucket in self.pending:
+        for work, sent, flat, bucket in self.pending:
             work.wait()
+            if sent is not flat:
+                flat.copy_(sent)
             for p, part in zip(bucket, flat.split([p.numel() for p in bucket]), strict=True):
                 p.grad = part.view_as(p)
         self._reset()

@@ -14,7 +14,10 @@ PyTorch with a host-side finiteness check, as written above. The *fast* step giv
 * **torch.compile** of the estimator (loss and log weights, forward and backward): fuses the
   elementwise work of the couplings (clamp, exp, multiply-add, ReLU) into few kernels. Random draws
   use the eager generator (inductor's ``fallback_random``), so the compiled step draws the same
-  samples as the plain one. A compile error falls back to eager with a warning.
+  samples as the plain one. A compile error falls back to eager with a warning. With ``overlap``
+  (on by default under torch.distributed) the flow is compiled layer by layer instead
+  (:mod:`flowvi.overlap`), so that the backward pass yields each layer's gradients as soon as that
+  layer is done and the data-parallel all-reduce overlaps the rest of the backward pass.
 * **CUDA graphs**: after a few eager warm-up steps, the whole step (sampling, forward, backward,
   clipping, a fused Adam update) is captured once and replayed; the skip of a non-finite step
   happens on the device (Adam's ``found_inf``), so no step waits for the host.
@@ -32,6 +35,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .distributed import COMM_DTYPES
+from .overlap import compile_by_layer
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy init, compilation, allocator)
@@ -54,6 +60,7 @@ class StepOptions:
     precision: str
     tf32: bool
     fused_adam: bool
+    overlap: bool = False  # compile the flow layer by layer (all-reduce overlaps the backward pass)
 
 
 def _flag(value, name: str) -> bool | str:
@@ -72,9 +79,15 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False) -> Ste
     ``auto`` means: on a CUDA device, CUDA graphs, and compile for runs of at least
     ``COMPILE_MIN_STEPS`` steps (compiling takes tens of seconds); neither on the CPU; CUDA graphs not with fp16 (the loss scaler decides on the host) nor under
     torch.distributed (turn them on explicitly there). TF32 is used on CUDA unless ``tf32=False``.
+    ``overlap`` (compile layer by layer) applies to a compiled step; ``auto`` turns it on for CUDA
+    devices under torch.distributed.
     """
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    grad_comm = getattr(cfg, "grad_comm", "fp32")
+    if grad_comm not in COMM_DTYPES:
+        raise ValueError(f"unknown grad_comm {grad_comm!r}; choose one of {', '.join(COMM_DTYPES)}")
+    overlap = _flag(getattr(cfg, "overlap", "auto"), "overlap")
     cuda = device.type == "cuda"
     comp = _flag(cfg.compile, "compile")
     graph = _flag(cfg.cuda_graph, "cuda_graph")
@@ -93,6 +106,7 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False) -> Ste
         precision=cfg.precision,
         tf32=bool(cuda and cfg.tf32),
         fused_adam=bool(fast),
+        overlap=bool(comp and (overlap is True or (overlap == "auto" and distributed and cuda))),
     )
 
 
@@ -140,10 +154,14 @@ def _rng_restore(snapshot):
         torch.cuda.set_rng_state_all(snapshot[1])
 
 
-def _compiled(fn):
-    """``torch.compile(fn)`` that falls back to ``fn`` (with a warning) when compilation fails."""
-    compiled = torch.compile(fn, options={"fallback_random": True})
-    state = {"fn": compiled}
+def _compile(fn):
+    return torch.compile(fn, options={"fallback_random": True})
+
+
+def _compiled(fn, compiled=None):
+    """``compiled`` (default ``torch.compile(fn)``) that falls back to ``fn`` (with a warning) when
+    compilation fails."""
+    state = {"fn": compiled if compiled is not None else _compile(fn)}
 
     def call():
         if state["fn"] is fn:
@@ -283,7 +301,19 @@ class FastStep:
         if self.autocast_dtype is not None:
             target = Float32Target(target)
         self.eager_loss_fn = _loss_fn(estimator, flow, target, cfg.batch_size)
-        self.loss_fn = _compiled(self.eager_loss_fn) if options.compile else self.eager_loss_fn
+        self.loss_fn = self.eager_loss_fn
+        if options.compile:
+            by_layer = compile_by_layer(flow, _compile) if options.overlap else None
+            if options.overlap and by_layer is None:
+                warnings.warn(
+                    f"overlap needs a Flow of at least two layers, got {type(flow).__name__}; the step is compiled "
+                    "in one region and the all-reduce follows the backward pass (pass overlap=False to silence this)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.options.overlap = False
+            by_layer_fn = _loss_fn(estimator, by_layer, target, cfg.batch_size) if by_layer is not None else None
+            self.loss_fn = _compiled(self.eager_loss_fn, by_layer_fn)
         self.scaler = (
             torch.amp.GradScaler(self.device.type, init_scale=2.0**10) if options.precision == "fp16" else None
         )

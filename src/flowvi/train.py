@@ -42,6 +42,8 @@ class TrainConfig:
     cuda_graph: bool | str = "auto"  # capture the whole step in a CUDA graph after warm-up
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; log-dets, log-densities, loss in fp32)
     tf32: bool = True  # TF32 matrix products on CUDA during training
+    overlap: bool | str = "auto"  # compile layer by layer: all-reduce overlaps backward (auto: CUDA + torchrun)
+    grad_comm: str = "fp32"  # fp32 | bf16 | fp16: dtype of the data-parallel gradient all-reduce
 
 
 @dataclass
@@ -149,7 +151,7 @@ def fit(
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             metrics_path.write_text("")
 
-    grad_hook = dist.GradientAverager(params) if world > 1 else None
+    grad_hook = dist.GradientAverager(params, comm_dtype=cfg.grad_comm) if world > 1 else None
     step_fn = make_step(flow, target, estimator, optimizer, params, cfg, options, grad_hook)
     scaler = getattr(step_fn, "scaler", None)
     if resume and scaler is not None and "scaler" in saved:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist
+from ..distributed import COMM_DTYPES
 from ..estimators import ESTIMATORS
 from ..evaluate import evaluate
 from ..fastpath import PRECISIONS
@@ -48,6 +49,18 @@ def register(sub):
     g.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="torch.compile the step")
     g.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"], help="CUDA-graph the step")
     g.add_argument("--no-tf32", dest="tf32", action="store_false", help="strict float32 matmuls on CUDA")
+    g.add_argument(
+        "--overlap",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="compile layer by layer so the torchrun all-reduce overlaps the backward pass (auto: under torchrun)",
+    )
+    g.add_argument(
+        "--grad-comm",
+        default="fp32",
+        choices=list(COMM_DTYPES),
+        help="dtype of the torchrun gradient all-reduce (bf16/fp16 halve the traffic, round the gradients)",
+    )
     g = p.add_argument_group("flow")
     arch = "default: the flow's own (Real NVP {}; lattice targets: their field flow's)"
     g.add_argument("--layers", type=int, default=None, help="coupling layers (" + arch.format(8) + ")")
@@ -102,6 +115,8 @@ def config_from_args(args) -> dict:
         compile=_tristate(getattr(args, "compile", "auto")),
         cuda_graph=_tristate(getattr(args, "cuda_graph", "auto")),
         tf32=getattr(args, "tf32", True),
+        overlap=_tristate(getattr(args, "overlap", "auto")),
+        grad_comm=getattr(args, "grad_comm", "fp32"),
     )
     return {
         "target": {"name": args.target, "params": params},
