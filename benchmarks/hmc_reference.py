@@ -26,26 +26,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flowvi.cli import main as flowvi_main  # noqa: E402
 from flowvi.runs import resolve_device, resolve_dtype  # noqa: E402
-from flowvi.samplers.adaptive_hmc import leapfrog  # noqa: E402
+from flowvi.samplers.adaptive_hmc import GraphedLeapfrog, leapfrog  # noqa: E402
 from flowvi.targets import make_target  # noqa: E402
 
 
-def time_leapfrog(target, chains: int, device, dtype, repeats: int = 20, steps: int = 10) -> float:
-    """Median seconds per leapfrog step at ``chains`` chains."""
+def time_leapfrog(target, chains: int, device, dtype, repeats: int = 20, steps: int = 10, graph=False) -> float:
+    """Median seconds per leapfrog step at ``chains`` chains (replayed from a CUDA graph if ``graph``)."""
     x = (2 * torch.rand(chains, target.dim, device=device, dtype=dtype) - 1) * 0.5
     p = torch.randn_like(x)
     m_inv = torch.ones(target.dim, device=device, dtype=dtype)
     from flowvi.samplers.adaptive_hmc import _log_prob_and_grad
 
     lp, g = _log_prob_and_grad(target, x)
+    step = GraphedLeapfrog(target, x, m_inv) if graph else leapfrog
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
-        leapfrog(target, x, p, lp, g, 1e-3, m_inv, steps)
+        step(target, x, p, lp, g, 1e-3, m_inv, steps)
     times = []
     for _ in range(repeats):
         sync()
         t0 = time.perf_counter()
-        leapfrog(target, x, p, lp, g, 1e-3, m_inv, steps)
+        step(target, x, p, lp, g, 1e-3, m_inv, steps)
         sync()
         times.append((time.perf_counter() - t0) / steps)
     return statistics.median(times)
@@ -65,6 +66,8 @@ def main(argv=None):
     ap.add_argument("--target-accept", type=float, default=0.9)
     ap.add_argument("--max-seconds", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no progress bar in the reference run")
+    ap.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"])
     ap.add_argument("--time-chains", default="64,256,512,1024", help="numbers of chains to time a leapfrog at")
     ap.add_argument("--run-dir", default="runs/hmc_ref")
     ap.add_argument("--reference-out", default="refs/horseshoe_nci60_p2000_hmc.npz")
@@ -81,12 +84,17 @@ def main(argv=None):
     target = target.to(device, dtype)
     rows = []
     for c in [int(s) for s in args.time_chains.split(",")]:
-        sec = time_leapfrog(target, c, device, dtype)
-        rows.append({"chains": c, "ms_per_leapfrog": 1e3 * sec, "us_per_chain_leapfrog": 1e6 * sec / c})
+        for graph in [False, True] if device.type == "cuda" else [False]:
+            sec = time_leapfrog(target, c, device, dtype, graph=graph)
+            rows.append(
+                {"chains": c, "cuda_graph": graph, "ms_per_leapfrog": 1e3 * sec, "us_per_chain_leapfrog": 1e6 * sec / c}
+            )
     print(f"{args.target} d={target.dim} on {device} ({args.dtype})")
-    print(f"{'chains':>8} {'ms/leapfrog':>12} {'us/(chain*leapfrog)':>20}")
+    print(f"{'chains':>8} {'graph':>6} {'ms/leapfrog':>12} {'us/(chain*leapfrog)':>20}")
     for r in rows:
-        print(f"{r['chains']:>8} {r['ms_per_leapfrog']:>12.3f} {r['us_per_chain_leapfrog']:>20.3f}")
+        print(
+            f"{r['chains']:>8} {r['cuda_graph']!s:>6} {r['ms_per_leapfrog']:>12.3f} {r['us_per_chain_leapfrog']:>20.3f}"
+        )
     cli = ["baseline", "hmc", args.target, "--device", str(device), "--dtype", args.dtype, "--store-dtype", "float32"]
     for kv in args.param:
         cli += ["-p", kv]
@@ -94,7 +102,9 @@ def main(argv=None):
     cli += ["--thin", str(args.thin), "--max-leapfrog", str(args.max_leapfrog)]
     cli += ["--target-accept", str(args.target_accept), "--max-seconds", str(args.max_seconds)]
     cli += ["--seed", str(args.seed), "--out", args.run_dir, "--force", "--no-samples"]
-    cli += ["--reference-out", args.reference_out]
+    cli += ["--reference-out", args.reference_out, "--cuda-graph", args.cuda_graph] + (
+        ["--quiet"] if args.quiet else []
+    )
     print("flowvi " + " ".join(cli))
     t0 = time.perf_counter()
     rc = flowvi_main(cli)

@@ -159,6 +159,7 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "init_radius": args.init_radius,
         "max_seconds": args.max_seconds,
         "store_dtype": args.store_dtype or args.dtype,
+        "cuda_graph": args.cuda_graph,
     }
     config["hmc"] = settings
     ckpt.write_json_atomic(config, Path(out) / "config.json")
@@ -179,6 +180,7 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         device=anchor.device if anchor is not None else None,
         dtype=resolve_dtype(args.dtype),
         progress=not args.quiet,
+        cuda_graph={"auto": None, "true": True, "false": False}[args.cuda_graph],
     )
     t0 = time.perf_counter()
     draws = result["draws"]  # on the device: the summary runs there
@@ -196,6 +198,7 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "num_samples": int(draws.shape[1]),
         "warmup": int(result["warmup_iterations"]),
         "stopped_early": bool(result["stopped_early"]),
+        "cuda_graph": bool(result["cuda_graph"]),
         "seconds": seconds["warmup"] + seconds["sampling"],
         "seconds_detail": seconds,
         "step_size": float(result["step_size"]),

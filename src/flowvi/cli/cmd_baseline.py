@@ -46,6 +46,9 @@ def register(sub):
     g.add_argument("--max-seconds", type=float, help="wall-time limit: warm-up and sampling stop early, results kept")
     g.add_argument("--store-dtype", choices=["float32", "float64"], help="dtype of the kept draws (default --dtype)")
     g.add_argument("--no-samples", action="store_true", help="do not write samples.npy (large at d = 4002)")
+    g.add_argument(
+        "--cuda-graph", default="auto", choices=["auto", "true", "false"], help="replay the leapfrog step (auto: CUDA)"
+    )
     g.add_argument("--reference-out", metavar="FILE.npz", help="also write a reference file (+ .json) of the draws")
     g = p.add_argument_group("smc")
     g.add_argument("--particles", type=int, default=1000)
