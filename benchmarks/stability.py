@@ -313,6 +313,8 @@ def report(result) -> None:
             if "reference_ceiling_within_0.1_sd" in result:
                 # what an exact sampler would score against this (finite) reference
                 goals["exact_sampler_share_within_0.1_sd"] = result["reference_ceiling_within_0.1_sd"]
+        if "median_within_0.1_iqr" in stab:  # the robust version (medians, IQR/1.349): exists for heavy tails
+            goals[f"{key}_share_median_within_0.1_iqr_sd"] = stab["median_within_0.1_iqr"]
         if smc is not None:
             sd_smc = smc_sd_at(smc, stab["median_seconds"])
             goals[f"{key}_log_z_sd_below_smc_at_equal_time"] = bool(stab["log_z_sd"] < sd_smc)

@@ -198,6 +198,35 @@ def test_reference_made_after_the_study_scores_the_same(tmp_path):
     assert 0 <= later[0]["within_0.1_sd"] <= 1
     rows = list(csv.DictReader(open(tmp_path / "b" / "runs.csv")))
     assert all(r["within_0.1_sd"] != "" for r in rows)
+    # the robust score (medians against the reference's median and quartiles) is kept and re-scored the same way
+    from flowvi.stability import ROBUST
+
+    assert later[0][ROBUST] == pytest.approx(with_ref[0][ROBUST], abs=1e-12)
+    assert all(r[ROBUST] != "" for r in rows)
+    assert "median within 0.1 IQR/1.349" in (tmp_path / "b" / "table.md").read_text()
+
+
+def test_robust_share_is_stable_where_the_sd_is_not():
+    """Two independent samples of a heavy-tailed posterior (Student-t, 1.5 degrees of freedom: the sd does not
+    exist, so "within 0.1 sd" has no fixed yardstick): their medians agree within 0.1 IQR/1.349 for nearly all
+    coordinates, and both scores are the hand-computed shares."""
+    import numpy as np
+
+    from flowvi.stability import share_within, share_within_robust
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_t(1.5, size=(2, 20_000, 500))
+
+    def ref(x):
+        q25, q50, q75 = np.quantile(x, [0.25, 0.5, 0.75], axis=0)
+        return {"mean": x.mean(0), "sd": x.std(0), "median": q50, "q25": q25, "q75": q75}
+
+    robust = share_within_robust(np.median(b, 0), ref(a))
+    assert robust > 0.99  # median error ~ 1.2 IQR-sd / sqrt(n) = 0.01, far below 0.1
+    r = ref(a)
+    z = np.abs(np.median(b, 0) - r["median"]) / ((r["q75"] - r["q25"]) / 1.349)
+    assert robust == pytest.approx(float((z < 0.1).mean()))
+    assert share_within(b.mean(0), r) == pytest.approx(float((np.abs(b.mean(0) - r["mean"]) / r["sd"] < 0.1).mean()))
 
 
 def test_benchmark_parts_over_seeds_merge_into_one_study(tmp_path):

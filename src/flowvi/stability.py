@@ -69,6 +69,8 @@ def reference_stats(target, reference, n_plot: int = 4) -> dict:
             raise FileNotFoundError(f"--reference {reference}: no such file")
         with np.load(reference, allow_pickle=False) as f:
             out = {key: f[key] for key in ("mean", "sd", "plot", "draws")}
+            # quantiles for the robust comparison (reference files written since 2026-11-23)
+            out |= {key: f[key] for key in ("median", "q25", "q75") if key in f.files}
         if out["mean"].shape != out["sd"].shape or out["draws"].shape[1] != len(out["plot"]):
             raise ValueError(f"--reference {reference}: inconsistent arrays mean/sd/plot/draws")
         with torch.no_grad():
@@ -87,8 +89,9 @@ def reference_stats(target, reference, n_plot: int = 4) -> dict:
     with torch.no_grad():
         c = coordinates(target, torch.as_tensor(draws, dtype=torch.float64, device=target_device(target))).cpu().numpy()
     mean, sd = c.mean(0), c.std(0)
+    q25, median, q75 = np.quantile(c, [0.25, 0.5, 0.75], axis=0)
     plot = np.argsort(-np.abs(mean) / np.maximum(sd, 1e-12), kind="stable")[:n_plot]
-    return {"mean": mean, "sd": sd, "plot": plot, "draws": c[:, plot]}
+    return {"mean": mean, "sd": sd, "plot": plot, "draws": c[:, plot], "median": median, "q25": q25, "q75": q75}
 
 
 def target_device(target):
@@ -168,9 +171,11 @@ def run_one(
                     with torch.no_grad():
                         c = coordinates(target, x.double()).cpu().numpy()
                     # kept so that a reference made later can score this run (see score_against_reference)
-                    row["coord_mean"] = c.mean(0)
+                    row["coord_mean"], row["coord_median"] = c.mean(0), np.median(c, 0)
                     if reference is not None:
                         row["within_0.1_sd"] = share_within(row["coord_mean"], reference)
+                        if "median" in reference:
+                            row[ROBUST] = share_within_robust(row["coord_median"], reference)
                         row["plot_draws"] = c[:, reference["plot"]]
         except TargetError as e:
             row.update(diverged=True, reason=f"evaluation: {e}")
@@ -183,6 +188,19 @@ def run_one(
 def share_within(mean: np.ndarray, reference: dict, tol: float = 0.1) -> float:
     """Share of coordinates whose mean lies within ``tol`` reference posterior sds of the reference mean."""
     z = np.abs(mean - reference["mean"]) / np.maximum(reference["sd"], 1e-12)
+    return float((z < tol).mean())
+
+
+ROBUST = "median_within_0.1_iqr"
+
+
+def share_within_robust(median: np.ndarray, reference: dict, tol: float = 0.1) -> float:
+    """Share of coordinates whose median lies within ``tol`` robust sds of the reference median.
+
+    The robust sd is the interquartile range over 1.349 (= the sd for a Gaussian). Unlike the mean and the sd, the
+    median and the quartiles exist and are estimated at the usual rate for any posterior, including the
+    heavy-tailed coefficients of a horseshoe, whose sample sd is dominated by rare excursions into the tails."""
+    z = np.abs(median - reference["median"]) / np.maximum((reference["q75"] - reference["q25"]) / 1.349, 1e-12)
     return float((z < tol).mean())
 
 
@@ -205,6 +223,8 @@ def score_against_reference(out, reference, target_spec: dict | None = None, dev
         key = run_key(row)
         if key in means and not row["diverged"]:
             row["within_0.1_sd"] = share_within(means[key], ref)
+            if key + "#median" in means and "median" in ref:  # studies run since 2026-11-23 keep medians
+                row[ROBUST] = share_within_robust(means[key + "#median"], ref)
     write_study_tables(rows, out, target_spec, sorted({r["seed"] for r in rows}), reference=True)
     return aggregate(rows)
 
@@ -242,7 +262,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         ok = [r for r in rs if not r["diverged"]]
 
         def mean(key, rs=ok):
-            v = [r[key] for r in rs if key in r and math.isfinite(r[key])]
+            v = [r[key] for r in rs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
             return float(np.mean(v)) if v else float("nan")
 
         log_z = [r["log_z"] for r in ok if math.isfinite(r["log_z"])]
@@ -261,8 +281,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
             "skipped_steps": mean("skipped_steps", rs),
             "seconds": mean("seconds", rs),
         }
-        if any("within_0.1_sd" in r for r in ok):
-            summary["within_0.1_sd"] = mean("within_0.1_sd")
+        for key in ("within_0.1_sd", ROBUST):
+            if any(isinstance(r.get(key), (int, float)) for r in ok):
+                summary[key] = mean(key)
         out.append(summary)
     return out
 
@@ -273,8 +294,10 @@ def fmt(v, digits=3):
 
 def markdown_table(summary: list[dict], title: str) -> str:
     ref = any("within_0.1_sd" in s for s in summary)
+    robust = any(ROBUST in s for s in summary)
     head = "| configuration | diverged | ELBO (sd over seeds) | IS log Z ± SE | log Z sd over seeds | Pareto k | skipped steps | wall s |"
-    head += " within 0.1 sd of NUTS |" if ref else ""
+    head += " mean within 0.1 sd of the reference |" if ref else ""
+    head += " median within 0.1 IQR/1.349 |" if robust else ""
     lines = [f"## {title}", "", head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
         line = (
@@ -284,6 +307,8 @@ def markdown_table(summary: list[dict], title: str) -> str:
         )
         if ref:
             line += f" {fmt(s.get('within_0.1_sd', float('nan')), 3)} |"
+        if robust:
+            line += f" {fmt(s.get(ROBUST, float('nan')), 3)} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -395,7 +420,9 @@ def run_study(
                     else f"ELBO {row['elbo']:.3f}, log Z {row['log_z']:.3f} ± {row['log_z_se']:.3f}, k {row['pareto_k']:.2f}"
                 )
                 print(f"  {row['config']:<44} seed {seed}: {status}  [{row['seconds']:.1f} s]", flush=True)
-    np.savez_compressed(out / "coordinates.npz", **{run_key(r): r["coord_mean"] for r in rows if "coord_mean" in r})
+    coords = {run_key(r): r["coord_mean"] for r in rows if "coord_mean" in r}
+    coords |= {run_key(r) + "#median": r["coord_median"] for r in rows if "coord_median" in r}
+    np.savez_compressed(out / "coordinates.npz", **coords)
     summary = write_study_tables(rows, out, target_spec, seeds, reference=reference is not None)
     plot_curves(rows, out / "elbo_curves.png")
     if reference is not None:
@@ -429,6 +456,7 @@ def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, re
         "train_seconds",
         "seconds",
     ] + (["within_0.1_sd"] if reference else [])
+    keys += [ROBUST] if any(ROBUST in r for r in rows) else []
     write_csv(rows, out / "runs.csv", keys)
     write_csv(summary, out / "table.csv", list(summary[0]))
     title = f"Stability study: {target_spec['name']} {json.dumps(target_spec.get('params', {}))}, seeds {seeds}"
