@@ -53,8 +53,10 @@ from flowvi.stability import (  # noqa: E402
     grid,
     markdown_table,
     read_csv,
+    reference_stats,
     run_study,
     score_against_reference,
+    zero_guess_scores,
 )
 from flowvi.targets import make_target  # noqa: E402
 from flowvi.train import TrainConfig, fit  # noqa: E402
@@ -219,6 +221,12 @@ def ceiling_share(reference: Path, n_flow: int) -> float:
     return float(np.mean([math.erf(0.1 / v) for v in scale]))
 
 
+def zero_guess(spec: dict, reference) -> dict:
+    """Scores of "every coefficient is 0" against the reference (see flowvi.stability.zero_guess_scores)."""
+    target = make_target(spec["name"], **spec.get("params", {})).double()
+    return zero_guess_scores(reference_stats(target, reference))
+
+
 def merge_parts(files: list[str], reference: str | None = None) -> dict:
     """Combine the JSON files (and study folders beside them) of earlier ``--part`` runs, also runs of the
     same part over different seeds (``--first-seed``): the flows are re-aggregated per configuration from the
@@ -239,6 +247,7 @@ def merge_parts(files: list[str], reference: str | None = None) -> dict:
             rows += read_csv(study / "runs.csv")
     if reference:
         result["reference"] = reference
+        result["zero_guess"] = zero_guess(result["target"], reference)
         if Path(reference).suffix == ".npz":
             n_flow = min(result.get("settings", {}).get("eval_samples", 10_000), 10_000)
             result["reference_ceiling_within_0.1_sd"] = ceiling_share(Path(reference), n_flow)
@@ -278,7 +287,7 @@ def report(result) -> None:
     flows, smc = result.get("flows", []), result.get("smc")
     if flows:
         print()
-        print(markdown_table(flows, f"{result['target']['name']}, d = {result['dim']}"))
+        print(markdown_table(flows, f"{result['target']['name']}, d = {result['dim']}", result.get("zero_guess")))
     print("| method | log Z | mean SE | sd over seeds | median wall s per run | sd at the flow's wall time |")
     print("|---|---|---|---|---|---|")
     for sm in flows:
@@ -297,6 +306,8 @@ def report(result) -> None:
             f"| {smc['median_seconds']:.1f} | {smc['log_z_sd_at_flow_time']:.2f} |"
         )
     goals = {}
+    for key, value in result.get("zero_guess", {}).items():  # the line a share must clear to mean anything
+        goals[f"zero_guess_{key}"] = value
     for sm in flows:
         kind = "stabilized" if sm["config"].startswith("asymmetric/loft") else "unstabilized"
         goals[f"{goal_prefix(sm, kind)}_diverged"] = f"{sm['diverged']}/{sm['runs']}"
@@ -310,6 +321,10 @@ def report(result) -> None:
         if "within_0.1_sd" in stab:
             goals[f"{key}_share_within_0.1_nuts_sd"] = stab["within_0.1_sd"]
             goals[f"{key}_share_within_0.1_nuts_sd_at_least_0.95"] = bool(stab["within_0.1_sd"] >= 0.95)
+            if "zero_guess" in result:  # met only if the flow also beats "every coefficient is 0"
+                above = stab["within_0.1_sd"] > result["zero_guess"]["within_0.1_sd"] + 0.005
+                goals[f"{key}_share_above_zero_guess"] = bool(above)
+                goals[f"{key}_posterior_means_goal_met"] = bool(stab["within_0.1_sd"] >= 0.95 and above)
             if "reference_ceiling_within_0.1_sd" in result:
                 # what an exact sampler would score against this (finite) reference
                 goals["exact_sampler_share_within_0.1_sd"] = result["reference_ceiling_within_0.1_sd"]
@@ -421,6 +436,8 @@ def main(argv=None):
         reference = find_reference(args, spec, study_dir, s, result)
         result["reference"] = str(reference) if reference else None
         result["flows"] = run_flows(args, s, spec, device, study_dir, reference, args.part)
+        if reference is not None:
+            result["zero_guess"] = zero_guess(spec, reference)
         if reference is not None and Path(reference).suffix == ".npz":
             result["reference_ceiling_within_0.1_sd"] = ceiling_share(Path(reference), min(s["eval_samples"], 10_000))
     if args.part in ("all", "smc"):

@@ -204,6 +204,16 @@ def share_within_robust(median: np.ndarray, reference: dict, tol: float = 0.1) -
     return float((z < tol).mean())
 
 
+def zero_guess_scores(reference: dict) -> dict:
+    """The scores of the guess "every coefficient is 0", with no flow at all: what a flow collapsed onto
+    beta = 0 (the horseshoe's spike at a small global scale) gets. A configuration's share means something only
+    above this line."""
+    out = {"within_0.1_sd": share_within(np.zeros_like(reference["mean"]), reference)}
+    if "median" in reference:
+        out[ROBUST] = share_within_robust(np.zeros_like(reference["median"]), reference)
+    return out
+
+
 def score_against_reference(out, reference, target_spec: dict | None = None, device: str = "cpu") -> list[dict]:
     """Score a finished study (its ``runs.csv`` and ``coordinates.npz``) against a NUTS reference made
     afterwards: adds ``within_0.1_sd`` to every run, rewrites runs.csv, table.csv and table.md, and returns
@@ -225,7 +235,7 @@ def score_against_reference(out, reference, target_spec: dict | None = None, dev
             row["within_0.1_sd"] = share_within(means[key], ref)
             if key + "#median" in means and "median" in ref:  # studies run since 2026-11-23 keep medians
                 row[ROBUST] = share_within_robust(means[key + "#median"], ref)
-    write_study_tables(rows, out, target_spec, sorted({r["seed"] for r in rows}), reference=True)
+    write_study_tables(rows, out, target_spec, sorted({r["seed"] for r in rows}), reference=zero_guess_scores(ref))
     return aggregate(rows)
 
 
@@ -292,7 +302,9 @@ def fmt(v, digits=3):
     return "–" if isinstance(v, float) and not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def markdown_table(summary: list[dict], title: str) -> str:
+def markdown_table(summary: list[dict], title: str, zero_guess: dict | None = None) -> str:
+    """The per-configuration table; with ``zero_guess`` (:func:`zero_guess_scores`) a last row with the scores
+    of the guess "every coefficient is 0"."""
     ref = any("within_0.1_sd" in s for s in summary)
     robust = any(ROBUST in s for s in summary)
     head = "| configuration | diverged | ELBO (sd over seeds) | IS log Z ± SE | log Z sd over seeds | Pareto k | skipped steps | wall s |"
@@ -309,6 +321,12 @@ def markdown_table(summary: list[dict], title: str) -> str:
             line += f" {fmt(s.get('within_0.1_sd', float('nan')), 3)} |"
         if robust:
             line += f" {fmt(s.get(ROBUST, float('nan')), 3)} |"
+        lines.append(line)
+    if zero_guess and ref:
+        line = "| every coefficient 0 (no flow) |" + " – |" * 7
+        line += f" {fmt(zero_guess['within_0.1_sd'], 3)} |"
+        if robust:
+            line += f" {fmt(zero_guess.get(ROBUST, float('nan')), 3)} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -423,15 +441,18 @@ def run_study(
     coords = {run_key(r): r["coord_mean"] for r in rows if "coord_mean" in r}
     coords |= {run_key(r) + "#median": r["coord_median"] for r in rows if "coord_median" in r}
     np.savez_compressed(out / "coordinates.npz", **coords)
-    summary = write_study_tables(rows, out, target_spec, seeds, reference=reference is not None)
+    summary = write_study_tables(
+        rows, out, target_spec, seeds, reference=zero_guess_scores(reference) if reference is not None else False
+    )
     plot_curves(rows, out / "elbo_curves.png")
     if reference is not None:
         plot_marginals(rows, reference, out / "marginals.png")
     return summary
 
 
-def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, reference: bool) -> list[dict]:
-    """runs.csv, table.csv and table.md of a study; returns the per-configuration summary."""
+def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, reference: bool | dict) -> list[dict]:
+    """runs.csv, table.csv and table.md of a study; returns the per-configuration summary. ``reference``: whether
+    the runs were scored, or the :func:`zero_guess_scores` of the reference (a last row of table.md)."""
     summary = aggregate(rows)
     if not summary:
         raise ValueError(f"no configuration could run: {rows[0]['reason']}")
@@ -455,10 +476,11 @@ def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, re
         "skipped_steps",
         "train_seconds",
         "seconds",
-    ] + (["within_0.1_sd"] if reference else [])
+    ] + (["within_0.1_sd"] if reference is not False else [])
     keys += [ROBUST] if any(ROBUST in r for r in rows) else []
     write_csv(rows, out / "runs.csv", keys)
     write_csv(summary, out / "table.csv", list(summary[0]))
     title = f"Stability study: {target_spec['name']} {json.dumps(target_spec.get('params', {}))}, seeds {seeds}"
-    (out / "table.md").write_text(markdown_table(summary, title))
+    zero = reference if isinstance(reference, dict) else None
+    (out / "table.md").write_text(markdown_table(summary, title, zero))
     return summary
