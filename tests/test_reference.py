@@ -1,5 +1,6 @@
-"""Reference summaries of MCMC draws: split R-hat and ESS against known values and Pyro's estimators,
-and the .npz round trip through the stability study's reader."""
+"""Reference summaries of MCMC draws: split R-hat and ESS against known values and Pyro's estimators, the
+rank-normalized R-hat, bulk- and tail-ESS (Vehtari et al. 2021) on Gaussian and Cauchy chains, and the .npz round
+trip through the stability study's reader (old files without the new keys included)."""
 
 import json
 
@@ -7,7 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from flowvi.reference import effective_sample_size, split_chains, split_rhat, summarize_chains, write_reference
+from flowvi.reference import (
+    bulk_ess,
+    bulk_rhat,
+    effective_sample_size,
+    rank_normalize,
+    rank_rhat,
+    split_chains,
+    split_rhat,
+    summarize_chains,
+    tail_ess,
+    tail_rhat,
+    write_reference,
+)
 from flowvi.stability import reference_stats
 from flowvi.targets import HorseshoeSynthetic
 
@@ -67,3 +80,52 @@ def test_npz_round_trip_feeds_the_study(tmp_path):
     assert json.loads(str(np.load(tmp_path / "ref.npz")["info"]))["sampler"] == "test"
     with pytest.raises(ValueError, match="summarises 5 coordinates"):
         reference_stats(HorseshoeSynthetic(p=6, n=20).double(), tmp_path / "ref.npz")
+
+
+def test_rank_normalize_gives_normal_scores_of_average_ranks():
+    x = np.array([[3.0, 1.0, 7.0], [7.0, 0.5, 2.0]])[:, :, None]  # (2 chains, 3 draws, 1): 7 is tied
+    z = rank_normalize(x)[:, :, 0]
+    ranks = np.array([[4, 2, 5.5], [5.5, 1, 3]])
+    np.testing.assert_allclose(z, scipy_ndtri((ranks - 0.375) / 6.25), rtol=1e-14)
+    # invariant to monotone transformations: bulk R-hat and bulk-ESS of exp(x) are those of x (not the tail
+    # R-hat: folding at the median does not commute with exp)
+    y = ar1(3, 200, 4, 0.5, seed=7)
+    np.testing.assert_allclose(bulk_rhat(np.exp(y)), bulk_rhat(y), rtol=1e-12)
+    np.testing.assert_allclose(bulk_ess(np.exp(y)), bulk_ess(y), rtol=1e-12)
+
+
+def scipy_ndtri(p):
+    from scipy.stats import norm
+
+    return norm.ppf(p)
+
+
+def test_rank_rhat_and_bulk_ess_of_well_mixed_gaussian_chains():
+    x = np.random.default_rng(1).standard_normal((4, 1000, 50))
+    assert np.abs(rank_rhat(x) - 1).max() < 0.01
+    assert np.all((bulk_ess(x) > 0.8 * 4000) & (bulk_ess(x) < 1.2 * 4000))
+    assert np.all((tail_ess(x) > 0.7 * 4000) & (tail_ess(x) < 1.2 * 4000))  # the smaller of two estimates
+    # for Gaussian draws rank normalization changes little: bulk-ESS of AR(1) chains is the classic ESS
+    y = ar1(4, 2000, 20, 0.8, seed=8)
+    np.testing.assert_allclose(bulk_ess(y), effective_sample_size(y), rtol=0.05)
+
+
+def test_rank_rhat_flags_a_shifted_chain():
+    x = np.random.default_rng(2).standard_normal((4, 1000, 20))
+    x[1] += 2.0  # one chain 2 sds off
+    assert rank_rhat(x).min() > 1.1
+    assert np.all(rank_rhat(x) == np.maximum(bulk_rhat(x), tail_rhat(x)))
+
+
+def test_cauchy_chains_rank_rhat_valid_and_tail_rhat_catches_scale():
+    rng = np.random.default_rng(3)
+    x = rng.standard_cauchy((4, 1000, 20))  # infinite variance: classic R-hat has no population value
+    assert np.abs(rank_rhat(x) - 1).max() < 0.02
+    assert tail_ess(x).min() > 0.7 * 4000 and bulk_ess(x).min() > 0.8 * 4000
+    # one chain with 3 times the scale: same median, so the bulk (and classic) R-hat does not see it, the tail
+    # R-hat (of |x - median|) does
+    y = rng.standard_cauchy((2, 2000, 20))
+    y[0] *= 3
+    assert bulk_rhat(y).max() < 1.01
+    assert tail_rhat(y).min() > 1.05
+    assert rank_rhat(y).min() > 1.05
