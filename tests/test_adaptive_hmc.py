@@ -8,9 +8,31 @@ import numpy as np
 import pytest
 import torch
 
-from flowvi.baselines.hmc import effective_sample_size_torch, split_rhat_torch, summarize_draws
+from flowvi.baselines.hmc import (
+    bulk_ess_torch,
+    bulk_rhat_torch,
+    effective_sample_size_torch,
+    pooled_quantiles_torch,
+    rank_normalize_torch,
+    rank_rhat_torch,
+    split_rhat_torch,
+    summarize_draws,
+    tail_ess_torch,
+    tail_rhat_torch,
+)
 from flowvi.cli import main
-from flowvi.reference import effective_sample_size, split_rhat, summarize_chains
+from flowvi.reference import (
+    bulk_ess,
+    bulk_rhat,
+    effective_sample_size,
+    pooled_quantiles,
+    rank_normalize,
+    rank_rhat,
+    split_rhat,
+    summarize_chains,
+    tail_ess,
+    tail_rhat,
+)
 from flowvi.samplers.adaptive_hmc import DualAveraging, adaptive_hmc, warmup_windows
 from flowvi.stability import reference_stats
 from flowvi.targets import CorrelatedGaussian, Funnel, HorseshoeSynthetic
@@ -155,6 +177,30 @@ def test_torch_estimators_equal_flowvi_reference():
         effective_sample_size_torch(torch.as_tensor(x)).numpy(), effective_sample_size(x), rtol=1e-8
     )
     assert split_rhat(x).min() > 1.05
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_torch_rank_diagnostics_equal_flowvi_reference(ties):
+    rng = np.random.default_rng(6)
+    x = np.cumsum(rng.standard_normal((5, 301, 7)), axis=1) * 0.1 + rng.standard_cauchy((5, 301, 7))
+    x[1] *= 3.0  # one chain wider: tail R-hat above 1
+    if ties:  # repeated draws (rejected proposals) and rounding: average ranks in both
+        x[:, 1::3] = x[:, 0:-1:3]
+        x = np.round(x, 1)
+    t = torch.as_tensor(x)
+    for torch_fn, numpy_fn in [
+        (rank_rhat_torch, rank_rhat),
+        (bulk_rhat_torch, bulk_rhat),
+        (tail_rhat_torch, tail_rhat),
+        (bulk_ess_torch, bulk_ess),
+        (tail_ess_torch, tail_ess),
+        (rank_normalize_torch, rank_normalize),
+    ]:
+        np.testing.assert_allclose(torch_fn(t).numpy(), numpy_fn(x), rtol=1e-10, atol=1e-12, err_msg=numpy_fn.__name__)
+    q, qn = pooled_quantiles_torch(t), pooled_quantiles(x)
+    for key in qn:
+        np.testing.assert_array_equal(q[key].numpy(), qn[key], err_msg=key)
+    assert tail_rhat(x).min() > 1.02
 
 
 def test_summarize_draws_equals_summarize_chains_blockwise():

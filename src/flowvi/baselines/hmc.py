@@ -4,7 +4,10 @@
 (512 chains x 1000 draws x 4002 coordinates: about 4 minutes of single-threaded NumPy FFTs): the same
 estimators (split R-hat, Geyer-truncated ESS over split chains; :func:`split_rhat_torch` and
 :func:`effective_sample_size_torch` are line-by-line torch translations of those in :mod:`flowvi.reference`,
-tested equal), on the GPU where the draws are, in blocks of coordinates. :func:`reference_info` is the JSON metadata of the reference file written with
+tested equal), with the rank-normalized R-hat, bulk- and tail-ESS of Vehtari et al. (2021)
+(:func:`rank_rhat_torch`, :func:`bulk_ess_torch`, :func:`tail_ess_torch`; ranks by one sort, ties averaged as
+``scipy.stats.rankdata`` does) and the pooled quantiles, on the GPU where the draws are, in blocks of
+coordinates. :func:`reference_info` is the JSON metadata of the reference file written with
 :func:`flowvi.reference.write_reference` (the format of ``refs/horseshoe_nci60_p2000_nuts.npz``).
 """
 
@@ -16,21 +19,27 @@ import torch
 SAMPLER_NAME = "many-chain HMC"
 
 
-def split_rhat_torch(x: torch.Tensor) -> torch.Tensor:
-    """:func:`flowvi.reference.split_rhat` in torch (any device), per coordinate of (chains, n, d)."""
+def _split_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.split_chains` in torch: (chains, n, d) -> (2 chains, n // 2, d)."""
     half = x.shape[1] // 2
-    s = torch.cat([x[:, :half], x[:, half : 2 * half]], 0)
+    return torch.cat([x[:, :half], x[:, half : 2 * half]], 0)
+
+
+def _rhat_torch(s: torch.Tensor) -> torch.Tensor:
+    """R-hat per coordinate of sequences ``s`` (m, n, d) that are already split."""
     n = s.shape[1]
     w = s.var(1, correction=1).mean(0)
     var_plus = (n - 1) / n * w + s.mean(1).var(0, correction=1)
     return torch.sqrt(var_plus / w.clamp(min=1e-300))
 
 
-def effective_sample_size_torch(x: torch.Tensor) -> torch.Tensor:
-    """:func:`flowvi.reference.effective_sample_size` in torch (any device): ESS per coordinate of (chains, n, d)
-    over the split chains, Geyer's initial positive and monotone sequence of autocorrelation pair sums."""
-    half = x.shape[1] // 2
-    s = torch.cat([x[:, :half], x[:, half : 2 * half]], 0)
+def split_rhat_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.split_rhat` in torch (any device), per coordinate of (chains, n, d)."""
+    return _rhat_torch(_split_torch(x))
+
+
+def _ess_torch(s: torch.Tensor) -> torch.Tensor:
+    """ESS per coordinate of sequences ``s`` (m, n, d) that are already split."""
     m, n, _ = s.shape
     centred = s - s.mean(1, keepdim=True)
     size = 1 << (2 * n - 1).bit_length()
@@ -47,14 +56,115 @@ def effective_sample_size_torch(x: torch.Tensor) -> torch.Tensor:
     return m * n / tau.clamp(min=1.0 / np.log10(max(m * n, 10)))
 
 
-def _blockwise(fn, x: torch.Tensor, max_bytes: float, device) -> np.ndarray:
+def effective_sample_size_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.effective_sample_size` in torch (any device): ESS per coordinate of (chains, n, d)
+    over the split chains, Geyer's initial positive and monotone sequence of autocorrelation pair sums."""
+    return _ess_torch(_split_torch(x))
+
+
+def quantiles_sorted_torch(v: torch.Tensor, q: float) -> torch.Tensor:
+    """:func:`flowvi.reference.quantiles_sorted` in torch: quantile ``q`` (linear interpolation, NumPy's default)
+    along dim 0 of ``v`` sorted along dim 0; the same arithmetic, so the same numbers."""
+    h = (v.shape[0] - 1) * q
+    lo = int(np.floor(h))
+    hi = min(lo + 1, v.shape[0] - 1)
+    return v[lo] + (h - lo) * (v[hi] - v[lo])
+
+
+def _sort_and_rank(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted values and ranks (1..S, float64) along dim 0 of ``flat`` (S, d); tied values get the average of
+    their ranks, as ``scipy.stats.rankdata`` does (repeated draws are common in MCMC: a rejected proposal repeats
+    the previous draw, and float32 draws tie more often). One sort; the first and last position of each run of
+    equal values by cumulative maxima."""
+    v, order = torch.sort(flat, dim=0)
+    n_draws = v.shape[0]
+    pos = torch.arange(n_draws, device=v.device).unsqueeze(1).expand_as(v)
+    first = torch.ones_like(v, dtype=torch.bool)
+    first[1:] = v[1:] != v[:-1]
+    last = torch.ones_like(first)
+    last[:-1] = first[1:]
+    zero = torch.zeros((), dtype=pos.dtype, device=v.device)
+    start = torch.cummax(torch.where(first, pos, zero), 0).values  # first position of each value's run
+    end = (n_draws - 1) - torch.cummax(torch.where(last.flip(0), pos, zero), 0).values.flip(0)  # its last
+    average = (start + end).to(torch.float64) / 2 + 1
+    return v, torch.empty_like(average).scatter_(0, order, average)
+
+
+def _normal_scores(ranks: torch.Tensor) -> torch.Tensor:
+    """``Phi^{-1}((r - 3/8) / (S + 1/4))`` of ranks (S, d) (Vehtari et al. 2021, Sec. 4.1)."""
+    return torch.special.ndtri((ranks - 0.375) / (ranks.shape[0] + 0.25))
+
+
+def rank_normalize_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.rank_normalize` in torch: normal scores of the ranks of the draws of (chains, n, ...)
+    pooled over chains and draws (ties: average ranks)."""
+    return _normal_scores(_sort_and_rank(x.reshape(x.shape[0] * x.shape[1], -1))[1]).reshape(x.shape)
+
+
+def rank_diagnostics_torch(x: torch.Tensor, tail: bool = True) -> dict:
+    """Rank-normalized diagnostics per coordinate of draws (chains, n, d) (Vehtari et al. 2021; formulas in
+    :mod:`flowvi.reference`), computed from one sort of the split draws and one of the folded ones:
+    ``bulk_rhat``, ``tail_rhat``, ``rank_rhat`` (their maximum), ``bulk_ess`` and, with ``tail``, ``tail_ess``."""
+    s = _split_torch(x.to(torch.float64))
+    m, n, d = s.shape
+    flat = s.reshape(m * n, d)
+    v, ranks = _sort_and_rank(flat)
+    z = _normal_scores(ranks).reshape(m, n, d)
+    folded = (flat - quantiles_sorted_torch(v, 0.5)).abs()
+    z_fold = _normal_scores(_sort_and_rank(folded)[1]).reshape(m, n, d)
+    out = {"bulk_rhat": _rhat_torch(z), "tail_rhat": _rhat_torch(z_fold), "bulk_ess": _ess_torch(z)}
+    out["rank_rhat"] = torch.maximum(out["bulk_rhat"], out["tail_rhat"])
+    if tail:
+        lo = (s <= quantiles_sorted_torch(v, 0.05)).to(torch.float64)
+        hi = (s <= quantiles_sorted_torch(v, 0.95)).to(torch.float64)
+        out["tail_ess"] = torch.minimum(_ess_torch(lo), _ess_torch(hi))
+    return out
+
+
+def rank_rhat_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.rank_rhat` in torch: max of bulk and tail R-hat per coordinate of (chains, n, d)."""
+    return rank_diagnostics_torch(x, tail=False)["rank_rhat"]
+
+
+def bulk_rhat_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.bulk_rhat` in torch."""
+    return _rhat_torch(rank_normalize_torch(_split_torch(x.to(torch.float64))))
+
+
+def tail_rhat_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.tail_rhat` in torch."""
+    return rank_diagnostics_torch(x, tail=False)["tail_rhat"]
+
+
+def bulk_ess_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.bulk_ess` in torch: ESS of the rank-normalized split chains of (chains, n, d)."""
+    return _ess_torch(rank_normalize_torch(_split_torch(x.to(torch.float64))))
+
+
+def tail_ess_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`flowvi.reference.tail_ess` in torch: min of the ESS of I(x <= q05) and I(x <= q95), split chains."""
+    return rank_diagnostics_torch(x)["tail_ess"]
+
+
+def pooled_quantiles_torch(x: torch.Tensor) -> dict:
+    """:func:`flowvi.reference.pooled_quantiles` in torch: q05, q25, median, q75, q95 per coordinate of
+    (chains, n, d) over all draws."""
+    from ..reference import QUANTILES
+
+    v = torch.sort(x.reshape(x.shape[0] * x.shape[1], -1), dim=0).values
+    return {key: quantiles_sorted_torch(v, q) for key, q in QUANTILES}
+
+
+def _blockwise(fn, x: torch.Tensor, max_bytes: float, device):
     """``fn`` (per coordinate of (chains, n, d)) on blocks of coordinates of at most ``max_bytes`` in float64
-    (the FFT takes about 4 times that), moved to ``device``; concatenated as a NumPy array."""
+    (the FFT takes about 4 times that), moved to ``device``; concatenated as a NumPy array, or a dict of them
+    where ``fn`` returns a dict of tensors."""
     c, n, d = x.shape
     step = max(1, int(max_bytes // (c * n * 8)))
-    return np.concatenate(
-        [fn(x[:, :, j : j + step].to(device, torch.float64)).cpu().numpy() for j in range(0, d, step)]
-    )
+    parts = [fn(x[:, :, j : j + step].to(device, torch.float64)) for j in range(0, d, step)]
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([p[key].cpu().numpy() for p in parts]) for key in parts[0]}
+    return np.concatenate([p.cpu().numpy() for p in parts])
 
 
 def summarize_draws(target, draws, n_plot: int = 4, thin_plot: int = 1, max_bytes: float = 2e8, device=None) -> dict:
