@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi.reference import summarize_chains, write_reference  # noqa: E402
+from flowvi.reference import convergence_info, summarize_chains, write_reference  # noqa: E402
 from flowvi.targets import make_target  # noqa: E402
 
 
@@ -65,17 +65,7 @@ def main(argv=None):
         "divergences": int(sum(r["divergences"] for _, r, _ in runs)),
         "step_size": [x for _, r, _ in runs for x in r["step_size"]],
         "accept_prob": [x for _, r, _ in runs for x in r["accept_prob"]],
-        "beta_rhat_max": float(s["rhat"].max()),
-        "beta_rhat_share_below_1.01": float((s["rhat"] < 1.01).mean()),
-        "beta_rhat_share_below_1.1": float((s["rhat"] < 1.1).mean()),
-        "beta_ess_min": float(s["ess"].min()),
-        "beta_ess_median": float(np.median(s["ess"])),
-        "theta_rhat_max": float(s["rhat_theta"].max()),
-        "theta_ess_min": float(s["ess_theta"].min()),
-        "theta_ess_median": float(np.median(s["ess_theta"])),
-        # the Monte Carlo error of a reference mean, in posterior sds, is 1 / sqrt(ESS)
-        "beta_mean_mcse_over_sd_median": float(np.median(1 / np.sqrt(s["ess"]))),
-        "beta_mean_mcse_over_sd_max": float((1 / np.sqrt(s["ess"])).max()),
+        **convergence_info(s),
     }
     write_reference(out, s, info)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))

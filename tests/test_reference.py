@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from flowvi.reference import (
+    QUANTILES,
     bulk_ess,
     bulk_rhat,
+    convergence_info,
     effective_sample_size,
     rank_normalize,
     rank_rhat,
@@ -129,3 +131,40 @@ def test_cauchy_chains_rank_rhat_valid_and_tail_rhat_catches_scale():
     assert bulk_rhat(y).max() < 1.01
     assert tail_rhat(y).min() > 1.05
     assert rank_rhat(y).min() > 1.05
+
+
+def test_summary_has_quantiles_and_rank_diagnostics(tmp_path):
+    target = HorseshoeSynthetic(p=5, n=20).double()
+    chains = np.random.default_rng(4).standard_normal((2, 100, target.dim))
+    s = summarize_chains(target, chains)
+    beta = target.coefficients(torch.as_tensor(chains.reshape(200, -1))).numpy()
+    for key, q in QUANTILES:
+        np.testing.assert_allclose(s[key], np.quantile(beta, q, axis=0), rtol=1e-12, err_msg=key)
+    coords = beta.reshape(2, 100, -1)
+    np.testing.assert_array_equal(s["rank_rhat"], rank_rhat(coords))
+    np.testing.assert_array_equal(s["bulk_ess"], bulk_ess(coords))
+    np.testing.assert_array_equal(s["tail_ess"], tail_ess(coords))
+    np.testing.assert_array_equal(s["rank_rhat_theta"], rank_rhat(chains))
+    np.testing.assert_array_equal(s["bulk_ess_theta"], bulk_ess(chains))
+    info = convergence_info(s)
+    assert info["beta_rank_rhat_max"] == s["rank_rhat"].max()
+    assert info["beta_rank_rhat_share_below_1.05"] == np.mean(s["rank_rhat"] < 1.05)
+    assert info["beta_bulk_ess_median"] == np.median(s["bulk_ess"]) and info["beta_tail_ess_min"] == s["tail_ess"].min()
+    assert info["theta_rank_rhat_max"] == s["rank_rhat_theta"].max()
+    # the new file has the new keys; the study's reader takes the quantiles for its robust score
+    write_reference(tmp_path / "new.npz", s, info)
+    with np.load(tmp_path / "new.npz") as f:
+        new_keys = {"q05", "q25", "median", "q75", "q95", "rank_rhat", "bulk_ess", "tail_ess"}
+        assert new_keys | {"rank_rhat_theta", "bulk_ess_theta"} <= set(f.files)
+        np.testing.assert_array_equal(f["rank_rhat"], s["rank_rhat"])
+    ref = reference_stats(target, tmp_path / "new.npz")
+    np.testing.assert_array_equal(ref["median"], s["median"])
+    np.testing.assert_array_equal(ref["q75"], s["q75"])
+    # a file written before the quantiles and rank diagnostics existed still loads, without them
+    old = {k: s[k] for k in ("mean", "sd", "rhat", "ess", "rhat_theta", "ess_theta", "plot", "draws")}
+    old_info = convergence_info(old)
+    assert "beta_rhat_max" in old_info and "beta_rank_rhat_max" not in old_info
+    write_reference(tmp_path / "old.npz", old, old_info)
+    ref = reference_stats(target, tmp_path / "old.npz")
+    assert set(ref) == {"mean", "sd", "plot", "draws"}
+    np.testing.assert_array_equal(ref["mean"], s["mean"])

@@ -168,9 +168,11 @@ def tail_ess(x: np.ndarray) -> np.ndarray:
 def summarize_chains(target, chains: np.ndarray, n_plot: int = 4, thin_plot: int = 1) -> dict:
     """Reference summary of MCMC draws ``chains`` (chains, n, target.dim) of ``target``.
 
-    Returns ``mean``, ``sd`` (over all draws), ``rhat``, ``ess`` of the compared coordinates (the target's
-    ``coefficients(x)`` where defined, e.g. the horseshoe's beta, else x), ``rhat_theta``/``ess_theta`` of the
-    raw coordinates, ``plot`` (the ``n_plot`` coordinates of largest |mean|/sd) and their ``draws``.
+    Returns ``mean``, ``sd``, the quantiles ``q05``, ``q25``, ``median``, ``q75``, ``q95`` (over all draws),
+    ``rhat``, ``ess`` (split R-hat and ESS), ``rank_rhat``, ``bulk_ess``, ``tail_ess`` (rank-normalized) of the
+    compared coordinates (the target's ``coefficients(x)`` where defined, e.g. the horseshoe's beta, else x),
+    ``rhat_theta``/``ess_theta`` and ``rank_rhat_theta``/``bulk_ess_theta`` of the raw coordinates, ``plot``
+    (the ``n_plot`` coordinates of largest |mean|/sd) and their ``draws``.
     """
     from .stability import coordinates
 
@@ -188,18 +190,60 @@ def summarize_chains(target, chains: np.ndarray, n_plot: int = 4, thin_plot: int
     return {
         "mean": mean,
         "sd": sd,
+        **pooled_quantiles(coords),
         "rhat": split_rhat(coords),
         "ess": effective_sample_size(coords),
+        "rank_rhat": rank_rhat(coords),
+        "bulk_ess": bulk_ess(coords),
+        "tail_ess": tail_ess(coords),
         "rhat_theta": split_rhat(chains),
         "ess_theta": effective_sample_size(chains),
+        "rank_rhat_theta": rank_rhat(chains),
+        "bulk_ess_theta": bulk_ess(chains),
         "plot": plot,
         "draws": coords.reshape(c * n, -1)[::thin_plot, plot],
     }
 
 
+def convergence_info(summary: dict) -> dict:
+    """The diagnostics of a reference's JSON metadata from ``summary`` (:func:`summarize_chains` or
+    :func:`flowvi.baselines.hmc.summarize_draws`): split R-hat and ESS (``beta_*`` of the compared coordinates,
+    ``theta_*`` of the raw ones) and, where the summary has them, the rank-normalized R-hat, bulk- and tail-ESS."""
+    ess, rhat = summary["ess"], summary["rhat"]
+    info = {
+        "beta_rhat_max": float(rhat.max()),
+        "beta_rhat_share_below_1.01": float((rhat < 1.01).mean()),
+        "beta_rhat_share_below_1.1": float((rhat < 1.1).mean()),
+        "beta_ess_min": float(ess.min()),
+        "beta_ess_median": float(np.median(ess)),
+        "theta_rhat_max": float(summary["rhat_theta"].max()),
+        "theta_ess_min": float(summary["ess_theta"].min()),
+        "theta_ess_median": float(np.median(summary["ess_theta"])),
+        # the Monte Carlo error of a reference mean, in posterior sds, is 1 / sqrt(ESS)
+        "beta_mean_mcse_over_sd_median": float(np.median(1 / np.sqrt(ess))),
+        "beta_mean_mcse_over_sd_max": float((1 / np.sqrt(ess)).max()),
+    }
+    if "rank_rhat" in summary:
+        rank = summary["rank_rhat"]
+        info |= {
+            "beta_rank_rhat_max": float(rank.max()),
+            "beta_rank_rhat_share_below_1.01": float((rank < 1.01).mean()),
+            "beta_rank_rhat_share_below_1.05": float((rank < 1.05).mean()),
+            "beta_bulk_ess_min": float(summary["bulk_ess"].min()),
+            "beta_bulk_ess_median": float(np.median(summary["bulk_ess"])),
+            "beta_tail_ess_min": float(summary["tail_ess"].min()),
+            "beta_tail_ess_median": float(np.median(summary["tail_ess"])),
+            "theta_rank_rhat_max": float(summary["rank_rhat_theta"].max()),
+            "theta_bulk_ess_min": float(summary["bulk_ess_theta"].min()),
+        }
+    return info
+
+
 def write_reference(path, summary: dict, info: dict) -> None:
     """Write ``summary`` (from :func:`summarize_chains`) and ``info`` (JSON metadata: target, sampler settings,
-    diagnostics) to ``path`` (.npz, float32 draws, float64 statistics)."""
+    diagnostics) to ``path`` (.npz, float32 draws, float64 statistics): one array per key of ``summary`` (``mean``,
+    ``sd``, ``plot``, ``draws``, which every reader needs; the quantiles and diagnostics where present) and
+    ``info``."""
     arrays = {k: np.asarray(v) for k, v in summary.items()}
     arrays["draws"] = arrays["draws"].astype(np.float32)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -155,6 +155,23 @@ def pooled_quantiles_torch(x: torch.Tensor) -> dict:
     return {key: quantiles_sorted_torch(v, q) for key, q in QUANTILES}
 
 
+def _coordinate_stats(x: torch.Tensor) -> dict:
+    """Per compared coordinate: pooled quantiles, rank R-hat, bulk- and tail-ESS."""
+    r = rank_diagnostics_torch(x)
+    return {
+        **pooled_quantiles_torch(x),
+        "rank_rhat": r["rank_rhat"],
+        "bulk_ess": r["bulk_ess"],
+        "tail_ess": r["tail_ess"],
+    }
+
+
+def _theta_stats(x: torch.Tensor) -> dict:
+    """Per raw coordinate: rank R-hat and bulk-ESS."""
+    r = rank_diagnostics_torch(x, tail=False)
+    return {"rank_rhat_theta": r["rank_rhat"], "bulk_ess_theta": r["bulk_ess"]}
+
+
 def _blockwise(fn, x: torch.Tensor, max_bytes: float, device):
     """``fn`` (per coordinate of (chains, n, d)) on blocks of coordinates of at most ``max_bytes`` in float64
     (the FFT takes about 4 times that), moved to ``device``; concatenated as a NumPy array, or a dict of them
@@ -169,9 +186,12 @@ def _blockwise(fn, x: torch.Tensor, max_bytes: float, device):
 
 def summarize_draws(target, draws, n_plot: int = 4, thin_plot: int = 1, max_bytes: float = 2e8, device=None) -> dict:
     """Reference summary of ``draws`` (chains, n, target.dim), NumPy or torch, any float dtype; the same keys
-    and values as :func:`flowvi.reference.summarize_chains` (``mean``, ``sd``, ``rhat``, ``ess`` of the compared
-    coordinates; ``rhat_theta``, ``ess_theta`` of the raw ones; ``plot`` and its ``draws``), computed in float64
-    on ``device`` (default: that of torch ``draws``, else CPU) in blocks of ``max_bytes``."""
+    and values as :func:`flowvi.reference.summarize_chains` (``mean``, ``sd``, ``q05``, ``q25``, ``median``,
+    ``q75``, ``q95``, ``rhat``, ``ess``, ``rank_rhat``, ``bulk_ess``, ``tail_ess`` of the compared coordinates;
+    ``rhat_theta``, ``ess_theta``, ``rank_rhat_theta``, ``bulk_ess_theta`` of the raw ones; ``plot`` and its
+    ``draws``), computed in float64 on ``device`` (default: that of torch ``draws``, else CPU) in blocks of
+    ``max_bytes``."""
+    from ..reference import QUANTILES
     from ..stability import coordinates
 
     draws = torch.as_tensor(draws)
@@ -193,13 +213,19 @@ def summarize_draws(target, draws, n_plot: int = 4, thin_plot: int = 1, max_byte
         coords = coords.reshape(c, n, -1)
         mean_np, sd_np = mean.cpu().numpy(), sd.cpu().numpy()
         plot = np.argsort(-np.abs(mean_np) / np.maximum(sd_np, 1e-12), kind="stable")[:n_plot]
+        ranked = _blockwise(_coordinate_stats, coords, max_bytes, device)
         return {
             "mean": mean_np,
             "sd": sd_np,
+            **{key: ranked[key] for key, _ in QUANTILES},
             "rhat": _blockwise(split_rhat_torch, coords, max_bytes, device),
             "ess": _blockwise(effective_sample_size_torch, coords, max_bytes, device),
+            "rank_rhat": ranked["rank_rhat"],
+            "bulk_ess": ranked["bulk_ess"],
+            "tail_ess": ranked["tail_ess"],
             "rhat_theta": _blockwise(split_rhat_torch, draws, max_bytes, device),
             "ess_theta": _blockwise(effective_sample_size_torch, draws, max_bytes, device),
+            **_blockwise(_theta_stats, draws, max_bytes, device),
             "plot": plot,
             "draws": coords.reshape(c * n, -1)[::thin_plot, torch.as_tensor(plot, device=device)].cpu().numpy(),
         }
@@ -207,7 +233,8 @@ def summarize_draws(target, draws, n_plot: int = 4, thin_plot: int = 1, max_byte
 
 def reference_info(target_spec: dict, dim: int, settings: dict, result: dict, summary: dict, seconds: dict) -> dict:
     """JSON metadata of an HMC reference: settings, timings, adaptation, divergences and the convergence summary."""
-    ess, rhat = summary["ess"], summary["rhat"]
+    from ..reference import convergence_info
+
     return {
         "target": target_spec,
         "dim": dim,
@@ -229,17 +256,7 @@ def reference_info(target_spec: dict, dim: int, settings: dict, result: dict, su
         "warmup_divergences": int(result["warmup_divergences"].sum()),
         "inverse_metric_min": float(result["inverse_metric"].min()),
         "inverse_metric_max": float(result["inverse_metric"].max()),
-        "beta_rhat_max": float(rhat.max()),
-        "beta_rhat_share_below_1.01": float((rhat < 1.01).mean()),
-        "beta_rhat_share_below_1.1": float((rhat < 1.1).mean()),
-        "beta_ess_min": float(ess.min()),
-        "beta_ess_median": float(np.median(ess)),
-        "theta_rhat_max": float(summary["rhat_theta"].max()),
-        "theta_ess_min": float(summary["ess_theta"].min()),
-        "theta_ess_median": float(np.median(summary["ess_theta"])),
-        # the Monte Carlo error of a reference mean, in posterior sds, is 1 / sqrt(ESS)
-        "beta_mean_mcse_over_sd_median": float(np.median(1 / np.sqrt(ess))),
-        "beta_mean_mcse_over_sd_max": float((1 / np.sqrt(ess)).max()),
+        **convergence_info(summary),
     }
 
 
@@ -323,6 +340,12 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "rhat_max": float(stats["rhat"].max()),
         "ess_theta_min": float(stats["ess_theta"].min()),
         "rhat_theta_max": float(stats["rhat_theta"].max()),
+        # rank-normalized (Vehtari et al. 2021): valid for heavy tails such as the horseshoe's beta
+        "rank_rhat_max": float(stats["rank_rhat"].max()),
+        "bulk_ess_min": float(stats["bulk_ess"].min()),
+        "bulk_ess_median": float(np.median(stats["bulk_ess"])),
+        "tail_ess_min": float(stats["tail_ess"].min()),
+        "rank_rhat_theta_max": float(stats["rank_rhat_theta"].max()),
     }
     print(
         f"  {summary['chains']} x {summary['num_samples']} draws after {summary['warmup']} warm-up iterations "
@@ -331,7 +354,10 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         f"divergences {summary['divergences']} (warm-up {summary['warmup_divergences']})\n"
         f"  {compared}: ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}; "
         f"R-hat max {summary['rhat_max']:.4f}  (all coordinates: ESS min {summary['ess_theta_min']:.0f}, "
-        f"R-hat max {summary['rhat_theta_max']:.4f}); summary {seconds['summary']:.1f} s"
+        f"R-hat max {summary['rhat_theta_max']:.4f})\n"
+        f"  {compared} rank-normalized: R-hat max {summary['rank_rhat_max']:.4f}, bulk-ESS min "
+        f"{summary['bulk_ess_min']:.0f}, median {summary['bulk_ess_median']:.0f}, tail-ESS min "
+        f"{summary['tail_ess_min']:.0f} (all coordinates: R-hat max {summary['rank_rhat_theta_max']:.4f}); summary {seconds['summary']:.1f} s"
     )
     if ref_out is not None:
         info = reference_info(config["target"], target.dim, {**settings, "seed": args.seed}, result, stats, seconds)
