@@ -75,19 +75,20 @@ def _sort_and_rank(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted values and ranks (1..S, float64) along dim 0 of ``flat`` (S, d); tied values get the average of
     their ranks, as ``scipy.stats.rankdata`` does (repeated draws are common in MCMC: a rejected proposal repeats
     the previous draw, and float32 draws tie more often). One sort; the first and last position of each run of
-    equal values by cumulative maxima."""
-    v, order = torch.sort(flat, dim=0)
-    n_draws = v.shape[0]
-    pos = torch.arange(n_draws, device=v.device).unsqueeze(1).expand_as(v)
+    equal values by cumulative maxima. The work runs along the last dim of a (d, S) copy: on an H100, cummax
+    along dim 0 of a (512000, 48) block took 0.2 s, along the contiguous last dim 3 ms."""
+    v, order = torch.sort(flat.T.contiguous(), dim=1)
+    n_draws = v.shape[1]
+    pos = torch.arange(n_draws, device=v.device).expand_as(v)
     first = torch.ones_like(v, dtype=torch.bool)
-    first[1:] = v[1:] != v[:-1]
+    first[:, 1:] = v[:, 1:] != v[:, :-1]
     last = torch.ones_like(first)
-    last[:-1] = first[1:]
+    last[:, :-1] = first[:, 1:]
     zero = torch.zeros((), dtype=pos.dtype, device=v.device)
-    start = torch.cummax(torch.where(first, pos, zero), 0).values  # first position of each value's run
-    end = (n_draws - 1) - torch.cummax(torch.where(last.flip(0), pos, zero), 0).values.flip(0)  # its last
+    start = torch.cummax(torch.where(first, pos, zero), 1).values  # first position of each value's run
+    end = (n_draws - 1) - torch.cummax(torch.where(last.flip(1), pos, zero), 1).values.flip(1)  # its last
     average = (start + end).to(torch.float64) / 2 + 1
-    return v, torch.empty_like(average).scatter_(0, order, average)
+    return v.T, torch.empty_like(average).scatter_(1, order, average).T
 
 
 def _normal_scores(ranks: torch.Tensor) -> torch.Tensor:
