@@ -1,7 +1,7 @@
 """Time many-chain HMC on a target, then run ``flowvi baseline hmc`` and write a reference file.
 
     PYTHONPATH=src python benchmarks/hmc_reference.py --device cuda --out FILE.json \\
-        --run-dir runs/hmc_ref --reference-out refs/horseshoe_nci60_p2000_hmc.npz --max-seconds 300
+        --run-dir runs/hmc_ref --reference-out runs/horseshoe_nci60_p2000_hmc.npz --max-seconds 300
     PYTHONPATH=src python benchmarks/hmc_reference.py --quick --out /tmp/hmc_quick.json   # CPU check
 
 1. Cost of one leapfrog step (one batched log_prob + gradient and the position/momentum updates) at several
@@ -70,7 +70,7 @@ def main(argv=None):
     ap.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"])
     ap.add_argument("--time-chains", default="64,256,512,1024", help="numbers of chains to time a leapfrog at")
     ap.add_argument("--run-dir", default="runs/hmc_ref")
-    ap.add_argument("--reference-out", default="refs/horseshoe_nci60_p2000_hmc.npz")
+    ap.add_argument("--reference-out", default="runs/horseshoe_nci60_p2000_hmc.npz")
     ap.add_argument("--out", required=True, help="JSON file of the timings and the run summary")
     ap.add_argument("--quick", action="store_true", help="small CPU check: p=20, 32 chains, 100 + 100 iterations")
     args = ap.parse_args(argv)

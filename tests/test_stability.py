@@ -279,3 +279,30 @@ def test_cli_study_score_later(tmp_path, capsys):
     assert "needs --reference" in capsys.readouterr().err
     assert main(["study", "score", str(tmp_path), "--reference", str(ref)]) == 2
     assert "not a finished stability study" in capsys.readouterr().err
+
+
+def test_horseshoe_regimes_benchmark_tempers_and_describes():
+    """benchmarks/horseshoe_regimes.py: the tempered target is the prior at t = 0 and the posterior at t = 1, and
+    the description reads log tau, beta0 and beta from the right coordinates."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from flowvi.targets import make_target
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "horseshoe_regimes.py"
+    spec = importlib.util.spec_from_file_location("horseshoe_regimes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    target = make_target("horseshoe_nci60", p=5).double()
+    x = torch.randn(7, target.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tempered = bench.TemperedLikelihood(target)
+    torch.testing.assert_close(tempered.log_prob(x), target.prior_log_prob(x))
+    tempered.t.fill_(1.0)
+    torch.testing.assert_close(tempered.log_prob(x), target.log_prob(x))
+    x[:, 10], x[:, 11] = -3.0, -40.0  # log tau and beta0 for p = 5
+    d = bench.describe(target, x)
+    assert d["log_tau_q05_q50_q95"] == pytest.approx([-3.0] * 3)
+    assert d["beta0_q05_q50_q95"] == pytest.approx([-40.0] * 3)
+    assert d["median_abs_beta"] == pytest.approx(float(target.coefficients(x).abs().median()))
