@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flowvi.cli import main as flowvi_main  # noqa: E402
 from flowvi.runs import resolve_device, resolve_dtype  # noqa: E402
-from flowvi.samplers.adaptive_hmc import GraphedLeapfrog, leapfrog  # noqa: E402
+from flowvi.samplers.adaptive_hmc import GraphedLeapfrog, _log_prob_and_grad, leapfrog  # noqa: E402
 from flowvi.targets import make_target  # noqa: E402
 
 
@@ -35,8 +35,6 @@ def time_leapfrog(target, chains: int, device, dtype, repeats: int = 20, steps: 
     x = (2 * torch.rand(chains, target.dim, device=device, dtype=dtype) - 1) * 0.5
     p = torch.randn_like(x)
     m_inv = torch.ones(target.dim, device=device, dtype=dtype)
-    from flowvi.samplers.adaptive_hmc import _log_prob_and_grad
-
     lp, g = _log_prob_and_grad(target, x)
     step = GraphedLeapfrog(target, x, m_inv) if graph else leapfrog
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -235,7 +235,7 @@ def score_against_reference(out, reference, target_spec: dict | None = None, dev
             row["within_0.1_sd"] = share_within(means[key], ref)
             if key + "#median" in means and "median" in ref:  # studies run since 2026-11-23 keep medians
                 row[ROBUST] = share_within_robust(means[key + "#median"], ref)
-    write_study_tables(rows, out, target_spec, sorted({r["seed"] for r in rows}), reference=zero_guess_scores(ref))
+    write_study_tables(rows, out, target_spec, sorted({r["seed"] for r in rows}), zero_guess=zero_guess_scores(ref))
     return aggregate(rows)
 
 
@@ -441,18 +441,17 @@ def run_study(
     coords = {run_key(r): r["coord_mean"] for r in rows if "coord_mean" in r}
     coords |= {run_key(r) + "#median": r["coord_median"] for r in rows if "coord_median" in r}
     np.savez_compressed(out / "coordinates.npz", **coords)
-    summary = write_study_tables(
-        rows, out, target_spec, seeds, reference=zero_guess_scores(reference) if reference is not None else False
-    )
+    zero_guess = zero_guess_scores(reference) if reference is not None else None
+    summary = write_study_tables(rows, out, target_spec, seeds, zero_guess=zero_guess)
     plot_curves(rows, out / "elbo_curves.png")
     if reference is not None:
         plot_marginals(rows, reference, out / "marginals.png")
     return summary
 
 
-def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, reference: bool | dict) -> list[dict]:
-    """runs.csv, table.csv and table.md of a study; returns the per-configuration summary. ``reference``: whether
-    the runs were scored, or the :func:`zero_guess_scores` of the reference (a last row of table.md)."""
+def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, zero_guess: dict | None) -> list[dict]:
+    """runs.csv, table.csv and table.md of a study; returns the per-configuration summary. ``zero_guess``: for
+    runs scored against a reference, its :func:`zero_guess_scores` (the last row of table.md); else None."""
     summary = aggregate(rows)
     if not summary:
         raise ValueError(f"no configuration could run: {rows[0]['reason']}")
@@ -476,11 +475,10 @@ def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, re
         "skipped_steps",
         "train_seconds",
         "seconds",
-    ] + (["within_0.1_sd"] if reference is not False else [])
+    ] + (["within_0.1_sd"] if zero_guess is not None else [])
     keys += [ROBUST] if any(ROBUST in r for r in rows) else []
     write_csv(rows, out / "runs.csv", keys)
     write_csv(summary, out / "table.csv", list(summary[0]))
     title = f"Stability study: {target_spec['name']} {json.dumps(target_spec.get('params', {}))}, seeds {seeds}"
-    zero = reference if isinstance(reference, dict) else None
-    (out / "table.md").write_text(markdown_table(summary, title, zero))
+    (out / "table.md").write_text(markdown_table(summary, title, zero_guess))
     return summary
