@@ -177,8 +177,9 @@ PEERS = {"normflows": normflows_step, "zuko": zuko_step}
 # ------------------------------------------------------------------------------------ flowvi
 
 
-def flowvi_run(d, batch, layers, hidden, device, estimator, variant, warmup, steps):
-    """Time flowvi's training step (exactly what fit() runs per step) and keep its losses."""
+def flowvi_run(d, batch, layers, hidden, device, estimator, variant, warmup, steps, timer=None):
+    """Time flowvi's training step (exactly what fit() runs per step) and keep its losses.
+    ``timer(step, device, warmup, steps, base)`` replaces :func:`time_steps` (the profiler uses it)."""
     compile_, graph, precision, tf32 = VARIANTS[variant]
     if compile_:
         # Start each compiled run from an empty compile cache: dynamo stops compiling a function
@@ -218,12 +219,14 @@ def flowvi_run(d, batch, layers, hidden, device, estimator, variant, warmup, ste
         scheduler.step()
         losses.append(result.loss)
         if not first_grad:  # the first (warm-up) step's clipped gradient, for the agreement check
-            first_grad.append(torch.cat([p.grad.reshape(-1) for p in params]).double().cpu())
+            # Copied to the host tensor by tensor: a concatenation on the device (and its float64 copy)
+            # would be charged to the step's peak memory (3 x the gradients' size).
+            first_grad.append(torch.cat([p.grad.reshape(-1).cpu() for p in params]).double())
 
     torch.manual_seed(1)
     with warnings.catch_warnings(record=True) as caught, matmul_precision(options.tf32):
         warnings.simplefilter("always")
-        med, times, warm_s, peak = time_steps(step, device, warmup, steps, base)
+        med, times, warm_s, peak = (timer or time_steps)(step, device, warmup, steps, base)
     notes = sorted({str(w.message).splitlines()[0][:200] for w in caught if issubclass(w.category, RuntimeWarning)})
     return {
         "ms": med,
@@ -235,6 +238,50 @@ def flowvi_run(d, batch, layers, hidden, device, estimator, variant, warmup, ste
         "graph_used": bool(getattr(step_fn, "graph", None) is not None),
         "notes": notes,
     }
+
+
+def kernel_category(name: str) -> str:
+    """Which kind of work a CUDA kernel does, from its name (cuBLAS/CUTLASS matrix products, Adam, the rest)."""
+    n = name.lower()
+    if any(k in n for k in ("gemm", "xmma", "cutlass", "cublas", "triton_tem")):
+        return "matmul"
+    if "multi_tensor" in n or "adam" in n:
+        return "adam"
+    if "triton" in n or "elementwise" in n or "reduce" in n:
+        return "elementwise"
+    return "other"
+
+
+def profile_step(d, batch, layers, hidden, device, variant="compile", steps=5):
+    """GPU time per step by kind of kernel (torch.profiler) of flowvi's step, uncaptured so that every kernel
+    is seen; returns ({category: ms per step}, [(ms per step, calls per step, kernel), ...] top 12)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    found = {}
+
+    def timer(step, device, warmup, steps_, base=0):
+        for _ in range(max(warmup, 3)):
+            step()
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            sync(device)
+        by_cat, by_kernel = {}, {}
+        for e in prof.events():
+            if e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            ms = getattr(e, "device_time_total", 0.0) / 1e3 / steps
+            by_cat[kernel_category(e.name)] = by_cat.get(kernel_category(e.name), 0.0) + ms
+            t, n = by_kernel.get(e.name, (0.0, 0))
+            by_kernel[e.name] = (t + ms, n + 1)
+        found["by_category_ms"] = by_cat
+        top = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:12]
+        found["top_kernels"] = [(t, n / steps, name[:100]) for name, (t, n) in top]
+        return float("nan"), [], 0.0, None
+
+    flowvi_run(d, batch, layers, hidden, device, "reparam", variant, 3, steps, timer=timer)
+    return found["by_category_ms"], found["top_kernels"]
 
 
 def agreement(run, ref, d):
@@ -307,6 +354,11 @@ def main(argv=None):
         "--estimator-variants", default="plain,fast,eager-fused", help="flowvi variants for the other estimators"
     )
     p.add_argument("--peers", default="normflows,zuko")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print the GPU time per step of flowvi's compiled step by kind of kernel (matmul, elementwise, Adam)",
+    )
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     device = torch.device(args.device)
@@ -329,7 +381,9 @@ def main(argv=None):
         else:
             notes.append(f"estimator {name!r} not in this flowvi (has {', '.join(ESTIMATORS)}); skipped")
     peers = {}
-    for name in args.peers.split(","):
+    for name in filter(None, args.peers.split(",")):  # --peers "" runs flowvi alone
+        if name not in PEERS:
+            raise SystemExit(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
         try:
             mod = __import__(name)
             peers[name] = getattr(mod, "__version__", "?")
@@ -427,6 +481,16 @@ def main(argv=None):
             }
         )
         print_table(cfg_name, results)
+        if args.profile and device.type == "cuda":
+            by_cat, top = profile_step(d, batch, layers, hidden, device)
+            rows[-1]["profile"] = {"by_category_ms": by_cat, "top_kernels": top}
+            total = sum(by_cat.values())
+            print(
+                f"kernel time per step (compiled, uncaptured): {total:.3f} ms = "
+                + ", ".join(f"{k} {v:.3f}" for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1]))
+            )
+            for t, n, name in top:
+                print(f"  {t:7.3f} ms  {n:4.0f} calls  {name}")
         out = {"info": info, "notes": notes, "rows": rows}
         if args.out:  # after every configuration, so a run cut short keeps what it measured
             Path(args.out).write_text(json.dumps(out, indent=1))

@@ -183,13 +183,14 @@ def _compiled(fn, compiled=None):
     return call
 
 
-def target_capture_error(target, batch_size: int, device, dtype) -> str | None:
+def target_capture_error(target, batch_size: int, device, dtype, stream=None) -> str | None:
     """Why ``target.log_prob`` and its gradient cannot be captured in a CUDA graph, or None if they can.
 
     Probed on a throwaway graph that draws no random numbers: a capture that fails inside the real
     step would leave the CUDA generator in capture mode. Host synchronisations (``.item()``, data-
     dependent shapes) and some solver paths (for example batched complex LU of large matrices, as in
     fermion determinants) cannot be captured; such targets train with compile but without CUDA graphs.
+    ``stream``: the side stream to probe on (default: a new one).
     """
     event_shape = getattr(target, "event_shape", None)
     if event_shape is None:
@@ -202,13 +203,13 @@ def target_capture_error(target, batch_size: int, device, dtype) -> str | None:
         return torch.autograd.grad(lp.sum(), x)[0]
 
     try:
-        side = torch.cuda.Stream(device)
+        side = stream if stream is not None else torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             log_prob_and_grad()  # eager first: lazy initialisation must not happen under capture
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=side):
             log_prob_and_grad()
     except Exception as e:  # noqa: BLE001  (whatever the reason, the step runs without graphs)
         torch.cuda.synchronize(device)
@@ -320,9 +321,12 @@ class FastStep:
         self.calls = 0
         self.graph = None
         self.static = None
+        # One side stream for the probe, the warm-up steps and the capture: cuBLAS keeps a workspace
+        # (32 MiB on Hopper) for every stream it has run on, for the life of the process.
+        self.side = torch.cuda.Stream(self.device) if options.cuda_graph else None
         if options.cuda_graph:
             dtype = next(iter(params)).dtype
-            reason = target_capture_error(target, cfg.batch_size, self.device, dtype)
+            reason = target_capture_error(target, cfg.batch_size, self.device, dtype, self.side)
             if reason is not None:
                 warnings.warn(
                     f"the target cannot be captured in a CUDA graph ({reason}); training continues without "
@@ -392,7 +396,7 @@ class FastStep:
         rng = torch.cuda.get_rng_state(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self.side):
                 static = self._body()
         except Exception as e:  # noqa: BLE001  (anything that cannot be captured: run uncaptured, say why)
             torch.cuda.synchronize(self.device)
@@ -420,8 +424,8 @@ class FastStep:
             loss, log_w, ok = (t.clone() for t in self.static)
             return StepResult(loss, log_w, ok)
         if self.options.cuda_graph:
-            # Warm-up on a side stream, as graph capture requires.
-            side = torch.cuda.Stream(self.device)
+            # Warm-up on the side stream, as graph capture requires.
+            side = self.side
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 self.optimizer.zero_grad(set_to_none=True)

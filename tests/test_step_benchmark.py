@@ -1,0 +1,45 @@
+"""benchmarks/step.py: its CPU mode runs and checks the fast paths' agreement; the profiler's kernel classes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
+    spec = importlib.util.spec_from_file_location("step_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_category(bench):
+    cases = {
+        "sm90_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize128x128x32": "matmul",
+        "void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_128x128_32x5_nt_align4>": "matmul",
+        "triton_tem_fused_addmm_t_7": "matmul",
+        "void cublasLt::splitKreduce_kernel<32, 16, int, float>": "matmul",
+        "void at::native::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata<4>, FusedAdamMathFunctor>": "adam",
+        "triton_poi_fused_addmm_relu_0": "elementwise",
+        "triton_red_fused_sum_4": "elementwise",
+        "void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>": "elementwise",
+        "Memcpy DtoD (Device -> Device)": "other",
+    }
+    for name, kind in cases.items():
+        assert bench.kernel_category(name) == kind, name
+
+
+def test_quick_run_without_peers(bench, tmp_path):
+    """flowvi alone (--peers ""), the plain step and the eager fused step: same losses, same gradient."""
+    out = tmp_path / "step.json"
+    args = ["--quick", "--device", "cpu", "--estimators", "reparam", "--peers", "", "--variants", "plain,eager-fused"]
+    bench.main([*args, "--configs", "0", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1
+    fused = rows[0]["results"]["flowvi/reparam/eager-fused"]
+    assert fused["ms"] > 0 and fused["grad_rel"] < 1e-5 and fused["loss_err_per_dim"] < 1e-6
+    with pytest.raises(SystemExit, match="unknown peer"):
+        bench.main([*args, "--peers", "nflows"])
