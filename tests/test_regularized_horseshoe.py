@@ -196,3 +196,36 @@ def test_bad_data_shapes_and_options():
         t.log_prob(torch.zeros(2, 8))
     with pytest.raises(ValueError, match="regularized_horseshoe_synthetic needs p >= 1"):
         make_target("regularized_horseshoe_synthetic", p=3, n_nonzero=4)
+
+
+def test_benchmark_quick_mode(tmp_path):
+    """benchmarks/regularized_horseshoe.py --quick: HMC, two flows and SMC on p = 10 write a complete JSON whose
+    shares are those of flowvi.stability's scorers."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "regularized_horseshoe.py"
+    spec = importlib.util.spec_from_file_location("regularized_horseshoe_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rhs.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dim"] == 23 and [r["sampler"] for r in result["rows"]][:3] == ["HMC", "flow realnvp", "flow spline"]
+    hmc, flow = result["rows"][0], result["rows"][1]
+    assert "beta_rank_rhat_max" in hmc["convergence"] and set(hmc["convergence"]["rank_rhat_global"]) == {
+        "log_tau",
+        "beta0",
+        "log_c2",
+    }
+    assert math.isfinite(flow["elbo"]) and 0 <= flow["scores"]["within_0.1_sd"] <= 1
+    assert 0 <= result["zero_guess"]["within_0.1_sd"] <= 1 and math.isfinite(result["rows"][-1]["log_z"])
+    # the regimes read log tau, beta0 and log c from the right coordinates
+    target = make_target("regularized_horseshoe_nci60", p=3, p0=1).double()
+    x = torch.zeros(5, target.dim, dtype=torch.float64)
+    x[:, 6], x[:, 7], x[:, 8] = -3.0, -40.0, 2.0
+    r = bench.regimes(target, x)
+    assert r["log_tau_q05_q50_q95"] == pytest.approx([-3.0] * 3)
+    assert r["beta0_q05_q50_q95"] == pytest.approx([-40.0] * 3)
+    assert r["log_c_q05_q50_q95"] == pytest.approx([1.0] * 3)
