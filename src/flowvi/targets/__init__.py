@@ -17,6 +17,11 @@ from .horseshoe import (
     HorseshoeSynthetic,
 )
 from .regression import ConjugateLinearRegression
+from .regularized_horseshoe import (
+    RegularizedHorseshoeLogisticRegression,
+    RegularizedHorseshoeNCI60,
+    RegularizedHorseshoeSynthetic,
+)
 from .student_t import MultivariateStudentT
 
 #: name -> (constructor, one-line description). Other modules add their targets here.
@@ -35,6 +40,14 @@ TARGETS = {
     ),
     "horseshoe_breast_cancer": (HorseshoeBreastCancer, "horseshoe logistic regression, UCI breast cancer data; d = 62"),
     "horseshoe_synthetic": (HorseshoeSynthetic, "horseshoe logistic regression, simulated sparse data; d = 2p + 2"),
+    "regularized_horseshoe_nci60": (
+        RegularizedHorseshoeNCI60,
+        "regularized horseshoe (Piironen & Vehtari 2017) logistic regression, NCI-60; d = 2p + 3 (p = 2000)",
+    ),
+    "regularized_horseshoe_synthetic": (
+        RegularizedHorseshoeSynthetic,
+        "regularized horseshoe logistic regression, simulated sparse data; d = 2p + 3",
+    ),
     "u1": (U1Gauge, "2D compact U(1) lattice gauge theory, Wilson action; link angles (2, L, L)"),
     "schwinger": (Schwinger, "2D Schwinger model, 2 Wilson fermion flavours (S_g - 2 log|det D|); links (2, L, L)"),
     "phi4": (Phi4, "real scalar phi^4 on an L x L periodic lattice (hopping form; params L, kappa, lam, preset)"),
@@ -84,6 +97,9 @@ __all__ = [
     "HorseshoeNCI60",
     "HorseshoeSynthetic",
     "MultivariateStudentT",
+    "RegularizedHorseshoeLogisticRegression",
+    "RegularizedHorseshoeNCI60",
+    "RegularizedHorseshoeSynthetic",
     "Target",
     "TargetError",
     "checked_log_prob",

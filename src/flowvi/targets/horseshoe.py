@@ -49,16 +49,7 @@ class HorseshoeLogisticRegression(Target):
 
     def __init__(self, X, y, tau_scale: float = 1.0, intercept_scale: float = 10.0):
         super().__init__()
-        X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
-        y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
-        if X.ndim != 2 or y.shape != (X.shape[0],):
-            raise ValueError(
-                f"horseshoe regression needs X of shape (n, p) and y of shape (n,); got {tuple(X.shape)}, {tuple(y.shape)}"
-            )
-        if not torch.isfinite(X).all():
-            raise ValueError("horseshoe regression: X contains NaN or inf")
-        if not bool(((y == 0) | (y == 1)).all()):
-            raise ValueError("horseshoe regression: y must be 0/1")
+        X, y = logistic_data(X, y, "horseshoe regression")
         if tau_scale <= 0 or intercept_scale <= 0:
             raise ValueError(f"tau_scale and intercept_scale must be positive; got {tau_scale}, {intercept_scale}")
         self.n, self.p = X.shape
@@ -130,6 +121,54 @@ def libsvm_standardize(X: np.ndarray) -> np.ndarray:
     return (R - R.mean(0)) / R.std(0, ddof=1)
 
 
+def logistic_data(X, y, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``X`` (n, p) and ``y`` (n,) as float64 tensors, checked: finite predictors, 0/1 responses."""
+    X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"{name} needs X of shape (n, p) and y of shape (n,); got {tuple(X.shape)}, {tuple(y.shape)}")
+    if not torch.isfinite(X).all():
+        raise ValueError(f"{name}: X contains NaN or inf")
+    if not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError(f"{name}: y must be 0/1")
+    return X, y
+
+
+def nci60_design(p: int, positive: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The NCI-60 design of the ``*_nci60`` targets: the ``p`` genes of largest variance, standardised, and
+    ``y = 1`` for the cell lines of cancer type ``positive``. Returns ``(X, y, genes)``, ``genes`` the column
+    indices into the 6830 genes; ``name`` prefixes the error messages."""
+    from ..data import load_nci60
+
+    X, labels = load_nci60()
+    p = int(p)
+    if not 1 <= p <= X.shape[1]:
+        raise ValueError(f"{name}: p must be between 1 and {X.shape[1]}, got {p}")
+    if positive not in set(labels.tolist()):
+        raise ValueError(
+            f"{name}: unknown cancer type {positive!r}; choose one of {', '.join(sorted(set(labels.tolist())))}"
+        )
+    X = X.astype(np.float64)
+    keep = np.sort(np.argsort(-X.var(0), kind="stable")[:p])
+    return standardize(X[:, keep]), (labels == positive).astype(np.float64), keep
+
+
+def synthetic_design(p: int, n: int, n_nonzero: int | None, signal: float, data_seed: int, name: str):
+    """Simulated logistic-regression data of the ``*_synthetic`` targets: ``X`` (n, p) standard normal, a true
+    ``beta`` with ``n_nonzero`` (default min(5, p)) entries ``+-signal`` (alternating sign), the rest 0, intercept 0,
+    ``y ~ Bernoulli(sigmoid(X beta))``, drawn from ``data_seed``. Returns ``(X, y, beta)``."""
+    p, n = int(p), int(n)
+    n_nonzero = min(5, p) if n_nonzero is None else int(n_nonzero)
+    if p < 1 or n < 1 or not 0 <= n_nonzero <= p:
+        raise ValueError(f"{name} needs p >= 1, n >= 1, 0 <= n_nonzero <= p; got p={p}, n={n}, n_nonzero={n_nonzero}")
+    rng = np.random.default_rng(data_seed)
+    X = rng.standard_normal((n, p))
+    beta = np.zeros(p)
+    beta[:n_nonzero] = signal * np.where(np.arange(n_nonzero) % 2 == 0, 1.0, -1.0)
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ beta))).astype(np.float64)
+    return X, y, beta
+
+
 class HorseshoeColon(HorseshoeLogisticRegression):
     """Horseshoe logistic regression on the colon cancer microarray data (Alon et al. 1999), d = 4002: the
     real-data experiment of Andrade (2024, Sec. 5).
@@ -160,19 +199,8 @@ class HorseshoeNCI60(HorseshoeLogisticRegression):
     """
 
     def __init__(self, p: int = 2000, positive: str = "RENAL", tau_scale: float = 1.0, intercept_scale: float = 10.0):
-        from ..data import load_nci60
-
-        X, labels = load_nci60()
-        p = int(p)
-        if not 1 <= p <= X.shape[1]:
-            raise ValueError(f"horseshoe_nci60: p must be between 1 and {X.shape[1]}, got {p}")
-        if positive not in set(labels.tolist()):
-            raise ValueError(
-                f"horseshoe_nci60: unknown cancer type {positive!r}; choose one of {', '.join(sorted(set(labels.tolist())))}"
-            )
-        X = X.astype(np.float64)
-        keep = np.sort(np.argsort(-X.var(0), kind="stable")[:p])
-        super().__init__(standardize(X[:, keep]), (labels == positive).astype(np.float64), tau_scale, intercept_scale)
+        X, y, keep = nci60_design(p, positive, "horseshoe_nci60")
+        super().__init__(X, y, tau_scale, intercept_scale)
         self.genes = keep  # column indices into the 6830 genes
 
 
@@ -210,16 +238,6 @@ class HorseshoeSynthetic(HorseshoeLogisticRegression):
         tau_scale: float = 1.0,
         intercept_scale: float = 10.0,
     ):
-        p, n = int(p), int(n)
-        n_nonzero = min(5, p) if n_nonzero is None else int(n_nonzero)
-        if p < 1 or n < 1 or not 0 <= n_nonzero <= p:
-            raise ValueError(
-                f"horseshoe_synthetic needs p >= 1, n >= 1, 0 <= n_nonzero <= p; got p={p}, n={n}, n_nonzero={n_nonzero}"
-            )
-        rng = np.random.default_rng(data_seed)
-        X = rng.standard_normal((n, p))
-        beta = np.zeros(p)
-        beta[:n_nonzero] = signal * np.where(np.arange(n_nonzero) % 2 == 0, 1.0, -1.0)
-        y = (rng.random(n) < 1 / (1 + np.exp(-X @ beta))).astype(np.float64)
+        X, y, beta = synthetic_design(p, n, n_nonzero, signal, data_seed, "horseshoe_synthetic")
         super().__init__(X, y, tau_scale, intercept_scale)
         self.true_beta = beta

@@ -1,0 +1,286 @@
+"""The regularized horseshoe on NCI-60: many-chain HMC against flows trained by reverse KL (issue 4).
+
+    PYTHONPATH=src python benchmarks/regularized_horseshoe.py --p 200 --out FILE.json    # CPU (2 cores), ~15 min
+    PYTHONPATH=src python benchmarks/regularized_horseshoe.py --quick --out /tmp/rhs.json  # seconds
+
+On ``regularized_horseshoe_nci60`` (Piironen & Vehtari 2017; :mod:`flowvi.targets.regularized_horseshoe`) with p
+genes, this runs
+
+* many-chain HMC (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`, dispersed starts) as the reference, with
+  split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.reference.summarize_chains`);
+* flows trained by reverse KL (``--variants``: ``realnvp`` = Real NVP with the asymmetric clamp and LOFT,
+  ``spline`` = the same with the elementwise spline), each with ELBO, IS log Z and Pareto k;
+* tempered SMC (``--smc-repeats`` runs, :func:`flowvi.baselines.smc.run_smc`) for a log Z to compare with;
+
+and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
+median sd(beta_j)) and, for the flows, the share of coefficients whose posterior mean is within 0.1 HMC posterior
+sd of HMC's (:func:`flowvi.stability.share_within`; medians: :func:`flowvi.stability.share_within_robust`) beside
+the share of the zero guess (:func:`flowvi.stability.zero_guess_scores`) and of half of the HMC chains scored
+against the other half (what an exact sampler with HMC's Monte Carlo error would get).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from flowvi.baselines.smc import run_smc  # noqa: E402
+from flowvi.evaluate import evaluate  # noqa: E402
+from flowvi.reference import convergence_info, summarize_chains  # noqa: E402
+from flowvi.runs import build  # noqa: E402
+from flowvi.samplers.adaptive_hmc import adaptive_hmc  # noqa: E402
+from flowvi.stability import ROBUST, share_within, share_within_robust, zero_guess_scores  # noqa: E402
+from flowvi.train import TrainConfig, fit  # noqa: E402
+
+TARGET = "regularized_horseshoe_nci60"
+
+
+def regimes(target, theta: torch.Tensor) -> dict:
+    """Quantiles (5, 50, 95 %) of log tau, beta0 and log c, median |beta_j| and the median over j of sd(beta_j)."""
+    theta = theta.double()
+    _, _, log_tau, beta0, log_c2 = target.split(theta)
+    beta = target.coefficients(theta)
+
+    def q(v):
+        return np.quantile(v.cpu().numpy(), [0.05, 0.5, 0.95]).tolist()
+
+    return {
+        "log_tau_q05_q50_q95": q(log_tau),
+        "beta0_q05_q50_q95": q(beta0),
+        "log_c_q05_q50_q95": q(0.5 * log_c2),
+        "median_abs_beta": float(beta.abs().median()),
+        "median_sd_beta": float(beta.std(0).median()),
+    }
+
+
+def scores(mean: np.ndarray, median: np.ndarray, ref: dict) -> dict:
+    return {"within_0.1_sd": share_within(mean, ref), ROBUST: share_within_robust(median, ref)}
+
+
+def hmc_reference(target, chains: int, iterations: int, max_leapfrog: int, seed: int) -> tuple[dict, dict, np.ndarray]:
+    """Run HMC; return (row, reference summary, draws (chains, n, d))."""
+    t0 = time.perf_counter()
+    r = adaptive_hmc(
+        target,
+        chains=chains,
+        warmup=iterations,
+        draws=iterations,
+        max_leapfrog=max_leapfrog,
+        target_accept=0.9,
+        seed=seed,
+    )
+    draws = r["draws"].cpu().numpy()
+    seconds = time.perf_counter() - t0
+    ref = summarize_chains(target, draws)
+    info = convergence_info(ref)
+    # the global coordinates by name: log tau, beta0, log c^2
+    p = target.p
+    names = {"log_tau": 2 * p, "beta0": 2 * p + 1, "log_c2": 2 * p + 2}
+    info["rank_rhat_global"] = {k: float(ref["rank_rhat_theta"][j]) for k, j in names.items()}
+    info["bulk_ess_global"] = {k: float(ref["bulk_ess_theta"][j]) for k, j in names.items()}
+    # exact-sampler ceiling: the second half of the chains scored against the first half
+    half = chains // 2
+    ref_a = summarize_chains(target, draws[:half])
+    with torch.no_grad():
+        coef_b = target.coefficients(torch.as_tensor(draws[half:].reshape(-1, target.dim))).numpy()
+    row = {
+        "sampler": "HMC",
+        **regimes(target, torch.as_tensor(draws.reshape(-1, target.dim))),
+        "seconds": seconds,
+        "chains": chains,
+        "warmup": iterations,
+        "draws": iterations,
+        "max_leapfrog": max_leapfrog,
+        "step_size": float(r["step_size"]),
+        "accept_prob": float(r["accept_prob"].mean()),
+        "divergences": int(r["divergences"].sum()),
+        "warmup_divergences": int(r["warmup_divergences"].sum()),
+        "convergence": info,
+        "half_chains_vs_other_half": scores(coef_b.mean(0), np.median(coef_b, 0), ref_a),
+    }
+    return row, ref, draws
+
+
+def train_flow(p: int, variant: str, steps: int, seed: int, layers: int, hidden: int, batch: int, eval_n: int):
+    """Reverse-KL flow (asymmetric clamp + LOFT, Gaussian base; ``spline`` adds the elementwise spline)."""
+    config = {
+        "target": {"name": TARGET, "params": {"p": p}},
+        "seed": seed,
+        "dtype": "float32",
+        "device": "cpu",
+        "flow": {
+            "layers": layers,
+            "hidden": hidden,
+            "clamp": "asymmetric",
+            "loft": True,
+            "spline": variant == "spline",
+        },
+    }
+    flow, target = build(config)
+    t0 = time.perf_counter()
+    fit(flow, target, TrainConfig(steps=steps, batch_size=batch, checkpoint_every=10**9, log_every=50), progress=False)
+    with torch.no_grad():
+        x = flow.sample(min(eval_n, 10_000)).double()
+    stats = evaluate(flow, target, n=eval_n)
+    return (
+        x,
+        {k: float(stats[k]) for k in ("elbo", "elbo_se", "log_z", "log_z_se", "ess", "pareto_k")},
+        time.perf_counter() - t0,
+    )
+
+
+def run(
+    p: int = 200,
+    steps: int = 3000,
+    chains: int = 64,
+    hmc_iterations: int = 2000,
+    max_leapfrog: int = 64,
+    variants: tuple = ("realnvp", "spline"),
+    layers: int = 8,
+    hidden: int = 256,
+    batch: int = 256,
+    eval_samples: int = 20_000,
+    smc_particles: int = 2000,
+    smc_moves: int = 10,
+    smc_repeats: int = 3,
+    seed: int = 0,
+) -> dict:
+    from flowvi.targets import make_target
+
+    target = make_target(TARGET, p=p).double()
+    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed)
+    rows = [hmc]
+    for variant in variants:
+        x, stats, seconds = train_flow(p, variant, steps, seed, layers, hidden, batch, eval_samples)
+        with torch.no_grad():
+            coef = target.coefficients(x).numpy()
+        rows.append(
+            {
+                "sampler": f"flow {variant}",
+                **regimes(target, x),
+                **stats,
+                "seconds": seconds,
+                "scores": scores(coef.mean(0), np.median(coef, 0), ref),
+            }
+        )
+    smc = []
+    for k in range(smc_repeats):
+        r = run_smc(target, particles=smc_particles, moves=smc_moves, seed=seed + k)
+        smc.append({"log_z": r["log_z"], "stages": len(r["temperatures"]) - 1, "seconds": r["seconds"]})
+    if smc:
+        rows.append(
+            {
+                "sampler": f"SMC {smc_particles} x {smc_moves}",
+                **regimes(target, r["samples"]),
+                "log_z": float(np.mean([s["log_z"] for s in smc])),
+                "log_z_sd": float(np.std([s["log_z"] for s in smc], ddof=1)) if len(smc) > 1 else float("nan"),
+                "runs": smc,
+                "seconds": float(np.mean([s["seconds"] for s in smc])),
+            }
+        )
+    return {
+        "target": TARGET,
+        "params": {"p": p},
+        "dim": target.dim,
+        "tau0": target.tau_scale,
+        "flow": {"layers": layers, "hidden": hidden, "steps": steps, "batch_size": batch, "eval_samples": eval_samples},
+        "zero_guess": zero_guess_scores(ref),
+        "rows": rows,
+    }
+
+
+def table(result: dict) -> str:
+    def fmt(v):
+        return ", ".join(f"{x:.3g}" for x in v)
+
+    zero = result["zero_guess"]
+    lines = [
+        f"{result['target']} p={result['params']['p']} (d={result['dim']}, tau0={result['tau0']:.3g})",
+        "| sampler | log tau (5, 50, 95 %) | beta0 (5, 50, 95 %) | log c (5, 50, 95 %) | median abs beta | median sd(beta) "
+        "| ELBO | log Z | Pareto k | mean within 0.1 sd | median within 0.1 IQR/1.349 | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        s = row.get("scores", row.get("half_chains_vs_other_half", {}))
+        lines.append(
+            f"| {row['sampler']} | {fmt(row['log_tau_q05_q50_q95'])} | {fmt(row['beta0_q05_q50_q95'])} | "
+            f"{fmt(row['log_c_q05_q50_q95'])} | {row['median_abs_beta']:.3g} | {row['median_sd_beta']:.3g} | "
+            f"{row.get('elbo', float('nan')):.2f} | {row.get('log_z', float('nan')):.2f} | "
+            f"{row.get('pareto_k', float('nan')):.2f} | {s.get('within_0.1_sd', float('nan')):.3f} | "
+            f"{s.get(ROBUST, float('nan')):.3f} | {row['seconds']:.0f} |"
+        )
+    lines.append(
+        f"| every coefficient 0 (no flow) | | | | | | | | | {zero['within_0.1_sd']:.3f} | {zero.get(ROBUST, float('nan')):.3f} | |"
+    )
+    hmc = result["rows"][0]
+    c = hmc["convergence"]
+    lines.append(
+        f"HMC: {hmc['chains']} chains x ({hmc['warmup']} + {hmc['draws']}), step {hmc['step_size']:.3g}, "
+        f"divergences {hmc['divergences']} (warm-up {hmc['warmup_divergences']}); beta R-hat max {c['beta_rhat_max']:.3f}, "
+        f"rank-normalized max {c['beta_rank_rhat_max']:.3f} (all coordinates {c['theta_rank_rhat_max']:.3f}); "
+        f"global {json.dumps({k: round(v, 3) for k, v in c['rank_rhat_global'].items()})}; "
+        f"beta bulk-ESS min {c['beta_bulk_ess_min']:.0f}; the HMC row's shares: half the chains against the other half"
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--p", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--chains", type=int, default=64)
+    ap.add_argument("--hmc-iterations", type=int, default=2000, help="warm-up and draws each")
+    ap.add_argument("--max-leapfrog", type=int, default=64)
+    ap.add_argument("--variants", default="realnvp,spline")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--eval-samples", type=int, default=20_000)
+    ap.add_argument("--smc-particles", type=int, default=2000)
+    ap.add_argument("--smc-moves", type=int, default=10)
+    ap.add_argument("--smc-repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="p = 10, small HMC, flows and SMC (a few seconds)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.p, args.steps, args.chains, args.hmc_iterations, args.max_leapfrog = 10, 30, 8, 60, 16
+        args.layers, args.hidden, args.batch_size, args.eval_samples = 2, 16, 32, 500
+        args.smc_particles, args.smc_moves, args.smc_repeats = 100, 3, 2
+    t0 = time.perf_counter()
+    result = run(
+        p=args.p,
+        steps=args.steps,
+        chains=args.chains,
+        hmc_iterations=args.hmc_iterations,
+        max_leapfrog=args.max_leapfrog,
+        variants=tuple(v for v in args.variants.split(",") if v),
+        layers=args.layers,
+        hidden=args.hidden,
+        batch=args.batch_size,
+        eval_samples=args.eval_samples,
+        smc_particles=args.smc_particles,
+        smc_moves=args.smc_moves,
+        smc_repeats=args.smc_repeats,
+        seed=args.seed,
+    )
+    result["argv"] = sys.argv[1:] if argv is None else list(argv)
+    result["seconds_total"] = time.perf_counter() - t0
+    result["torch_threads"] = torch.get_num_threads()
+    print(table(result))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"total {result['seconds_total']:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
