@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/regularized_horseshoe.py --p 200 --out FILE.json    # CPU (2 cores), ~15 min
     PYTHONPATH=src python benchmarks/regularized_horseshoe.py --quick --out /tmp/rhs.json  # seconds
+    PYTHONPATH=src python benchmarks/regularized_horseshoe.py --device cuda --p 2000 --out FILE.json  # GPU
 
 On ``regularized_horseshoe_nci60`` (Piironen & Vehtari 2017; :mod:`flowvi.targets.regularized_horseshoe`) with p
 genes, this runs
@@ -22,6 +23,7 @@ against the other half (what an exact sampler with HMC's Monte Carlo error would
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -65,11 +67,14 @@ def scores(mean: np.ndarray, median: np.ndarray, ref: dict) -> dict:
     return {"within_0.1_sd": share_within(mean, ref), ROBUST: share_within_robust(median, ref)}
 
 
-def hmc_reference(target, chains: int, iterations: int, max_leapfrog: int, seed: int) -> tuple[dict, dict, np.ndarray]:
-    """Run HMC; return (row, reference summary, draws (chains, n, d))."""
+def hmc_reference(
+    target, chains: int, iterations: int, max_leapfrog: int, seed: int, device: str = "cpu"
+) -> tuple[dict, dict, np.ndarray]:
+    """Run HMC on ``device`` (``target`` stays on the CPU for the summaries); return (row, reference summary,
+    draws (chains, n, d))."""
     t0 = time.perf_counter()
     r = adaptive_hmc(
-        target,
+        copy.deepcopy(target).to(device),
         chains=chains,
         warmup=iterations,
         draws=iterations,
@@ -109,13 +114,15 @@ def hmc_reference(target, chains: int, iterations: int, max_leapfrog: int, seed:
     return row, ref, draws
 
 
-def train_flow(p: int, variant: str, steps: int, seed: int, layers: int, hidden: int, batch: int, eval_n: int):
+def train_flow(
+    p: int, variant: str, steps: int, seed: int, layers: int, hidden: int, batch: int, eval_n: int, device: str = "cpu"
+):
     """Reverse-KL flow (asymmetric clamp + LOFT, Gaussian base; ``spline`` adds the elementwise spline)."""
     config = {
         "target": {"name": TARGET, "params": {"p": p}},
         "seed": seed,
         "dtype": "float32",
-        "device": "cpu",
+        "device": device,
         "flow": {
             "layers": layers,
             "hidden": hidden,
@@ -128,7 +135,7 @@ def train_flow(p: int, variant: str, steps: int, seed: int, layers: int, hidden:
     t0 = time.perf_counter()
     fit(flow, target, TrainConfig(steps=steps, batch_size=batch, checkpoint_every=10**9, log_every=50), progress=False)
     with torch.no_grad():
-        x = flow.sample(min(eval_n, 10_000)).double()
+        x = flow.sample(min(eval_n, 10_000)).double().cpu()
     stats = evaluate(flow, target, n=eval_n)
     return (
         x,
@@ -152,14 +159,15 @@ def run(
     smc_moves: int = 10,
     smc_repeats: int = 3,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict:
     from flowvi.targets import make_target
 
     target = make_target(TARGET, p=p).double()
-    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed)
+    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device)
     rows = [hmc]
     for variant in variants:
-        x, stats, seconds = train_flow(p, variant, steps, seed, layers, hidden, batch, eval_samples)
+        x, stats, seconds = train_flow(p, variant, steps, seed, layers, hidden, batch, eval_samples, device)
         with torch.no_grad():
             coef = target.coefficients(x).numpy()
         rows.append(
@@ -173,13 +181,13 @@ def run(
         )
     smc = []
     for k in range(smc_repeats):
-        r = run_smc(target, particles=smc_particles, moves=smc_moves, seed=seed + k)
+        r = run_smc(copy.deepcopy(target).to(device), particles=smc_particles, moves=smc_moves, seed=seed + k)
         smc.append({"log_z": r["log_z"], "stages": len(r["temperatures"]) - 1, "seconds": r["seconds"]})
     if smc:
         rows.append(
             {
                 "sampler": f"SMC {smc_particles} x {smc_moves}",
-                **regimes(target, r["samples"]),
+                **regimes(target, r["samples"].cpu()),
                 "log_z": float(np.mean([s["log_z"] for s in smc])),
                 "log_z_sd": float(np.std([s["log_z"] for s in smc], ddof=1)) if len(smc) > 1 else float("nan"),
                 "runs": smc,
@@ -248,6 +256,7 @@ def main(argv=None):
     ap.add_argument("--smc-moves", type=int, default=10)
     ap.add_argument("--smc-repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="where HMC, SMC and the flows run (cuda: HMC in a CUDA graph)")
     ap.add_argument("--quick", action="store_true", help="p = 10, small HMC, flows and SMC (a few seconds)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -271,7 +280,9 @@ def main(argv=None):
         smc_moves=args.smc_moves,
         smc_repeats=args.smc_repeats,
         seed=args.seed,
+        device=args.device,
     )
+    result["device"] = args.device
     result["argv"] = sys.argv[1:] if argv is None else list(argv)
     result["seconds_total"] = time.perf_counter() - t0
     result["torch_threads"] = torch.get_num_threads()
