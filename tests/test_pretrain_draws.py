@@ -97,6 +97,9 @@ def test_bad_draws_are_refused(tmp_path):
         check_draws(np.zeros((10, 4), dtype=complex), 4)
     with pytest.raises(ValueError, match="unknown forward-KL estimator"):
         flowvi.pretrain_on_draws(flowvi.realnvp(4, layers=2, hidden=8), np.zeros((10, 4)), estimator="nope")
+    far = np.full((10, 4), 500.0)  # LOFT(tau = 1): log q(500) = -inf in float32
+    with pytest.raises(ValueError, match="not finite at 10 of 10 draws.*larger tau"):
+        flowvi.pretrain_on_draws(flowvi.realnvp(4, layers=2, hidden=8, tau=1.0), far)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_draws(tmp_path / "missing.npy")
     with pytest.raises(FileNotFoundError, match="without samples.npy"):
@@ -194,3 +197,45 @@ def test_cli_bad_init_draws(tmp_path, capsys):
         rc, cap = fit(tmp_path / f"run{i}", capsys, "--steps", "5", *extra)
         assert rc == 2 and message in cap.err, (extra, cap.err)
         assert not (tmp_path / f"run{i}" / "config.json").exists()  # checked before the run directory is written
+
+
+def test_warm_start_benchmark_runs_at_tiny_size(tmp_path):
+    """benchmarks/warm_start.py end to end (p = 5, a few steps): every variant reports at the requested steps,
+    with the zero guess and the warm-start draws scored against the HMC reference."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "warm_start.py"
+    spec = importlib.util.spec_from_file_location("warm_start", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "warm.json"
+    tiny = ["--p", "5", "--steps", "20", "--init-steps", "20", "--chains", "4", "--hmc-iterations", "30"]
+    tiny += [
+        "--smc-particles",
+        "64",
+        "--smc-moves",
+        "2",
+        "--eval-samples",
+        "500",
+        "--flow-draws",
+        "500",
+        "--at",
+        "0,0.5,1",
+    ]
+    bench.main([*tiny, "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["sampler"] for r in result["samplers"]] == [
+        "HMC reference",
+        "zero guess",
+        "SMC particles",
+        "HMC, independent run",
+    ]
+    flows = result["flows"]
+    assert [(r["variant"], r["step"]) for r in flows] == [
+        (v, s) for v in ("plain", "warm-smc", "warm-hmc") for s in (0, 10, 20)
+    ]
+    for r in flows:
+        assert 0 <= r["within_0.1_sd"] <= 1 and np.isfinite(r["elbo"]) and len(r["beta0_q05_q50_q95"]) == 3
+    assert "pretrain" in flows[3] and "pretrain" not in flows[0]
+    assert flows[3]["pretrain"]["nll_end"] < flows[3]["pretrain"]["nll_start"]

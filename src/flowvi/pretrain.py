@@ -115,6 +115,8 @@ def standardize_affine(flow, x: Tensor) -> bool:
     u = x
     for layer in reversed(list(flow.transform)[i + 1 :]):
         u, _ = layer.inverse(u)
+    if not torch.isfinite(u).all():
+        return False  # draws beyond LOFT's threshold overflow its inverse; pretrain_on_draws explains
     sd = u.std(0)
     affine.loc.copy_(u.mean(0))
     affine.log_scale.copy_(torch.log(torch.where(sd > 0, sd, torch.ones_like(sd))))
@@ -165,9 +167,17 @@ def pretrain_on_draws(
     draws = check_draws(draws, flow.dim)
     digest = draws_digest(draws.detach().cpu().numpy() if isinstance(draws, Tensor) else draws)
     x = torch.as_tensor(draws).to(anchor.device, anchor.dtype)
+    n = len(x)
     standardized = standardize_affine(flow, x) if standardize else False
     nll_start = mean_nll(flow, x)
-    n = len(x)
+    if not math.isfinite(nll_start):
+        with torch.no_grad():
+            bad = int((~torch.isfinite(flow.log_prob(x))).sum())
+        raise ValueError(
+            f"the flow's log density is not finite at {bad} of {n} draws (largest |x| {float(x.abs().max()):.4g}); "
+            "draws far beyond a LOFT layer's threshold tau overflow its inverse: build the flow with a larger tau "
+            "(--tau), or drop those draws"
+        )
 
     def sample_batch(generator, size):
         return x[torch.randint(0, n, (size,), generator=generator, device=x.device)]
