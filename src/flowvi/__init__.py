@@ -5,6 +5,7 @@ from .distributions import StandardNormal, StudentT, make_base
 from .estimators import ESTIMATORS
 from .evaluate import evaluate, importance_log_weights
 from .flow import Flow
+from .pretrain import pretrain_on_draws
 from .realnvp import realnvp
 from .train import TrainConfig, TrainingDiverged, fit
 
@@ -23,6 +24,7 @@ __all__ = [
     "fit",
     "importance_log_weights",
     "make_base",
+    "pretrain_on_draws",
     "realnvp",
     "targets",
     "transforms",

@@ -53,7 +53,10 @@ SHIPPED = {
 }
 
 
-def _read_array(path: Path, key: str | None) -> np.ndarray:
+def read_array(path: Path, key: str | None, key_option: str = "--key") -> np.ndarray:
+    """The array in a ``.npy`` file, or array ``key`` of a ``.npz`` file (its only one when ``key`` is None);
+    ``key_option`` names the command-line option that chooses it, in error messages."""
+    path = Path(path)
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if path.suffix != ".npz":
@@ -62,10 +65,10 @@ def _read_array(path: Path, key: str | None) -> np.ndarray:
         keys = list(archive.keys())
         if key is None:
             if len(keys) != 1:
-                raise ValueError(f"{path} holds several arrays ({', '.join(keys)}); choose one with --key")
+                raise ValueError(f"{path} holds several arrays ({', '.join(keys)}); choose one with {key_option}")
             key = keys[0]
         if key not in keys:
-            raise ValueError(f"{path} has no array {key!r}; it holds {', '.join(keys)}")
+            raise ValueError(f"{path} has no array {key!r} ({key_option}); it holds {', '.join(keys)}")
         return archive[key]
 
 
@@ -106,7 +109,7 @@ def load_data(spec: str, key: str | None = None, levels: int | None = None) -> A
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"data file {spec} not found (shipped data sets: {', '.join(SHIPPED)})")
-    return check_array(path.name, _read_array(path, key), levels)
+    return check_array(path.name, read_array(path, key), levels)
 
 
 def train_test_split(n: int, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,9 +10,10 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import distributed as dist
 from ..distributed import COMM_DTYPES
-from ..estimators import ESTIMATORS
+from ..estimators import ESTIMATORS, FORWARD_ESTIMATORS
 from ..evaluate import evaluate
 from ..fastpath import PRECISIONS
+from ..pretrain import load_draws, pretrain_on_draws
 from ..runs import build, plot_training_curve, read_config, write_samples
 from ..train import TrainConfig, fit
 from ..transforms import CLAMPS
@@ -82,6 +83,29 @@ def register(sub):
     )
     g.add_argument("--spline-bins", type=int, default=8)
     g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
+    g = p.add_argument_group("warm start (pre-training on a sampler's draws, then reverse KL)")
+    g.add_argument(
+        "--init-draws",
+        metavar="PATH",
+        help="pre-train the flow by maximum likelihood on draws of the target first: a .npy (N, d) array, a .npz "
+        "(choose the array with --init-key) or a 'flowvi baseline smc|hmc|nuts' run directory (its samples.npy)",
+    )
+    g.add_argument("--init-key", help="the array of a .npz --init-draws file (default: its only one)")
+    g.add_argument("--init-steps", type=int, default=1000, help="pre-training steps (Adam, cosine schedule)")
+    g.add_argument("--init-lr", type=float, default=1e-3, help="pre-training learning rate")
+    g.add_argument("--init-batch-size", type=int, help="pre-training minibatch of draws (default: --batch-size)")
+    g.add_argument(
+        "--init-estimator",
+        default="ml",
+        choices=list(FORWARD_ESTIMATORS),
+        help="forward-KL estimator of the pre-training",
+    )
+    g.add_argument(
+        "--no-init-standardize",
+        dest="init_standardize",
+        action="store_false",
+        help="do not set the flow's elementwise affine layer to the draws' mean and sd before pre-training",
+    )
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=int, default=100_000)
     g.add_argument("--n-samples", type=int, default=10_000, help="draws saved to samples.npy")
@@ -99,7 +123,7 @@ def config_from_args(args) -> dict:
         raise ValueError(f"unknown estimator {args.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if args.clamp not in CLAMPS:
         raise ValueError(f"unknown clamp {args.clamp!r}; choose one of {', '.join(CLAMPS)}")
-    for name in ("steps", "batch_size", "layers", "hidden", "eval_samples"):
+    for name in ("steps", "batch_size", "layers", "hidden", "eval_samples", "init_steps", "init_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     train = TrainConfig(
@@ -139,9 +163,25 @@ def config_from_args(args) -> dict:
             ),
         },
         "train": asdict(train),
+        **({"init": _init_config(args)} if getattr(args, "init_draws", None) else {}),
         "seed": args.seed,
         "device": args.device,
         "dtype": args.dtype,
+    }
+
+
+def _init_config(args) -> dict:
+    """The warm start's settings as recorded in config.json (``flowvi.pretrain.pretrain_on_draws``)."""
+    if not args.init_lr > 0:
+        raise ValueError(f"--init-lr must be positive, got {args.init_lr}")
+    return {
+        "draws": args.init_draws,
+        "key": args.init_key,
+        "steps": args.init_steps,
+        "batch_size": args.init_batch_size or args.batch_size,
+        "lr": args.init_lr,
+        "estimator": args.init_estimator,
+        "standardize": args.init_standardize,
     }
 
 
@@ -181,14 +221,53 @@ def _run(args):
         raise FileExistsError(f"{out} already holds a run; use --resume to continue it or --force to overwrite")
     dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
     flow, target = build(config)
+    init = config.get("init")
+    # A warm start happens once: --resume continues from checkpoint.pt, or from pretrain.pt when the run was
+    # killed between the pre-training and the first reverse-KL checkpoint.
+    resume_fit = args.resume and (out / "checkpoint.pt").exists()
+    pretrained = init is not None and args.resume and not resume_fit and (out / "pretrain.pt").exists()
+    if args.resume and not resume_fit and not pretrained:
+        raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {out}")
+    draws = None
+    if init is not None and not resume_fit and not pretrained:
+        draws = load_draws(init["draws"], init["key"], dim=target.dim)  # checked before the run directory is written
     if main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.write_json_atomic(config, out / "config.json")
         world = f" on {dist.world_size()} processes" if dist.world_size() > 1 else ""
         print(f"flowvi fit: {args.target} (d={target.dim}) -> {out}{world}")
     dist.barrier()
+    if draws is not None:
+        info = pretrain_on_draws(
+            flow,
+            draws,
+            steps=init["steps"],
+            batch_size=init["batch_size"],
+            lr=init["lr"],
+            estimator=init["estimator"],
+            target=target,
+            standardize=init["standardize"],
+            seed=config["seed"],
+            progress=not args.quiet and main,
+        )
+        if main:
+            ckpt.save_atomic({"flow": flow.state_dict(), "info": info}, out / "pretrain.pt")
+            ckpt.write_json_atomic(info, out / "pretrain.json")
+            print(
+                f"  pre-trained on {info['n_draws']} draws ({info['steps']} steps, {info['seconds']:.1f} s): "
+                f"mean -log q {info['nll_start']:.3f} -> {info['nll_end']:.3f}"
+            )
+    elif pretrained:
+        flow.load_state_dict(ckpt.load(out / "pretrain.pt", map_location=next(flow.parameters()).device)["flow"])
+        if main:
+            print(f"  the pre-trained flow from {out / 'pretrain.pt'} (pre-training not repeated)")
     state = fit(
-        flow, target, TrainConfig(**config["train"]), run_dir=out, resume=args.resume, progress=not args.quiet and main
+        flow,
+        target,
+        TrainConfig(**config["train"]),
+        run_dir=out,
+        resume=resume_fit,
+        progress=not args.quiet and main,
     )
     if dist.world_size() > 1:
         summary = dist.evaluate(flow, target, n=args.eval_samples)
@@ -198,6 +277,8 @@ def _run(args):
         summary = evaluate(flow, target, n=args.eval_samples)
     ckpt.save_atomic(flow.state_dict(), out / "flow.pt")
     summary.update({"steps": state.step, "skipped_steps": state.skipped, "train_seconds": state.elapsed})
+    if init is not None and (out / "pretrain.json").exists():
+        summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
     ckpt.write_json_atomic(summary, out / "summary.json")
     write_samples(flow, out / "samples.npy", args.n_samples)
     plot_training_curve(out, summary)
