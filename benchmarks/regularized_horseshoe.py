@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flowvi.baselines.smc import run_smc  # noqa: E402
-from flowvi.evaluate import evaluate  # noqa: E402
+from flowvi.diagnostics import psis_log_weights, summarize  # noqa: E402
 from flowvi.reference import convergence_info, summarize_chains  # noqa: E402
 from flowvi.runs import build  # noqa: E402
 from flowvi.samplers.adaptive_hmc import adaptive_hmc  # noqa: E402
@@ -43,6 +43,7 @@ from flowvi.stability import ROBUST, share_within, share_within_robust, zero_gue
 from flowvi.train import TrainConfig, fit  # noqa: E402
 
 TARGET = "regularized_horseshoe_nci60"
+STAT_KEYS = ("elbo", "elbo_se", "log_z", "log_z_se", "ess", "pareto_k")
 
 
 def regimes(target, theta: torch.Tensor) -> dict:
@@ -134,12 +135,23 @@ def train_flow(
     flow, target = build(config)
     t0 = time.perf_counter()
     fit(flow, target, TrainConfig(steps=steps, batch_size=batch, checkpoint_every=10**9, log_every=50), progress=False)
-    with torch.no_grad():
-        x = flow.sample(min(eval_n, 10_000)).double().cpu()
-    stats = evaluate(flow, target, n=eval_n)
+    xs, coefs, log_ws = [], [], []
+    with torch.no_grad():  # draws, their coefficients and importance log weights, in batches
+        for start in range(0, eval_n, 5000):
+            x, log_q = flow.sample_and_log_prob(min(5000, eval_n - start))
+            xs.append(x.double().cpu())
+            coefs.append(target.coefficients(x).double().cpu())
+            log_ws.append((target.log_prob(x) - log_q).double().cpu())
+    x, coef, log_w = torch.cat(xs), torch.cat(coefs).numpy(), torch.cat(log_ws).numpy()
+    stats = summarize(log_w)
+    # Pareto-smoothed self-normalized importance weights: the flow as a proposal for posterior means
+    smoothed, _ = psis_log_weights(log_w)
+    w = np.exp(smoothed - smoothed[np.isfinite(smoothed)].max())
+    stats["is_coef_mean"] = (w @ coef) / w.sum()
     return (
-        x,
-        {k: float(stats[k]) for k in ("elbo", "elbo_se", "log_z", "log_z_se", "ess", "pareto_k")},
+        x[:10_000],
+        coef,
+        {k: stats[k] if k == "is_coef_mean" else float(stats[k]) for k in (*STAT_KEYS, "is_coef_mean")},
         time.perf_counter() - t0,
     )
 
@@ -165,11 +177,11 @@ def run(
 
     target = make_target(TARGET, p=p).double()
     hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device)
+    print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
     rows = [hmc]
     for variant in variants:
-        x, stats, seconds = train_flow(p, variant, steps, seed, layers, hidden, batch, eval_samples, device)
-        with torch.no_grad():
-            coef = target.coefficients(x).numpy()
+        x, coef, stats, seconds = train_flow(p, variant, steps, seed, layers, hidden, batch, eval_samples, device)
+        is_mean = stats.pop("is_coef_mean")
         rows.append(
             {
                 "sampler": f"flow {variant}",
@@ -177,12 +189,19 @@ def run(
                 **stats,
                 "seconds": seconds,
                 "scores": scores(coef.mean(0), np.median(coef, 0), ref),
+                "psis_mean_within_0.1_sd": share_within(is_mean, ref),
             }
+        )
+        print(
+            f"flow {variant}: {seconds:.0f} s, ELBO {stats['elbo']:.2f}, k {stats['pareto_k']:.2f}, {rows[-1]['scores']}, "
+            f"PSIS means within 0.1 sd {rows[-1]['psis_mean_within_0.1_sd']:.3f}",
+            flush=True,
         )
     smc = []
     for k in range(smc_repeats):
         r = run_smc(copy.deepcopy(target).to(device), particles=smc_particles, moves=smc_moves, seed=seed + k)
         smc.append({"log_z": r["log_z"], "stages": len(r["temperatures"]) - 1, "seconds": r["seconds"]})
+        print(f"SMC {k}: {smc[-1]}", flush=True)
     if smc:
         rows.append(
             {
@@ -213,8 +232,8 @@ def table(result: dict) -> str:
     lines = [
         f"{result['target']} p={result['params']['p']} (d={result['dim']}, tau0={result['tau0']:.3g})",
         "| sampler | log tau (5, 50, 95 %) | beta0 (5, 50, 95 %) | log c (5, 50, 95 %) | median abs beta | median sd(beta) "
-        "| ELBO | log Z | Pareto k | mean within 0.1 sd | median within 0.1 IQR/1.349 | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ELBO | log Z | Pareto k | mean within 0.1 sd | median within 0.1 IQR/1.349 | PSIS mean within 0.1 sd | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         s = row.get("scores", row.get("half_chains_vs_other_half", {}))
@@ -223,10 +242,11 @@ def table(result: dict) -> str:
             f"{fmt(row['log_c_q05_q50_q95'])} | {row['median_abs_beta']:.3g} | {row['median_sd_beta']:.3g} | "
             f"{row.get('elbo', float('nan')):.2f} | {row.get('log_z', float('nan')):.2f} | "
             f"{row.get('pareto_k', float('nan')):.2f} | {s.get('within_0.1_sd', float('nan')):.3f} | "
-            f"{s.get(ROBUST, float('nan')):.3f} | {row['seconds']:.0f} |"
+            f"{s.get(ROBUST, float('nan')):.3f} | {row.get('psis_mean_within_0.1_sd', float('nan')):.3f} | "
+            f"{row['seconds']:.0f} |"
         )
     lines.append(
-        f"| every coefficient 0 (no flow) | | | | | | | | | {zero['within_0.1_sd']:.3f} | {zero.get(ROBUST, float('nan')):.3f} | |"
+        f"| every coefficient 0 (no flow) | | | | | | | | | {zero['within_0.1_sd']:.3f} | {zero.get(ROBUST, float('nan')):.3f} | | |"
     )
     hmc = result["rows"][0]
     c = hmc["convergence"]
