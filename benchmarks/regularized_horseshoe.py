@@ -69,7 +69,7 @@ def scores(mean: np.ndarray, median: np.ndarray, ref: dict) -> dict:
 
 
 def hmc_reference(
-    target, chains: int, iterations: int, max_leapfrog: int, seed: int, device: str = "cpu"
+    target, chains: int, iterations: int, max_leapfrog: int, seed: int, device: str = "cpu", thin: int = 1
 ) -> tuple[dict, dict, np.ndarray]:
     """Run HMC on ``device`` (``target`` stays on the CPU for the summaries); return (row, reference summary,
     draws (chains, n, d))."""
@@ -82,6 +82,7 @@ def hmc_reference(
         max_leapfrog=max_leapfrog,
         target_accept=0.9,
         seed=seed,
+        thin=thin,
     )
     draws = r["draws"].cpu().numpy()
     seconds = time.perf_counter() - t0
@@ -104,6 +105,7 @@ def hmc_reference(
         "chains": chains,
         "warmup": iterations,
         "draws": iterations,
+        "thin": thin,
         "max_leapfrog": max_leapfrog,
         "step_size": float(r["step_size"]),
         "accept_prob": float(r["accept_prob"].mean()),
@@ -172,11 +174,12 @@ def run(
     smc_repeats: int = 3,
     seed: int = 0,
     device: str = "cpu",
+    thin: int = 1,
 ) -> dict:
     from flowvi.targets import make_target
 
     target = make_target(TARGET, p=p).double()
-    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device)
+    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device, thin)
     print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
     rows = [hmc]
     for variant in variants:
@@ -267,6 +270,7 @@ def main(argv=None):
     ap.add_argument("--chains", type=int, default=64)
     ap.add_argument("--hmc-iterations", type=int, default=2000, help="warm-up and draws each")
     ap.add_argument("--max-leapfrog", type=int, default=64)
+    ap.add_argument("--thin", type=int, default=1, help="keep every thin-th HMC draw (the summaries run on the CPU)")
     ap.add_argument("--variants", default="realnvp,spline")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=256)
@@ -301,6 +305,7 @@ def main(argv=None):
         smc_repeats=args.smc_repeats,
         seed=args.seed,
         device=args.device,
+        thin=args.thin,
     )
     result["device"] = args.device
     result["argv"] = sys.argv[1:] if argv is None else list(argv)
