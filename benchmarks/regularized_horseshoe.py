@@ -8,7 +8,7 @@ On ``regularized_horseshoe_nci60`` (Piironen & Vehtari 2017; :mod:`flowvi.target
 genes, this runs
 
 * many-chain HMC (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`, dispersed starts) as the reference, with
-  split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.reference.summarize_chains`);
+  split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.baselines.hmc.summarize_draws`, on the sampler's device);
 * flows trained by reverse KL (``--variants``: ``realnvp`` = Real NVP with the asymmetric clamp and LOFT,
   ``spline`` = the same with the elementwise spline), each with ELBO, IS log Z and Pareto k;
 * tempered SMC (``--smc-repeats`` runs, :func:`flowvi.baselines.smc.run_smc`) for a log Z to compare with;
@@ -34,9 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from flowvi.baselines.hmc import summarize_draws  # noqa: E402
 from flowvi.baselines.smc import run_smc  # noqa: E402
 from flowvi.diagnostics import psis_log_weights, summarize  # noqa: E402
-from flowvi.reference import convergence_info, summarize_chains  # noqa: E402
+from flowvi.reference import convergence_info  # noqa: E402
 from flowvi.runs import build  # noqa: E402
 from flowvi.samplers.adaptive_hmc import adaptive_hmc  # noqa: E402
 from flowvi.stability import ROBUST, share_within, share_within_robust, zero_guess_scores  # noqa: E402
@@ -69,7 +70,14 @@ def scores(mean: np.ndarray, median: np.ndarray, ref: dict) -> dict:
 
 
 def hmc_reference(
-    target, chains: int, iterations: int, max_leapfrog: int, seed: int, device: str = "cpu", thin: int = 1
+    target,
+    chains: int,
+    iterations: int,
+    max_leapfrog: int,
+    seed: int,
+    device: str = "cpu",
+    thin: int = 1,
+    max_seconds: float | None = None,
 ) -> tuple[dict, dict, np.ndarray]:
     """Run HMC on ``device`` (``target`` stays on the CPU for the summaries); return (row, reference summary,
     draws (chains, n, d))."""
@@ -83,10 +91,12 @@ def hmc_reference(
         target_accept=0.9,
         seed=seed,
         thin=thin,
+        max_seconds=max_seconds,
     )
-    draws = r["draws"].cpu().numpy()
     seconds = time.perf_counter() - t0
-    ref = summarize_chains(target, draws)
+    # Summaries in torch on the sampler's device (the NumPy ones take seconds per chain at d = 4003).
+    ref = summarize_draws(target, r["draws"], device=device)
+    draws = r["draws"].cpu().numpy()
     info = convergence_info(ref)
     # the global coordinates by name: log tau, beta0, log c^2
     p = target.p
@@ -95,7 +105,7 @@ def hmc_reference(
     info["bulk_ess_global"] = {k: float(ref["bulk_ess_theta"][j]) for k, j in names.items()}
     # exact-sampler ceiling: the second half of the chains scored against the first half
     half = chains // 2
-    ref_a = summarize_chains(target, draws[:half])
+    ref_a = summarize_draws(target, r["draws"][:half], device=device)
     with torch.no_grad():
         coef_b = target.coefficients(torch.as_tensor(draws[half:].reshape(-1, target.dim))).numpy()
     row = {
@@ -103,8 +113,9 @@ def hmc_reference(
         **regimes(target, torch.as_tensor(draws.reshape(-1, target.dim))),
         "seconds": seconds,
         "chains": chains,
-        "warmup": iterations,
-        "draws": iterations,
+        "warmup": int(r["warmup_iterations"]),
+        "draws": int(r["iterations"]),
+        "stopped_early": bool(r["stopped_early"]),
         "thin": thin,
         "max_leapfrog": max_leapfrog,
         "step_size": float(r["step_size"]),
@@ -175,11 +186,12 @@ def run(
     seed: int = 0,
     device: str = "cpu",
     thin: int = 1,
+    hmc_max_seconds: float | None = None,
 ) -> dict:
     from flowvi.targets import make_target
 
     target = make_target(TARGET, p=p).double()
-    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device, thin)
+    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device, thin, hmc_max_seconds)
     print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
     rows = [hmc]
     for variant in variants:
@@ -270,7 +282,10 @@ def main(argv=None):
     ap.add_argument("--chains", type=int, default=64)
     ap.add_argument("--hmc-iterations", type=int, default=2000, help="warm-up and draws each")
     ap.add_argument("--max-leapfrog", type=int, default=64)
-    ap.add_argument("--thin", type=int, default=1, help="keep every thin-th HMC draw (the summaries run on the CPU)")
+    ap.add_argument("--thin", type=int, default=1, help="keep every thin-th HMC draw")
+    ap.add_argument(
+        "--hmc-max-seconds", type=float, help="stop HMC's warm-up and sampling after this long (each cut short cleanly)"
+    )
     ap.add_argument("--variants", default="realnvp,spline")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=256)
@@ -306,6 +321,7 @@ def main(argv=None):
         seed=args.seed,
         device=args.device,
         thin=args.thin,
+        hmc_max_seconds=args.hmc_max_seconds,
     )
     result["device"] = args.device
     result["argv"] = sys.argv[1:] if argv is None else list(argv)

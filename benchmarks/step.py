@@ -88,8 +88,20 @@ def matmul_flops(d, batch, layers, hidden):
 
 
 def allocated(device):
+    """Bytes allocated on ``device`` now, after freeing cuBLAS's workspaces (32 MiB on Hopper for each
+    pair of thread and stream that ran a matrix product). Every run measures from here, so each pays
+    for the workspaces it creates itself (two for the default stream: the caller's thread and
+    autograd's; two in a CUDA graph's pool for flowvi's capture stream), not only the first run of
+    the process."""
     gc.collect()
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(device)
 
 
 def sync(device):

@@ -219,6 +219,17 @@ def test_summarize_draws_equals_summarize_chains_blockwise():
         np.testing.assert_allclose(b[key], a[key], rtol=1e-2 if ranked else 1e-5, atol=1e-6, err_msg=key)
 
 
+def test_summaries_leave_the_callers_target_as_it_was():
+    # Module.to converts in place: the summaries work on a float64 copy, not on the caller's target
+    target = HorseshoeSynthetic(p=4, n=20).float()
+    before = {k: v.dtype for k, v in target.state_dict().items()}
+    x = np.random.default_rng(1).standard_normal((2, 8, target.dim))
+    summarize_chains(target, x)
+    summarize_draws(target, x)
+    assert {k: v.dtype for k, v in target.state_dict().items()} == before
+    assert any(dt == torch.float32 for dt in before.values())
+
+
 def test_cli_hmc_writes_run_directory_and_reference(tmp_path, capsys):
     out, ref = tmp_path / "hmc", tmp_path / "ref.npz"
     args = ["baseline", "hmc", "horseshoe_synthetic", "-p", "p=4", "-p", "n=30", "--chains", "16"]

@@ -32,6 +32,7 @@ the split draws (for an odd number of draws per chain the middle draw of every c
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -184,7 +185,8 @@ def summarize_chains(target, chains: np.ndarray, n_plot: int = 4, thin_plot: int
     c, n, d = chains.shape
     with torch.no_grad():
         flat = torch.as_tensor(chains.reshape(c * n, d), dtype=torch.float64)
-        coords = coordinates(target.to(torch.float64), flat).numpy().reshape(c, n, -1)
+        # a float64 copy: Module.to converts in place, and the caller's target must keep its dtype
+        coords = coordinates(copy.deepcopy(target).to(torch.float64), flat).numpy().reshape(c, n, -1)
     mean, sd = coords.reshape(c * n, -1).mean(0), coords.reshape(c * n, -1).std(0)
     plot = np.argsort(-np.abs(mean) / np.maximum(sd, 1e-12), kind="stable")[:n_plot]
     return {

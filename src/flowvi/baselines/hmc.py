@@ -13,6 +13,8 @@ coordinates. :func:`reference_info` is the JSON metadata of the reference file w
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -204,7 +206,7 @@ def summarize_draws(target, draws, n_plot: int = 4, thin_plot: int = 1, max_byte
         raise ValueError(f"need at least 2 chains of at least 4 draws, got {c} x {n}")
     flat = draws.reshape(c * n, d)
     rows = max(1, int(max_bytes // (d * 8)))
-    target64 = target.to(device, torch.float64)
+    target64 = copy.deepcopy(target).to(device, torch.float64)  # Module.to would convert the caller's target
     with torch.no_grad():
         coords = torch.cat(
             [coordinates(target64, flat[i : i + rows].to(device, torch.float64)) for i in range(0, c * n, rows)]

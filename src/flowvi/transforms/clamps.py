@@ -8,6 +8,9 @@ The *asymmetric soft clamp* of Andrade (2024, arXiv 2402.16408, eq. 7) is
 so each layer can expand by at most exp(alpha_pos) (default 0.1) and shrink by at most
 exp(-alpha_neg) (default 2.0): samples cannot explode through depth. The symmetric clamp is the
 tanh-type ``alpha * tanh(s / alpha)`` used by Real NVP/Glow implementations.
+
+Every clamp also gives its derivative ``c'(s)`` in closed form (``derivative(s)``), for layers that
+write their own backward pass (:class:`flowvi.transforms.coupling.AffineCoupling`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ class NoClamp(nn.Module):
     def forward(self, s: Tensor) -> Tensor:
         return s
 
+    def derivative(self, s: Tensor) -> Tensor:
+        return torch.ones_like(s)
+
     def extra_repr(self):
         return "none"
 
@@ -39,6 +45,11 @@ class SymmetricClamp(nn.Module):
 
     def forward(self, s):
         return self.alpha * torch.tanh(s / self.alpha)
+
+    def derivative(self, s):
+        """``c'(s) = 1 - tanh^2(s / alpha)``."""
+        u = torch.tanh(s / self.alpha)
+        return 1 - u * u
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
@@ -78,6 +89,12 @@ class AsymmetricClamp(nn.Module):
 
     def forward(self, s):
         return _AsymmetricArctan.apply(s, self.alpha_pos, self.alpha_neg)
+
+    def derivative(self, s):
+        """``c'(s) = (2/pi) / (1 + (s / alpha(s))^2)``."""
+        alpha = torch.where(s >= 0, self.alpha_pos, self.alpha_neg).to(s.dtype)
+        u = s / alpha
+        return (2.0 / math.pi) / (1 + u * u)
 
     def extra_repr(self):
         return f"alpha_pos={self.alpha_pos}, alpha_neg={self.alpha_neg}"

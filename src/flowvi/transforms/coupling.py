@@ -35,6 +35,35 @@ def mlp(n_in: int, n_out: int, hidden: int = 256, depth: int = 2, activation: st
     return nn.Sequential(*layers, last)
 
 
+class _ClampedAffine(torch.autograd.Function):
+    """``y = t + b * exp(c(s))`` and ``c = c(s)`` in one autograd node that keeps only ``b`` (a view of
+    the layer's input, which is kept anyway) and ``s``. The caller passes a contiguous copy of the raw
+    scale: the view into the conditioner's output would keep the whole output (scales and shifts)
+    alive. Plain autograd would keep that view, and ``exp(c)`` besides. The backward pass recomputes
+    ``c`` and ``exp(c)`` (elementwise, cheap) and applies
+
+        dL/dt = g_y,   dL/db = g_y exp(c),   dL/ds = (g_c + g_y b exp(c)) c'(s)
+
+    with ``c'(s)`` in closed form (``clamp.derivative``), in differentiable operations, so higher
+    derivatives work too. At d = 5000 and batch 1024 it keeps 20 MiB less per layer in an eager
+    step (docs/performance.md); a compiled step uses plain operations (see ``forward``)."""
+
+    @staticmethod
+    def forward(ctx, b, s, t, clamp):
+        c = clamp(s)
+        y = torch.addcmul(t, b, torch.exp(c))
+        ctx.save_for_backward(b, s)
+        ctx.clamp = clamp
+        return y, c
+
+    @staticmethod
+    def backward(ctx, g_y, g_c):
+        b, s = ctx.saved_tensors
+        e = torch.exp(ctx.clamp(s))
+        g_s = torch.addcmul(g_c, g_y * b, e) * ctx.clamp.derivative(s)
+        return g_y * e, g_s, g_y, None
+
+
 class AffineCoupling(Transform):
     """Affine coupling on the last dimension of ``(batch, dim)`` tensors.
 
@@ -74,18 +103,29 @@ class AffineCoupling(Transform):
     def _join(self, a, b):
         return torch.cat((b, a) if self.flip else (a, b), dim=-1)
 
-    def _scale_shift(self, a):
+    def _raw_scale_shift(self, a):
         # Under autocast the conditioner's matrix products run in 16 bits; its output is cast back
         # to the input's dtype so that scales, shifts and log-determinants stay in full precision.
         h = self.net(a).to(a.dtype)
-        s, t = h[..., : self.n_trans], h[..., self.n_trans :]
+        return h[..., : self.n_trans], h[..., self.n_trans :]
+
+    def _scale_shift(self, a):
+        s, t = self._raw_scale_shift(a)
         return self.clamp(s), t
 
     def forward(self, z):
         a, b = self._split(z)
-        s, t = self._scale_shift(a)
-        # addcmul: t + b * exp(s) in one kernel, without a stored b * exp(s) intermediate.
-        return self._join(a, torch.addcmul(t, b, torch.exp(s))), s.sum(-1)
+        s, t = self._raw_scale_shift(a)
+        if torch.compiler.is_compiling():
+            # Compiled, the partitioner chooses what to keep itself. The custom node, compiled for
+            # CUDA, gave float32 gradients 2.4e-4 (relative) off the eager ones, against 2.5e-7 for
+            # these plain operations (H100, d = 100; not on the CPU); the cause is not known.
+            c = self.clamp(s)
+            # addcmul: t + b * exp(c) in one kernel, without a stored b * exp(c) intermediate.
+            return self._join(a, torch.addcmul(t, b, torch.exp(c))), c.sum(-1)
+        # s.clone(): the node keeps a copy of the scales, not a view into the whole network output
+        y, c = _ClampedAffine.apply(b, s.clone(), t, self.clamp)
+        return self._join(a, y), c.sum(-1)
 
     def inverse(self, x):
         a, y = self._split(x)
