@@ -55,6 +55,13 @@ class SymmetricClamp(nn.Module):
         return f"alpha={self.alpha}"
 
 
+def _arctan_clamp_derivative(s: Tensor, alpha_pos: float, alpha_neg: float) -> Tensor:
+    """``c'(s) = (2/pi) / (1 + (s / alpha(s))^2)`` of the asymmetric arctan clamp."""
+    alpha = torch.where(s >= 0, alpha_pos, alpha_neg).to(s.dtype)
+    u = s / alpha
+    return (2.0 / math.pi) / (1 + u * u)
+
+
 class _AsymmetricArctan(torch.autograd.Function):
     """``c(s) = (2/pi) alpha(s) arctan(s / alpha(s))`` with ``c'(s) = (2/pi) / (1 + (s / alpha(s))^2)``.
 
@@ -72,9 +79,7 @@ class _AsymmetricArctan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (s,) = ctx.saved_tensors
-        alpha = torch.where(s >= 0, *ctx.alphas).to(s.dtype)
-        u = s / alpha
-        return grad * (2.0 / math.pi) / (1 + u * u), None, None
+        return grad * _arctan_clamp_derivative(s, *ctx.alphas), None, None
 
 
 class AsymmetricClamp(nn.Module):
@@ -91,10 +96,7 @@ class AsymmetricClamp(nn.Module):
         return _AsymmetricArctan.apply(s, self.alpha_pos, self.alpha_neg)
 
     def derivative(self, s):
-        """``c'(s) = (2/pi) / (1 + (s / alpha(s))^2)``."""
-        alpha = torch.where(s >= 0, self.alpha_pos, self.alpha_neg).to(s.dtype)
-        u = s / alpha
-        return (2.0 / math.pi) / (1 + u * u)
+        return _arctan_clamp_derivative(s, self.alpha_pos, self.alpha_neg)
 
     def extra_repr(self):
         return f"alpha_pos={self.alpha_pos}, alpha_neg={self.alpha_neg}"
