@@ -11,7 +11,7 @@ import torch
 
 from flowvi import fit, realnvp
 from flowvi.estimators import reparam
-from flowvi.fastpath import Float32Target, StepOptions, make_optimizer, make_step, resolve_options
+from flowvi.fastpath import Float32Target, StepOptions, _compile, make_optimizer, make_step, resolve_options
 from flowvi.targets import make_target
 from flowvi.train import TrainConfig
 
@@ -81,6 +81,42 @@ def test_compiled_step_matches_plain_step():
     torch.testing.assert_close(fast_losses, plain_losses, rtol=1e-5, atol=1e-4)
     moved = (_theta(flow) - theta0).norm()
     assert (_theta(fast_flow) - _theta(flow)).norm() < 1e-3 * moved
+
+
+def test_compiled_backward_keeps_what_the_eager_node_keeps():
+    # Saved for the backward pass of the compiled loss (parameters aside), per coupling layer: its
+    # input (B x d), the two hidden activations (B x h) and one copy of the raw log-scales (B x d/2);
+    # and the flow's output, which the target's gradient needs. The partitioner's defaults keep
+    # exp(c) and c'(s) instead of s (one more B x d/2 tensor per layer); the draws z are kept, never
+    # recomputed (a recomputed draw would be a different one).
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    B, d, h = 16, 12, 8
+    flow = realnvp(d, layers=2, hidden=h, depth=2, affine=False, loft=False)
+    params = {p.untyped_storage().data_ptr() for p in flow.parameters()}
+    kept = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            kept[st.data_ptr()] = st.nbytes()
+        return t
+
+    def loss():
+        x, logdet = flow.transform(torch.randn(B, d))
+        return (0.5 * (x * x).sum(-1) - logdet).mean()
+
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = _compile(loss)()
+    value.backward()
+    compiled_grad = torch.cat([p.grad.reshape(-1) for p in flow.parameters()])
+    full, hidden, half = 4 * B * d, 4 * B * h, 4 * B * (d // 2)
+    assert sorted(kept.values()) == sorted([half, half, hidden, hidden, hidden, hidden, full, full, full])
+    flow.zero_grad()
+    torch.manual_seed(1)
+    loss().backward()
+    torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in flow.parameters()]), compiled_grad)
 
 
 @pytest.mark.parametrize("precision,tol", [("bf16", 3e-2), ("fp16", 3e-3)])

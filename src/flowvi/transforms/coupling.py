@@ -117,9 +117,11 @@ class AffineCoupling(Transform):
         a, b = self._split(z)
         s, t = self._raw_scale_shift(a)
         if torch.compiler.is_compiling():
-            # Compiled, the partitioner chooses what to keep itself. The custom node, compiled for
-            # CUDA, gave float32 gradients 2.4e-4 (relative) off the eager ones, against 2.5e-7 for
-            # these plain operations (H100, d = 100; not on the CPU); the cause is not known.
+            # Compiled, the partitioner chooses what to keep for the backward pass; with
+            # flowvi.fastpath.PARTITIONER_OPTIONS it keeps this copy of s (a view would keep the whole
+            # network output) and recomputes the clamp and exp, like the eager node. Plain operations
+            # fuse better than the node, which inductor would trace through anyway.
+            s = s.clone()
             c = self.clamp(s)
             # addcmul: t + b * exp(c) in one kernel, without a stored b * exp(c) intermediate.
             return self._join(a, torch.addcmul(t, b, torch.exp(c))), c.sum(-1)
