@@ -263,6 +263,39 @@ def reference_info(target_spec: dict, dim: int, settings: dict, result: dict, su
     }
 
 
+def draws_convergence(target, stats: dict) -> dict:
+    """The run summary's convergence entries from :func:`summarize_draws`'s ``stats``: split ESS and R-hat of the
+    compared coordinates (``beta`` where the target has coefficients, else ``x``) and of all coordinates
+    (``*_theta_*``), and the rank-normalized R-hat, bulk- and tail-ESS."""
+    return {
+        "compared": "beta" if getattr(target, "coefficients", None) is not None else "x",
+        "ess_min": float(stats["ess"].min()),
+        "ess_median": float(np.median(stats["ess"])),
+        "rhat_max": float(stats["rhat"].max()),
+        "ess_theta_min": float(stats["ess_theta"].min()),
+        "rhat_theta_max": float(stats["rhat_theta"].max()),
+        # rank-normalized (Vehtari et al. 2021): valid for heavy tails such as the horseshoe's beta
+        "rank_rhat_max": float(stats["rank_rhat"].max()),
+        "bulk_ess_min": float(stats["bulk_ess"].min()),
+        "bulk_ess_median": float(np.median(stats["bulk_ess"])),
+        "tail_ess_min": float(stats["tail_ess"].min()),
+        "rank_rhat_theta_max": float(stats["rank_rhat_theta"].max()),
+    }
+
+
+def format_convergence(summary: dict) -> str:
+    """Two printed lines of :func:`draws_convergence`'s entries (no trailing newline)."""
+    compared = summary["compared"]
+    return (
+        f"  {compared}: ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}; "
+        f"R-hat max {summary['rhat_max']:.4f}  (all coordinates: ESS min {summary['ess_theta_min']:.0f}, "
+        f"R-hat max {summary['rhat_theta_max']:.4f})\n"
+        f"  {compared} rank-normalized: R-hat max {summary['rank_rhat_max']:.4f}, bulk-ESS min "
+        f"{summary['bulk_ess_min']:.0f}, median {summary['bulk_ess_median']:.0f}, tail-ESS min "
+        f"{summary['tail_ess_min']:.0f} (all coordinates: R-hat max {summary['rank_rhat_theta_max']:.4f})"
+    )
+
+
 def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None, dict]:
     """``flowvi baseline hmc``: run the sampler with the CLI's ``args``, write ``config.json`` (``config`` plus an
     ``hmc`` section) and, with ``--reference-out``, the reference ``.npz`` + ``.json``; return the draws to save
@@ -320,7 +353,6 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "sampling": result["seconds_sampling"],
         "summary": time.perf_counter() - t0,
     }
-    compared = "beta" if getattr(target, "coefficients", None) is not None else "x"
     summary = {
         "method": "hmc",
         "sampler": SAMPLER_NAME,
@@ -337,30 +369,14 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "divergences_per_chain": result["divergences"].tolist(),
         "warmup_divergences": int(result["warmup_divergences"].sum()),
         "leapfrogs_per_chain": int(result["leapfrogs"]),
-        "compared": compared,
-        "ess_min": float(stats["ess"].min()),
-        "ess_median": float(np.median(stats["ess"])),
-        "rhat_max": float(stats["rhat"].max()),
-        "ess_theta_min": float(stats["ess_theta"].min()),
-        "rhat_theta_max": float(stats["rhat_theta"].max()),
-        # rank-normalized (Vehtari et al. 2021): valid for heavy tails such as the horseshoe's beta
-        "rank_rhat_max": float(stats["rank_rhat"].max()),
-        "bulk_ess_min": float(stats["bulk_ess"].min()),
-        "bulk_ess_median": float(np.median(stats["bulk_ess"])),
-        "tail_ess_min": float(stats["tail_ess"].min()),
-        "rank_rhat_theta_max": float(stats["rank_rhat_theta"].max()),
+        **draws_convergence(target, stats),
     }
     print(
         f"  {summary['chains']} x {summary['num_samples']} draws after {summary['warmup']} warm-up iterations "
         f"in {summary['seconds']:.1f} s{' (stopped at --max-seconds)' if summary['stopped_early'] else ''}\n"
         f"  acceptance {summary['accept_prob']:.3f}, step size {summary['step_size']:.4g}, "
         f"divergences {summary['divergences']} (warm-up {summary['warmup_divergences']})\n"
-        f"  {compared}: ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}; "
-        f"R-hat max {summary['rhat_max']:.4f}  (all coordinates: ESS min {summary['ess_theta_min']:.0f}, "
-        f"R-hat max {summary['rhat_theta_max']:.4f})\n"
-        f"  {compared} rank-normalized: R-hat max {summary['rank_rhat_max']:.4f}, bulk-ESS min "
-        f"{summary['bulk_ess_min']:.0f}, median {summary['bulk_ess_median']:.0f}, tail-ESS min "
-        f"{summary['tail_ess_min']:.0f} (all coordinates: R-hat max {summary['rank_rhat_theta_max']:.4f}); summary {seconds['summary']:.1f} s"
+        f"{format_convergence(summary)}; summary {seconds['summary']:.1f} s"
     )
     if ref_out is not None:
         info = reference_info(config["target"], target.dim, {**settings, "seed": args.seed}, result, stats, seconds)

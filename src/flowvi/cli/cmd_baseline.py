@@ -1,6 +1,8 @@
-"""``flowvi baseline nuts|hmc|smc TARGET``: reference draws (NUTS via Pyro, many-chain HMC) or log Z (SMC).
+"""``flowvi baseline nuts|hmc|flowmc|smc TARGET``: reference draws (NUTS via Pyro, many-chain HMC, hybrid
+NF-MCMC) or log Z (SMC).
 
-Writes a run directory like ``flowvi fit``: config.json, summary.json and samples.npy (draws of the target).
+Writes a run directory like ``flowvi fit``: config.json, summary.json and samples.npy (draws of the target);
+``flowmc`` also writes its trained flow, flowmc_flow.pt.
 """
 
 from __future__ import annotations
@@ -22,9 +24,15 @@ def register(sub):
         "baseline",
         help="NUTS reference draws or SMC log Z for a target (writes a run directory)",
         description="Run a classical baseline on TARGET: 'nuts' (Pyro's No-U-Turn sampler; needs pyro-ppl) "
-        "for reference posterior draws, or 'smc' (adaptive tempering + MALA moves) for log Z over repeats.",
+        "for reference posterior draws, 'hmc' (many-chain adaptive HMC), 'flowmc' (many-chain HMC plus global "
+        "moves proposed by a flow trained on the chains, FlowMC-style), or 'smc' (adaptive tempering + MALA moves) "
+        "for log Z over repeats.",
     )
-    p.add_argument("method", choices=["nuts", "hmc", "smc"], help="nuts, hmc (many-chain adaptive HMC) or smc")
+    p.add_argument(
+        "method",
+        choices=["nuts", "hmc", "flowmc", "smc"],
+        help="nuts, hmc (many-chain adaptive HMC), flowmc (hybrid NF-MCMC) or smc",
+    )
     p.add_argument("target", help="built-in target name (see 'flowvi targets') or path/to/file.py:function")
     p.add_argument("--dim", type=int, help="target dimension")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="target parameter (repeatable)")
@@ -36,7 +44,9 @@ def register(sub):
     g = p.add_argument_group("nuts")
     g.add_argument("--samples", "--draws", type=int, default=1000, help="draws per chain")
     g.add_argument("--warmup", type=int, default=1000, help="adaptation steps per chain")
-    g.add_argument("--chains", type=int, help="chains (nuts: one after another, default 2; hmc: in lock-step, 256)")
+    g.add_argument(
+        "--chains", type=int, help="chains (nuts: one after another, default 2; hmc: in lock-step, 256; flowmc: 64)"
+    )
     g.add_argument("--max-tree-depth", type=int, default=10)
     g.add_argument("--target-accept", type=float, default=0.8)
     g = p.add_argument_group("hmc (also --samples/--draws, --warmup, --chains, --target-accept)")
@@ -50,6 +60,20 @@ def register(sub):
         "--cuda-graph", default="auto", choices=["auto", "true", "false"], help="replay the leapfrog step (auto: CUDA)"
     )
     g.add_argument("--reference-out", metavar="FILE.npz", help="also write a reference file (+ .json) of the draws")
+    g = p.add_argument_group(
+        "flowmc (also the hmc options but --reference-out; --draws counts local and global moves of production)"
+    )
+    g.add_argument("--rounds", type=int, default=20, help="training rounds (local moves, flow training, global moves)")
+    g.add_argument("--local-steps", type=int, default=20, help="HMC iterations per round")
+    g.add_argument("--global-steps", type=int, default=20, help="flow independence moves per round")
+    g.add_argument("--train-steps", type=int, default=50, help="maximum-likelihood Adam steps per training round")
+    g.add_argument("--layers", type=int, default=4, help="Real NVP coupling layers")
+    g.add_argument("--hidden", type=int, default=64, help="width of the couplings' networks")
+    g.add_argument("--spline", action="store_true", help="elementwise spline after the couplings")
+    g.add_argument("--flow-dtype", default="float32", choices=["float32", "float64"])
+    g.add_argument("--batch-size", type=int, default=256, help="minibatch of buffered chain states per Adam step")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the flow")
+    g.add_argument("--buffer-size", type=int, default=20_000, help="newest chain states kept for training")
     g = p.add_argument_group("smc")
     g.add_argument("--particles", type=int, default=1000)
     g.add_argument("--moves", type=int, default=10, help="MALA steps per temperature")
@@ -67,12 +91,12 @@ def run(args):
     if args.dim is not None:
         params["dim"] = args.dim
     if args.chains is None:
-        args.chains = 256 if args.method == "hmc" else 2
+        args.chains = {"hmc": 256, "flowmc": 64}.get(args.method, 2)
     for name in ("samples", "chains", "particles", "moves", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    if args.method == "hmc":  # before the CPU thread pool starts, so that its threads inherit it (adaptive_hmc.py)
+    if args.method in ("hmc", "flowmc"):  # before the CPU thread pool starts: its threads inherit it (adaptive_hmc.py)
         torch.set_flush_denormal(True)
     target = make_target(args.target, **params).to(device, dtype)
     out = Path(
@@ -130,6 +154,18 @@ def run(args):
             ckpt.write_json_atomic(summary, out / "summary.json")
             print(f"wrote {out}/{{config.json,summary.json}}")
             return 0
+    elif args.method == "flowmc":
+        from ..baselines.flowmc import run_flowmc_baseline
+
+        if args.reference_out:
+            raise ValueError("--reference-out is for 'flowvi baseline hmc'")
+        out.mkdir(parents=True, exist_ok=True)
+        samples, summary = run_flowmc_baseline(target, args, config, out)
+        if samples is None:
+            summary["dim"] = target.dim
+            ckpt.write_json_atomic(summary, out / "summary.json")
+            print(f"wrote {out}/{{config.json,summary.json,flowmc_flow.pt}}")
+            return 0
     else:
         from ..baselines.smc import run_smc
 
@@ -182,5 +218,6 @@ def run(args):
     summary["dim"] = target.dim
     ckpt.write_json_atomic(summary, out / "summary.json")
     np.save(out / "samples.npy", samples)
-    print(f"wrote {out}/{{config.json,summary.json,samples.npy}}")
+    extra = ",flowmc_flow.pt" if args.method == "flowmc" else ""
+    print(f"wrote {out}/{{config.json,summary.json,samples.npy{extra}}}")
     return 0

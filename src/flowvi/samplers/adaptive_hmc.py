@@ -153,6 +153,19 @@ class GraphedLeapfrog:
         return self.x.clone(), self.p - 0.5 * eps * self.g, self.lp.clone(), self.g.clone()
 
 
+def chain_device_dtype(target, x0=None, device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """Where the chains live: ``x0``'s device and dtype if given, else ``device``/``dtype``, by default those of the
+    target's first buffer (floating dtypes only), else CPU float64."""
+    if x0 is not None:
+        return x0.device, x0.dtype
+    anchor = next(iter(target.buffers()), None)
+    device = (
+        torch.device(device) if device is not None else (anchor.device if anchor is not None else torch.device("cpu"))
+    )
+    dtype = dtype or (anchor.dtype if anchor is not None and anchor.is_floating_point() else torch.float64)
+    return device, dtype
+
+
 def _initial_step_size(target, x, lp, g, m_inv, eps, gen, integrator=leapfrog):
     """Halve (or double) ``eps`` until one leapfrog step has cross-chain mean acceptance near 0.5 (Stan-like)."""
     for _ in range(50):
@@ -167,6 +180,26 @@ def _initial_step_size(target, x, lp, g, m_inv, eps, gen, integrator=leapfrog):
         else:
             break
     return eps
+
+
+def hmc_step(target, x, lp, g, eps, m_inv, max_leapfrog, gen, integrator=leapfrog):
+    """One lock-step HMC transition of all chains: ``n ~ uniform{1..max_leapfrog}`` leapfrog steps (one n for all
+    chains), momentum ``p ~ N(0, diag(1 / m_inv))``, Metropolis on the energy error; a divergent trajectory (energy
+    error > 1000 or not finite, or a non-finite gradient) is rejected. Returns ``(x, lp, g, accept_prob, divergent,
+    n)``: the new states, their log density and gradient, the per-chain acceptance probability ``min(1, exp(-dH))``
+    (0 when divergent), the divergence flags and the number of leapfrog steps (gradient evaluations per chain)."""
+    n_steps = int(torch.randint(1, max_leapfrog + 1, (1,), generator=gen, device=x.device).item())
+    p = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) / m_inv.sqrt()
+    xn, pn, lpn, gn = integrator(target, x, p, lp, g, eps, m_inv, n_steps)
+    dh = (-lpn + 0.5 * (pn * pn * m_inv).sum(1)) - (-lp + 0.5 * (p * p * m_inv).sum(1))
+    divergent = ~torch.isfinite(dh) | (dh > 1000) | ~torch.isfinite(gn).all(1)
+    a = torch.where(divergent, torch.zeros_like(dh), torch.exp(-dh.clamp(min=0)))
+    u = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype)
+    accept = (u < a) & ~divergent
+    x = torch.where(accept[:, None], xn, x)
+    lp = torch.where(accept, lpn, lp)
+    g = torch.where(accept[:, None], gn, g)
+    return x, lp, g, a, divergent, n_steps
 
 
 @contextlib.contextmanager
@@ -212,14 +245,15 @@ def adaptive_hmc(
     ``max_seconds`` cut sampling short), ``step_size``, ``inverse_metric`` (d,), ``accept_prob`` (per chain, mean
     over sampling), ``divergences`` and ``warmup_divergences`` (per chain), ``accept_trace`` and ``step_trace``
     (warm-up), ``leapfrogs`` (total gradient evaluations per chain), ``warmup_iterations``, ``iterations``,
-    ``seconds_warmup``, ``seconds_sampling`` and ``stopped_early``.
+    ``seconds_warmup``, ``seconds_sampling``, ``stopped_early`` and ``last`` (the chains' final states).
+    ``draws = 0`` runs the warm-up only (:func:`flowvi.samplers.flowmc.flowmc` starts from its ``last``).
     ``cuda_graph``: replay the leapfrog step from a CUDA graph (:class:`GraphedLeapfrog`); default: on CUDA.
     """
     if chains < 2:
         raise ValueError(f"adaptive HMC needs chains >= 2 (R-hat and the mass matrix are across chains); got {chains}")
-    if warmup < 0 or draws < 1 or max_leapfrog < 1 or thin < 1:
+    if warmup < 0 or draws < 0 or max_leapfrog < 1 or thin < 1:
         raise ValueError(
-            f"need warmup >= 0, draws >= 1, max_leapfrog >= 1, thin >= 1; got {warmup}, {draws}, {max_leapfrog}, {thin}"
+            f"need warmup >= 0, draws >= 0, max_leapfrog >= 1, thin >= 1; got {warmup}, {draws}, {max_leapfrog}, {thin}"
         )
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
@@ -231,11 +265,7 @@ def adaptive_hmc(
     if x0 is not None:
         if x0.ndim != 2 or x0.shape != (chains, d):
             raise ValueError(f"x0 must have shape (chains, d) = ({chains}, {d}); got {tuple(x0.shape)}")
-        device, dtype = x0.device, x0.dtype
-    else:
-        anchor = next(iter(target.buffers()), None)
-        device = torch.device(device) if device is not None else (anchor.device if anchor is not None else "cpu")
-        dtype = dtype or (anchor.dtype if anchor is not None and anchor.is_floating_point() else torch.float64)
+    device, dtype = chain_device_dtype(target, x0, device, dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
     if x0 is None:
         x = (2 * torch.rand(chains, d, generator=gen, device=device, dtype=dtype) - 1) * init_radius
@@ -281,7 +311,7 @@ def adaptive_hmc(
         if phase_warm and (it >= warmup or (warm_budget is not None and time.perf_counter() - start > warm_budget)):
             stopped_early |= it < warmup
             eps, phase_warm, t_warm_end, warm_its = adapt.final, False, time.perf_counter(), it
-            if bar is not None:
+            if bar is not None and draws > 0:
                 bar.set_description("sampling")
                 bar.n = warmup
         if not phase_warm:
@@ -292,18 +322,8 @@ def adaptive_hmc(
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 stopped_early = True
                 break
-        n_steps = int(torch.randint(1, max_leapfrog + 1, (1,), generator=gen, device=device).item())
-        p = torch.randn(x.shape, generator=gen, device=device, dtype=dtype) / m_inv.sqrt()
-        xn, pn, lpn, gn = integrator(target, x, p, lp, g, eps, m_inv, n_steps)
+        x, lp, g, a, divergent, n_steps = hmc_step(target, x, lp, g, eps, m_inv, max_leapfrog, gen, integrator)
         leapfrogs += n_steps
-        dh = (-lpn + 0.5 * (pn * pn * m_inv).sum(1)) - (-lp + 0.5 * (p * p * m_inv).sum(1))
-        divergent = ~torch.isfinite(dh) | (dh > 1000) | ~torch.isfinite(gn).all(1)
-        a = torch.where(divergent, torch.zeros_like(dh), torch.exp(-dh.clamp(min=0)))
-        u = torch.rand(chains, generator=gen, device=device, dtype=dtype)
-        accept = (u < a) & ~divergent
-        x = torch.where(accept[:, None], xn, x)
-        lp = torch.where(accept, lpn, lp)
-        g = torch.where(accept[:, None], gn, g)
         if phase_warm:
             div_warm += divergent
             mean_a = a.mean().item()
