@@ -40,7 +40,7 @@ torch.set_flush_denormal(True)  # before the CPU thread pool starts, so that its
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from regularized_horseshoe import TARGET, hmc_reference, regimes, scores  # noqa: E402
+from regularized_horseshoe import TARGET, finish, hmc_reference, regimes, scores  # noqa: E402
 
 from flowvi.baselines.hmc import summarize_draws  # noqa: E402
 from flowvi.realnvp import realnvp  # noqa: E402
@@ -317,15 +317,7 @@ def main(argv=None):
         seed=args.seed,
         device=args.device,
     )
-    result["device"] = args.device
-    result["argv"] = sys.argv[1:] if argv is None else list(argv)
-    result["seconds_total"] = time.perf_counter() - t0
-    result["torch_threads"] = torch.get_num_threads()
-    print(table(result))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"total {result['seconds_total']:.0f} s; wrote {args.out}")
-    return 0
+    return finish(result, args, argv, t0, table)
 
 
 if __name__ == "__main__":

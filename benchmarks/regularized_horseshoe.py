@@ -275,6 +275,20 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def finish(result: dict, args, argv, t0: float, table) -> int:
+    """Add the run's device, command line, total seconds and torch threads to ``result``, print ``table(result)``
+    and write ``result`` as JSON to ``args.out``."""
+    result["device"] = args.device
+    result["argv"] = sys.argv[1:] if argv is None else list(argv)
+    result["seconds_total"] = time.perf_counter() - t0
+    result["torch_threads"] = torch.get_num_threads()
+    print(table(result))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"total {result['seconds_total']:.0f} s; wrote {args.out}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--p", type=int, default=200)
@@ -323,15 +337,7 @@ def main(argv=None):
         thin=args.thin,
         hmc_max_seconds=args.hmc_max_seconds,
     )
-    result["device"] = args.device
-    result["argv"] = sys.argv[1:] if argv is None else list(argv)
-    result["seconds_total"] = time.perf_counter() - t0
-    result["torch_threads"] = torch.get_num_threads()
-    print(table(result))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"total {result['seconds_total']:.0f} s; wrote {args.out}")
-    return 0
+    return finish(result, args, argv, t0, table)
 
 
 if __name__ == "__main__":
