@@ -46,6 +46,7 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     chain-major; None with ``--no-samples``) and the run summary."""
     from ..realnvp import realnvp
     from ..runs import resolve_dtype
+    from ..samplers.adaptive_hmc import chain_device_dtype
     from ..samplers.flowmc import flowmc
 
     settings = {
@@ -72,8 +73,7 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     config["flowmc_flow"] = {**flow_options, "dtype": args.flow_dtype}
     ckpt.write_json_atomic(config, Path(out) / "config.json")
     print(f"flowvi baseline flowmc: {config['target']['name']} (d={target.dim}, {args.chains} chains) -> {out}")
-    anchor = next(iter(target.buffers()), None)
-    device = anchor.device if anchor is not None else torch.device("cpu")
+    device, _ = chain_device_dtype(target)
     torch.manual_seed(args.seed)  # the flow's initial parameters
     flow = realnvp(target.dim, **flow_options).to(device, resolve_dtype(args.flow_dtype))
     result = flowmc(

@@ -144,27 +144,23 @@ def run(args):
             f"divergences {summary['divergences']}; ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}"
             + (f"; R-hat max {summary['rhat_max']:.3f}" if "rhat_max" in summary else "")
         )
-    elif args.method == "hmc":
-        from ..baselines.hmc import run_hmc_baseline
+    elif args.method in ("hmc", "flowmc"):
+        if args.method == "hmc":
+            from ..baselines.hmc import run_hmc_baseline as run_baseline
 
+            files = "config.json,summary.json"
+        else:
+            from ..baselines.flowmc import run_flowmc_baseline as run_baseline
+
+            if args.reference_out:
+                raise ValueError("--reference-out is for 'flowvi baseline hmc'")
+            files = "config.json,summary.json,flowmc_flow.pt"
         out.mkdir(parents=True, exist_ok=True)
-        samples, summary = run_hmc_baseline(target, args, config, out)
+        samples, summary = run_baseline(target, args, config, out)
         if samples is None:
             summary["dim"] = target.dim
             ckpt.write_json_atomic(summary, out / "summary.json")
-            print(f"wrote {out}/{{config.json,summary.json}}")
-            return 0
-    elif args.method == "flowmc":
-        from ..baselines.flowmc import run_flowmc_baseline
-
-        if args.reference_out:
-            raise ValueError("--reference-out is for 'flowvi baseline hmc'")
-        out.mkdir(parents=True, exist_ok=True)
-        samples, summary = run_flowmc_baseline(target, args, config, out)
-        if samples is None:
-            summary["dim"] = target.dim
-            ckpt.write_json_atomic(summary, out / "summary.json")
-            print(f"wrote {out}/{{config.json,summary.json,flowmc_flow.pt}}")
+            print(f"wrote {out}/{{{files}}}")
             return 0
     else:
         from ..baselines.smc import run_smc
