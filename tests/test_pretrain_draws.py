@@ -12,6 +12,8 @@ import flowvi
 from flowvi.cli import main
 from flowvi.pretrain import check_draws, load_draws, standardize_affine
 
+from .conftest import load_benchmark
+
 MEAN = torch.tensor([3.0, -2.0, 0.5, 10.0], dtype=torch.float64)
 SD = torch.tensor([2.0, 0.5, 1.0, 4.0], dtype=torch.float64)
 CORR = torch.tensor(
@@ -202,13 +204,8 @@ def test_cli_bad_init_draws(tmp_path, capsys):
 def test_warm_start_benchmark_runs_at_tiny_size(tmp_path):
     """benchmarks/warm_start.py end to end (p = 5, a few steps): every variant reports at the requested steps,
     with the zero guess and the warm-start draws scored against the HMC reference."""
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "warm_start.py"
-    spec = importlib.util.spec_from_file_location("warm_start", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("warm_start")
     out = tmp_path / "warm.json"
     tiny = ["--p", "5", "--steps", "20", "--init-steps", "20", "--chains", "4", "--hmc-iterations", "30"]
     tiny += [

@@ -16,6 +16,8 @@ from flowvi.targets import (
     make_target,
 )
 
+from .conftest import load_benchmark
+
 
 def scipy_log_density(theta, X, y, t):
     """log p(theta) from the constrained parameters with scipy densities, plus the exp-transform Jacobians
@@ -201,14 +203,9 @@ def test_bad_data_shapes_and_options():
 def test_benchmark_quick_mode(tmp_path):
     """benchmarks/regularized_horseshoe.py --quick: HMC, two flows and SMC on p = 10 write a complete JSON whose
     shares are those of flowvi.stability's scorers."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "regularized_horseshoe.py"
-    spec = importlib.util.spec_from_file_location("regularized_horseshoe_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("regularized_horseshoe")
     out = tmp_path / "rhs.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0
     result = json.loads(out.read_text())

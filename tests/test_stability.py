@@ -10,6 +10,8 @@ from flowvi.estimators import ESTIMATORS
 from flowvi.stability import aggregate, grid, run_one, run_study
 from flowvi.train import TrainConfig
 
+from .conftest import load_benchmark
+
 TINY_FLOW = {"layers": 2, "hidden": 16, "depth": 1}
 TINY_TRAIN = TrainConfig(steps=40, batch_size=32, lr=1e-3, checkpoint_every=10**9)
 
@@ -232,14 +234,9 @@ def test_robust_share_is_stable_where_the_sd_is_not():
 def test_benchmark_parts_over_seeds_merge_into_one_study(tmp_path):
     """benchmarks/stability.py: a study split over calls (--first-seed) merges into the same per-configuration
     numbers as its runs, pooled."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stability.py"
-    spec = importlib.util.spec_from_file_location("stability_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("stability")
     common = ["--quick", "--device", "cpu", "--no-nuts", "--p", "5", "--steps", "30", "--seeds", "1"]
     for first in (0, 1):
         out = tmp_path / f"part{first}.json"
@@ -284,17 +281,12 @@ def test_cli_study_score_later(tmp_path, capsys):
 def test_horseshoe_regimes_benchmark_tempers_and_describes():
     """benchmarks/horseshoe_regimes.py: the tempered target is the prior at t = 0 and the posterior at t = 1, and
     the description reads log tau, beta0 and beta from the right coordinates."""
-    import importlib.util
-    from pathlib import Path
 
     import torch
 
     from flowvi.targets import make_target
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "horseshoe_regimes.py"
-    spec = importlib.util.spec_from_file_location("horseshoe_regimes", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("horseshoe_regimes")
     target = make_target("horseshoe_nci60", p=5).double()
     x = torch.randn(7, target.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     tempered = bench.TemperedLikelihood(target)

@@ -1,19 +1,15 @@
 """benchmarks/step.py: its CPU mode runs and checks the fast paths' agreement; the profiler's kernel classes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+
+from .conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
-    spec = importlib.util.spec_from_file_location("step_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step")
 
 
 def test_kernel_category(bench):
