@@ -10,7 +10,8 @@ genes, this runs
 * many-chain HMC (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`, dispersed starts) as the reference, with
   split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.baselines.hmc.summarize_draws`, on the sampler's device);
 * flows trained by reverse KL (``--variants``: ``realnvp`` = Real NVP with the asymmetric clamp and LOFT,
-  ``spline`` = the same with the elementwise spline), each with ELBO, IS log Z and Pareto k;
+  ``spline`` = the same with the elementwise spline, ``hier`` = with the target's hierarchical couplings
+  (:mod:`flowvi.transforms.hierarchical`), ``hier-spline`` = both), each with ELBO, IS log Z and Pareto k;
 * tempered SMC (``--smc-repeats`` runs, :func:`flowvi.baselines.smc.run_smc`) for a log Z to compare with;
 
 and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
@@ -131,7 +132,11 @@ def hmc_reference(
 def train_flow(
     p: int, variant: str, steps: int, seed: int, layers: int, hidden: int, batch: int, eval_n: int, device: str = "cpu"
 ):
-    """Reverse-KL flow (asymmetric clamp + LOFT, Gaussian base; ``spline`` adds the elementwise spline)."""
+    """Reverse-KL flow (asymmetric clamp + LOFT, Gaussian base). ``variant``: ``realnvp``, or dash-joined
+    additions to it: ``spline`` (the elementwise spline), ``hier`` (the target's hierarchical couplings)."""
+    unknown = set(variant.split("-")) - {"realnvp", "spline", "hier"}
+    if unknown:
+        raise ValueError(f"unknown flow variant part(s) {sorted(unknown)} in {variant!r}; use realnvp, spline, hier")
     config = {
         "target": {"name": TARGET, "params": {"p": p}},
         "seed": seed,
@@ -142,7 +147,8 @@ def train_flow(
             "hidden": hidden,
             "clamp": "asymmetric",
             "loft": True,
-            "spline": variant == "spline",
+            "spline": "spline" in variant.split("-"),
+            "hierarchical": "hier" in variant.split("-"),
         },
     }
     flow, target = build(config)

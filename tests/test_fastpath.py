@@ -71,8 +71,15 @@ def test_fused_step_matches_plain_step():
     assert (_theta(fast_flow) - _theta(flow)).norm() < 1e-4 * moved
 
 
-def test_compiled_step_matches_plain_step():
-    flow, target = _setup(layers=2, hidden=16)
+def _hierarchical_funnel():
+    torch.manual_seed(0)
+    target = make_target("funnel", dim=6)
+    return realnvp(6, layers=2, hidden=16, hierarchy=target.hierarchy()), target
+
+
+@pytest.mark.parametrize("case", ["realnvp", "hierarchical"])
+def test_compiled_step_matches_plain_step(case):
+    flow, target = _setup(layers=2, hidden=16) if case == "realnvp" else _hierarchical_funnel()
     fast_flow = copy.deepcopy(flow)
     theta0 = _theta(flow)
     plain_losses, _, _ = _train(flow, target, _opts(fused_adam=False), steps=6)

@@ -13,6 +13,7 @@ from flowvi.transforms import (
     Compose,
     ElementwiseAffine,
     ElementwiseSpline,
+    HierarchicalAffine,
     NoClamp,
     Permutation,
     SymmetricClamp,
@@ -46,6 +47,9 @@ def _build(dim):
     out["loft"] = LOFT(tau=2.0).double()
     out["affine"] = randomize(ElementwiseAffine(dim))
     out["spline"] = randomize(ElementwiseSpline(dim, bins=6, bound=3.0), 1.0)
+    # children 0, 1 given (2, 5) and (3, 5): a shared parent, as log tau is for every z_j
+    out["hierarchical-linear"] = randomize(HierarchicalAffine(dim, [0, 1], [[2, 5], [3, 5]], hidden=0))
+    out["hierarchical"] = randomize(HierarchicalAffine(dim, [4, 0, 1], [[2], [3], [2]], hidden=3), 0.5)
     out["permutation"] = Permutation.random(dim)
     out["stack"] = randomize(realnvp(dim, layers=4, hidden=16, tau=3.0, permute="random").transform, 0.2)
     out["stack-spline"] = randomize(realnvp(dim, layers=2, hidden=16, tau=3.0, spline=True, spline_bound=2.0).transform)
@@ -168,10 +172,15 @@ def test_coupling_starts_at_identity():
     torch.testing.assert_close(logdet, torch.zeros(3))
 
 
-@pytest.mark.parametrize("base,spline", [("gaussian", False), ("student_t", False), ("gaussian", True)])
-def test_fast_path_score_matches_autograd(base, spline):
+@pytest.mark.parametrize(
+    "base,spline,hierarchy",
+    [("gaussian", False, None), ("student_t", False, None), ("gaussian", True, None), ("gaussian", True, "funnel")],
+)
+def test_fast_path_score_matches_autograd(base, spline, hierarchy):
     """score from the per-layer recursion equals d log q(x)/dx by autograd through the inverse."""
-    flow = realnvp(6, layers=4, hidden=16, tau=2.0, base=base, spline=spline, spline_bound=1.5).double()
+    pairs = [([1, 2, 3], [[0, 4], [0, 5], [0, 4]]), ([0], [[1]])] if hierarchy else None
+    flow = realnvp(6, layers=4, hidden=16, tau=2.0, base=base, spline=spline, spline_bound=1.5, hierarchy=pairs)
+    flow = flow.double()
     randomize(flow.transform, 0.3)
     torch.manual_seed(1)
     x, log_q, score = flow.sample_with_score(5)

@@ -1,6 +1,7 @@
 """The stabilised Real NVP of Andrade (2024): couplings with soft-clamped scales, an optional
 elementwise spline (marginal shapes, see :mod:`flowvi.transforms.spline`), an optional elementwise affine
-layer, and LOFT as the last bijection."""
+layer, optional per-coordinate couplings along the target's hierarchy (:mod:`flowvi.transforms.hierarchical`),
+and LOFT as the last bijection."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from .distributions import make_base
 from .flow import Flow
-from .transforms import LOFT, AffineCoupling, ElementwiseAffine, ElementwiseSpline, Permutation
+from .transforms import LOFT, AffineCoupling, ElementwiseAffine, ElementwiseSpline, HierarchicalAffine, Permutation
 
 
 def realnvp(
@@ -31,6 +32,8 @@ def realnvp(
     spline: bool = False,
     spline_bins: int = 8,
     spline_bound: float = 5.0,
+    hierarchy: list | None = None,
+    hierarchy_hidden: int = 8,
 ) -> Flow:
     """Build a Real NVP for ``(batch, dim)`` samples.
 
@@ -38,7 +41,10 @@ def realnvp(
     a fixed random permutation (drawn from ``seed``) before every coupling layer. ``spline`` adds a
     monotone rational-quadratic spline per coordinate after the couplings (``spline_bins`` bins on
     ``[-spline_bound, spline_bound]``, the identity outside), so that marginals can change shape, ``affine`` a
-    learnable elementwise location-scale layer after that, and ``loft`` a LOFT layer last.
+    learnable elementwise location-scale layer after that, and ``loft`` a LOFT layer last. ``hierarchy``, a
+    list of ``(children, parents)`` index pairs (a target's ``hierarchy()``), adds one
+    :class:`~flowvi.transforms.HierarchicalAffine` per pair, in order, before LOFT (each child its own
+    network of width ``hierarchy_hidden`` besides a linear part).
     """
     if dim < 2:
         raise ValueError(f"Real NVP needs dim >= 2, got {dim}")
@@ -71,6 +77,8 @@ def realnvp(
         transforms.append(ElementwiseSpline(dim, bins=spline_bins, bound=spline_bound))
     if affine:
         transforms.append(ElementwiseAffine(dim))
+    for children, parents in hierarchy or ():
+        transforms.append(HierarchicalAffine(dim, children, parents, hidden=hierarchy_hidden))
     if loft:
         transforms.append(LOFT(tau))
     return Flow(make_base(base, dim, df=df), transforms)

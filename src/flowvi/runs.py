@@ -50,7 +50,15 @@ def build(config: dict):
     # A target whose variables are not a plain vector (a lattice field, an image) supplies its own
     # flow architecture through ``default_flow(**flow_options)``; every other target gets Real NVP.
     make_flow = getattr(target, "default_flow", None)
-    flow = make_flow(**config.get("flow", {})) if make_flow else realnvp(target.dim, **config.get("flow", {}))
+    options = dict(config.get("flow", {}))
+    if options.pop("hierarchical", False):
+        if make_flow or not hasattr(target, "hierarchy"):
+            raise ValueError(
+                f"target {config['target']['name']!r} declares no hierarchy, so --hierarchical cannot be used "
+                "(targets with one: horseshoe_*, regularized_horseshoe_*, funnel)"
+            )
+        options["hierarchy"] = target.hierarchy()
+    flow = make_flow(**options) if make_flow else realnvp(target.dim, **options)
     return flow.to(device, dtype), target.to(device, dtype)
 
 

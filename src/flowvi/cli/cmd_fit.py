@@ -81,6 +81,13 @@ def register(sub):
         action="store_true",
         help="a monotone spline per coordinate after the couplings (marginals can change shape)",
     )
+    g.add_argument(
+        "--hierarchical",
+        action="store_true",
+        help="per-coordinate couplings along the target's hierarchy, e.g. z_j given log lambda_j and log tau "
+        "(learned partial non-centring; horseshoe, regularized horseshoe and funnel targets)",
+    )
+    g.add_argument("--hierarchy-hidden", type=int, default=8, help="each child's own network width (0: linear)")
     g.add_argument("--spline-bins", type=int, default=8)
     g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
     g = p.add_argument_group("warm start (pre-training on a sampler's draws, then reverse KL)")
@@ -159,6 +166,11 @@ def config_from_args(args) -> dict:
             **(
                 {"spline": True, "spline_bins": args.spline_bins, "spline_bound": args.spline_bound}
                 if getattr(args, "spline", False)
+                else {}
+            ),
+            **(
+                {"hierarchical": True, "hierarchy_hidden": args.hierarchy_hidden}
+                if getattr(args, "hierarchical", False)
                 else {}
             ),
         },

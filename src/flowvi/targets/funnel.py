@@ -26,6 +26,11 @@ class Funnel(Target):
         lp_rest = -0.5 * (rest * rest).sum(-1) * torch.exp(-v) - 0.5 * d1 * v - 0.5 * d1 * math.log(2 * math.pi)
         return lp_v + lp_rest
 
+    def hierarchy(self):
+        """``(children, parents)`` for :class:`flowvi.transforms.HierarchicalAffine`: every ``x_i`` given ``v``
+        (``x_i = exp(v / 2) * eps_i`` exactly, a log-scale linear in ``v``)."""
+        return [(torch.arange(1, self.dim), torch.zeros(self.dim - 1, 1, dtype=torch.long))]
+
     def sample(self, n):
         v = self.sigma * torch.randn(n, 1, dtype=torch.get_default_dtype())
         return torch.cat([v, torch.exp(v / 2) * torch.randn(n, self.dim - 1)], dim=1)

@@ -63,6 +63,11 @@ class HorseshoeLogisticRegression(Target):
         p = self.p
         return theta[:, :p], theta[:, p : 2 * p], theta[:, 2 * p], theta[:, 2 * p + 1]
 
+    def hierarchy(self):
+        """``(children, parents)`` index pairs for :class:`flowvi.transforms.HierarchicalAffine`:
+        ``z_j`` given ``(log lambda_j, log tau)``, then ``log lambda_j`` given ``(z_j, log tau)``."""
+        return scale_mixture_hierarchy(self.p, [2 * self.p])
+
     def coefficients(self, theta):
         """The regression coefficients ``beta = tau * lambda * z``, shape (batch, p)."""
         z, log_lam, log_tau, _ = self.split(theta)
@@ -98,6 +103,15 @@ class HorseshoeLogisticRegression(Target):
 
     def log_prob(self, theta):
         return self.prior_log_prob(theta) + self.log_likelihood(theta)
+
+
+def scale_mixture_hierarchy(p: int, global_scales: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The two per-coefficient couplings of a non-centred scale mixture over ``(z_1..z_p, log lambda_1..log
+    lambda_p, ...)``: ``z_j`` given ``(log lambda_j, *global_scales)`` (how far to centre ``beta_j``), then ``log
+    lambda_j`` given ``(z_j, *global_scales)`` (a relevant coefficient's local scale follows its size)."""
+    z, log_lam = torch.arange(p), torch.arange(p, 2 * p)
+    g = torch.tensor(global_scales, dtype=torch.long).expand(p, len(global_scales))
+    return [(z, torch.cat([log_lam[:, None], g], 1)), (log_lam, torch.cat([z[:, None], g], 1))]
 
 
 def standardize(X: np.ndarray) -> np.ndarray:

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Target
-from .horseshoe import logistic_data, nci60_design, synthetic_design
+from .horseshoe import logistic_data, nci60_design, scale_mixture_hierarchy, synthetic_design
 
 
 def _student_t_const(df: float, scale: float) -> float:
@@ -130,6 +130,11 @@ class RegularizedHorseshoeLogisticRegression(Target):
         _, log_lam, log_tau, _, log_c2 = self.split(theta)
         a = log_lam + log_tau[:, None]
         return a - 0.5 * F.softplus(2 * a - log_c2[:, None])
+
+    def hierarchy(self):
+        """``(children, parents)`` index pairs for :class:`flowvi.transforms.HierarchicalAffine`: ``z_j`` given
+        ``(log lambda_j, log tau, log c^2)``, then ``log lambda_j`` given ``(z_j, log tau, log c^2)``."""
+        return scale_mixture_hierarchy(self.p, [2 * self.p, 2 * self.p + 2])
 
     def coefficients(self, theta):
         """The regression coefficients ``beta_j = z_j * tau * lambda_tilde_j``, shape (batch, p)."""

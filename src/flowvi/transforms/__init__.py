@@ -4,6 +4,7 @@ from .base import Compose, PathGradientUnsupported, Transform, sum_except_batch
 from .clamps import CLAMPS, AsymmetricClamp, NoClamp, SymmetricClamp, make_clamp
 from .coupling import AffineCoupling, mlp
 from .elementwise import ElementwiseAffine
+from .hierarchical import HierarchicalAffine
 from .loft import LOFT
 from .permutation import Permutation
 from .spline import ElementwiseSpline
@@ -16,6 +17,7 @@ __all__ = [
     "Compose",
     "ElementwiseAffine",
     "ElementwiseSpline",
+    "HierarchicalAffine",
     "NoClamp",
     "PathGradientUnsupported",
     "Permutation",

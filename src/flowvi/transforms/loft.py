@@ -15,6 +15,13 @@ import torch
 from .base import Transform, sum_except_batch
 
 
+def loft(z, tau: float):
+    """``g(z)`` elementwise (the module docstring's formula). The identity branch is ``z`` itself, so autograd
+    gives slope 1 at ``z = 0`` too (``sign(z) * |z|`` would give 0 there); relu keeps the other branch finite."""
+    excess = torch.relu(z.abs() - tau)
+    return torch.where(z.abs() <= tau, z, torch.sign(z) * (tau + torch.log1p(excess)))
+
+
 class LOFT(Transform):
     def __init__(self, tau: float = 100.0):
         super().__init__()
@@ -23,9 +30,7 @@ class LOFT(Transform):
         self.tau = float(tau)
 
     def forward(self, z):
-        excess = torch.relu(z.abs() - self.tau)  # relu: slope 0 at the kink, so autograd agrees with logdet
-        x = torch.sign(z) * (torch.clamp(z.abs(), max=self.tau) + torch.log1p(excess))
-        return x, -sum_except_batch(torch.log1p(excess))
+        return loft(z, self.tau), -sum_except_batch(torch.log1p(torch.relu(z.abs() - self.tau)))
 
     def inverse(self, x):
         excess = torch.clamp(x.abs() - self.tau, min=0.0)
