@@ -122,6 +122,20 @@ def test_cli_study_writes_table(tmp_path, capsys):
     assert sum(1 for _ in csv.DictReader(open(out / "table.csv"))) == len(ESTIMATORS)
 
 
+def test_cli_study_hierarchical_axis(tmp_path):
+    out = tmp_path / "study"
+    argv = ["study", "stability", "funnel", "--dim", "4", "--clamps", "asymmetric", "--loft", "on", "--bases",
+            "gaussian", "--estimators", "reparam", "--hierarchical", "off,on", "--seeds", "1", "--steps", "10",
+            "--batch-size", "16", "--layers", "2", "--hidden", "8", "--eval-samples", "200", "--device", "cpu",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["config"], r["hierarchical"]) for r in runs] == [
+        ("asymmetric/loft/gaussian/reparam", "False"),
+        ("asymmetric/loft/gaussian/reparam/hierarchical", "True"),
+    ]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -130,6 +144,8 @@ def test_cli_study_writes_table(tmp_path, capsys):
         (["--loft", "maybe"], "unknown loft maybe"),
         (["--seeds", "0"], "--seeds must be positive"),
         (["--reference", "/nonexistent/run"], "no samples.npy"),
+        (["--hierarchical", "maybe"], "unknown hierarchical maybe"),
+        (["--hierarchical", "on"], "'gaussian' declares no hierarchy"),
     ],
 )
 def test_cli_study_errors(extra, message, tmp_path, capsys):

@@ -52,14 +52,19 @@ def build(config: dict):
     make_flow = getattr(target, "default_flow", None)
     options = dict(config.get("flow", {}))
     if options.pop("hierarchical", False):
-        if make_flow or not hasattr(target, "hierarchy"):
-            raise ValueError(
-                f"target {config['target']['name']!r} declares no hierarchy, so --hierarchical cannot be used "
-                "(targets with one: horseshoe_*, regularized_horseshoe_*, funnel)"
-            )
-        options["hierarchy"] = target.hierarchy()
+        options["hierarchy"] = hierarchy_of(target, config["target"]["name"])
     flow = make_flow(**options) if make_flow else realnvp(target.dim, **options)
     return flow.to(device, dtype), target.to(device, dtype)
+
+
+def hierarchy_of(target, name: str) -> list:
+    """``target.hierarchy()`` for a Real NVP's hierarchical couplings, or a ValueError that names the target."""
+    if hasattr(target, "default_flow") or not hasattr(target, "hierarchy"):
+        raise ValueError(
+            f"target {name!r} declares no hierarchy, so --hierarchical cannot be used "
+            "(targets with one: horseshoe_*, regularized_horseshoe_*, funnel)"
+        )
+    return target.hierarchy()
 
 
 def read_config(run_dir) -> dict:

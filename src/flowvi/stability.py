@@ -37,16 +37,20 @@ CLAMP_CHOICES = ("none", "symmetric", "asymmetric")
 BASE_CHOICES = ("gaussian", "student_t")
 
 
-def config_name(clamp: str, loft: bool, base: str, estimator: str, spline: bool = False) -> str:
-    return f"{clamp}/{'loft' if loft else 'no-loft'}/{base}/{estimator}" + ("/spline" if spline else "")
+def config_name(
+    clamp: str, loft: bool, base: str, estimator: str, spline: bool = False, hierarchical: bool = False
+) -> str:
+    name = f"{clamp}/{'loft' if loft else 'no-loft'}/{base}/{estimator}"
+    return name + ("/spline" if spline else "") + ("/hierarchical" if hierarchical else "")
 
 
-def grid(clamps, lofts, bases, estimators, splines=(False,)) -> list[dict]:
+def grid(clamps, lofts, bases, estimators, splines=(False,), hierarchicals=(False,)) -> list[dict]:
     """All combinations, as dicts with keys clamp, loft, base, estimator, spline (an elementwise spline layer
-    after the couplings, :class:`flowvi.transforms.ElementwiseSpline`)."""
+    after the couplings, :class:`flowvi.transforms.ElementwiseSpline`) and hierarchical (the target's hierarchical
+    couplings, :class:`flowvi.transforms.HierarchicalAffine`)."""
     return [
-        {"clamp": c, "loft": bool(lo), "base": b, "estimator": e, "spline": bool(sp)}
-        for sp, c, lo, b, e in itertools.product(splines, clamps, lofts, bases, estimators)
+        {"clamp": c, "loft": bool(lo), "base": b, "estimator": e, "spline": bool(sp), "hierarchical": bool(h)}
+        for h, sp, c, lo, b, e in itertools.product(hierarchicals, splines, clamps, lofts, bases, estimators)
     ]
 
 
@@ -120,6 +124,7 @@ def run_one(
             "loft": setting["loft"],
             "base": setting["base"],
             "spline": setting.get("spline", False),
+            "hierarchical": setting.get("hierarchical", False),
             "seed": seed,
         },
         "train": asdict(TrainConfig(**{**asdict(train), "estimator": setting["estimator"]})),
@@ -462,6 +467,7 @@ def write_study_tables(rows: list[dict], out: Path, target_spec: dict, seeds, ze
         "base",
         "estimator",
         "spline",
+        "hierarchical",
         "seed",
         "diverged",
         "unsupported",

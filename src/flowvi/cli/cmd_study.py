@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 from ..estimators import ESTIMATORS
+from ..runs import hierarchy_of
 from ..stability import BASE_CHOICES, CLAMP_CHOICES, grid, run_study, score_against_reference
+from ..targets import make_target
 from ..train import TrainConfig
 from .common import add_device_options, parse_params
 
@@ -46,6 +48,11 @@ def register(sub):
         default="off",
         help="comma list of off, on: an elementwise spline after the couplings (lets marginals change shape)",
     )
+    g.add_argument(
+        "--hierarchical",
+        default="off",
+        help="comma list of off, on: the target's hierarchical couplings (flowvi fit --hierarchical)",
+    )
     g.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per configuration")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=2000)
@@ -74,8 +81,10 @@ def settings_from_args(args) -> list[dict]:
     clamps, bases = comma_list(args.clamps), comma_list(args.bases)
     estimators = comma_list(args.estimators) if args.estimators else list(ESTIMATORS)
     lofts, splines = comma_list(args.loft), comma_list(args.spline)
+    hierarchicals = comma_list(getattr(args, "hierarchical", "off"))
     for name, values, allowed in (
         ("spline", splines, ("on", "off")),
+        ("hierarchical", hierarchicals, ("on", "off")),
         ("clamp", clamps, CLAMP_CHOICES),
         ("base", bases, BASE_CHOICES),
         ("estimator", estimators, tuple(ESTIMATORS)),
@@ -84,7 +93,10 @@ def settings_from_args(args) -> list[dict]:
         bad = [v for v in values if v not in allowed]
         if bad or not values:
             raise ValueError(f"unknown {name} {', '.join(bad) or '(empty list)'}; choose from {', '.join(allowed)}")
-    return grid(clamps, [v == "on" for v in lofts], bases, estimators, [v == "on" for v in splines])
+    on = {"on": True, "off": False}
+    return grid(
+        clamps, [on[v] for v in lofts], bases, estimators, [on[v] for v in splines], [on[v] for v in hierarchicals]
+    )
 
 
 def run(args):
@@ -99,6 +111,8 @@ def run(args):
     params = parse_params(args.param)
     if args.dim is not None:
         params["dim"] = args.dim
+    if any(s["hierarchical"] for s in settings):
+        hierarchy_of(make_target(args.target, **params), args.target)  # fail before any run, not in each
     out = Path(args.out or f"runs/study-{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     flow_options = {
         "layers": args.layers,
