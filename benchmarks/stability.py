@@ -149,7 +149,7 @@ def run_flows(args, s, spec, device, study_dir, reference, part):
     )
     fit(flow, target, steps=10, batch_size=s["batch_size"], progress=False)
     sync(device)
-    settings = grid(["asymmetric", "none"], [True, False], [args.base], ["reparam"], [args.spline])
+    settings = grid(["asymmetric", "none"], [True, False], [args.base], ["reparam"], [args.spline], [args.hierarchical])
     settings = [c for c in settings if (c["clamp"] == "asymmetric") == c["loft"]]  # stabilized vs unstabilized
     if part != "all":
         settings = [c for c in settings if (c["clamp"] == "asymmetric") == (part == "stabilized")]
@@ -279,7 +279,8 @@ def smc_sd_at(smc: dict, seconds: float) -> float:
 
 
 def goal_prefix(summary: dict, kind: str) -> str:
-    return kind + ("_spline" if summary["config"].endswith("/spline") else "")
+    parts = summary["config"].split("/")
+    return kind + ("_spline" if "spline" in parts else "") + ("_hierarchical" if "hierarchical" in parts else "")
 
 
 def report(result) -> None:
@@ -378,6 +379,9 @@ def main(argv=None):
     ap.add_argument("--base", default="gaussian", choices=["gaussian", "student_t"], help="base of both flows")
     ap.add_argument("--spline", action="store_true", help="an elementwise spline after the couplings, in both flows")
     ap.add_argument(
+        "--hierarchical", action="store_true", help="the target's hierarchical couplings (flowvi fit --hierarchical)"
+    )
+    ap.add_argument(
         "--permute",
         default="alternate",
         choices=["alternate", "random"],
@@ -418,6 +422,7 @@ def main(argv=None):
             **s,
             "base": args.base,
             "spline": args.spline,
+            "hierarchical": args.hierarchical,
             "permute": args.permute,
             "lr": args.lr,
             "clip": args.clip,
