@@ -8,7 +8,7 @@ import torch
 from flowvi import realnvp
 from flowvi.distributions import make_base
 from flowvi.flow import Flow
-from flowvi.runs import build
+from flowvi.runs import build, load_run
 from flowvi.targets import make_target
 from flowvi.train import TrainConfig, fit
 from flowvi.transforms import ElementwiseAffine, HierarchicalAffine
@@ -103,7 +103,6 @@ def test_realnvp_places_one_layer_per_pair_before_loft():
 def test_cli_fit_hierarchical_and_reload(tmp_path):
     """``flowvi fit --hierarchical`` records the option, and the run reloads into the same flow."""
     from flowvi.cli import main
-    from flowvi.runs import load_run
 
     out = tmp_path / "run"
     argv = ["fit", "funnel", "--dim", "5", "--steps", "20", "--batch-size", "32", "--layers", "2", "--hidden", "16",
@@ -127,3 +126,32 @@ def test_funnel_benchmark_quick_mode(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["flow"] for r in rows] == ["Real NVP", "Real NVP + hierarchical"]
     assert all(math.isfinite(r["elbo"]) and r["elbo"] <= r["log_z"] + 3 * r["log_z_se"] for r in rows)
+
+
+def test_target_file_declares_its_hierarchy(tmp_path):
+    """A target file's function with a ``hierarchy`` attribute gets the layer from ``flowvi fit --hierarchical``."""
+    from flowvi.cli import main
+
+    path = tmp_path / "model.py"
+    path.write_text(
+        "import torch\n\n"
+        "def log_p(x):\n"
+        "    v, rest = x[:, 0], x[:, 1:]\n"
+        "    return -v**2 / 18 - 0.5 * (rest**2).sum(-1) * torch.exp(-v) - 0.5 * rest.shape[1] * v\n\n"
+        "log_p.hierarchy = [(range(1, 4), [[0]] * 3)]\n"
+        "def bad(x):\n    return -(x**2).sum(-1)\n\n"
+        "bad.hierarchy = 'v scales the rest'\n"
+    )
+    out = tmp_path / "run"
+    argv = ["fit", f"{path}:log_p", "--dim", "4", "--steps", "5", "--layers", "2", "--hidden", "8",
+            "--eval-samples", "200", "--n-samples", "10", "--quiet", "--hierarchical", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    flow, _, _ = load_run(out)
+    (layer,) = [t for t in flow.transform if isinstance(t, HierarchicalAffine)]
+    assert layer.child_index.tolist() == [1, 2, 3] and layer.parent_index.tolist() == [[0], [0], [0]]
+    with pytest.raises(ValueError, match="hierarchy must be a list"):
+        make_target(f"{path}:bad", dim=4)
+    no_hierarchy = {"target": {"name": f"{path}:bad", "params": {"dim": 4}}, "flow": {"hierarchical": True}}
+    path.write_text(path.read_text().replace("bad.hierarchy = 'v scales the rest'\n", ""))
+    with pytest.raises(ValueError, match="declares no hierarchy"):
+        build(no_hierarchy)

@@ -59,12 +59,14 @@ def build(config: dict):
 
 def hierarchy_of(target, name: str) -> list:
     """``target.hierarchy()`` for a Real NVP's hierarchical couplings, or a ValueError that names the target."""
-    if hasattr(target, "default_flow") or not hasattr(target, "hierarchy"):
+    declared = getattr(target, "hierarchy", None)
+    pairs = declared() if callable(declared) and not hasattr(target, "default_flow") else None
+    if not pairs:
         raise ValueError(
-            f"target {name!r} declares no hierarchy, so --hierarchical cannot be used "
-            "(targets with one: horseshoe_*, regularized_horseshoe_*, funnel)"
+            f"target {name!r} declares no hierarchy, so --hierarchical cannot be used (targets with one: "
+            "horseshoe_*, regularized_horseshoe_*, funnel, and target files whose function has a hierarchy attribute)"
         )
-    return target.hierarchy()
+    return pairs
 
 
 def read_config(run_dir) -> dict:

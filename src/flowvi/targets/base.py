@@ -50,6 +50,19 @@ class CallableTarget(Target):
             raise TargetError(f"--dim must be a positive integer, got {dim}")
         self.fn, self.event_shape, self.log_evidence = fn, (int(dim),), log_evidence
         self.name = name or getattr(fn, "__name__", "callable")
+        pairs = getattr(fn, "hierarchy", None)
+        if pairs is not None and not (
+            isinstance(pairs, (list, tuple)) and all(isinstance(q, (list, tuple)) and len(q) == 2 for q in pairs)
+        ):
+            raise TargetError(
+                f"{self.name}.hierarchy must be a list of (children, parents) index pairs, got {type(pairs).__name__}"
+            )
+        self._hierarchy = pairs
+
+    def hierarchy(self):
+        """The function's ``hierarchy`` attribute, ``[(children, parents), ...]`` for
+        :class:`flowvi.transforms.HierarchicalAffine` (``flowvi fit --hierarchical``), or None."""
+        return self._hierarchy
 
     def log_prob(self, x):
         return self.fn(x)
