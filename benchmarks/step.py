@@ -9,7 +9,8 @@ asymmetric soft clamp; normflows: ``AffineCouplingBlock`` with alternating chann
 ``flows.RealNVP``).
 
 Reported per run: median ms/step over the timed steps (CUDA events around each step, after warm-up
-steps that also absorb compilation and CUDA-graph capture), peak device memory, achieved matmul
+steps that also absorb compilation and CUDA-graph capture), peak device memory (over all steps, and "steady": over
+the timed steps only, without the first compilation's transients), achieved matmul
 FLOP/s (3 x the forward matmul FLOPs per step) against the device's measured peak, and for flowvi
 the ratio to the faster peer at the same matmul precision and the agreement of its losses and
 parameters with flowvi's plain float32 step (same seed, same samples).
@@ -110,9 +111,10 @@ def sync(device):
 
 
 def time_steps(step, device, warmup, steps, base=0):
-    """(median ms, all ms, warm-up seconds, peak bytes) of ``step()`` calls. The peak counts the bytes
-    allocated above ``base`` (the allocation before the model was built), so that what earlier runs of
-    the same process left behind (compiled graphs' memory pools) is not charged to this one."""
+    """(median ms, all ms, warm-up seconds, peak bytes, steady peak bytes) of ``step()`` calls. The peaks count
+    the bytes allocated above ``base`` (the allocation before the model was built), so that what earlier runs
+    of the same process left behind (compiled graphs' memory pools) is not charged to this one: the first over
+    warm-up and timed steps (with the first compilation's transients), the steady one over the timed steps."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -123,6 +125,9 @@ def time_steps(step, device, warmup, steps, base=0):
         step()
     sync(device)
     warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        warm_peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(steps):
         if device.type == "cuda":
@@ -136,8 +141,10 @@ def time_steps(step, device, warmup, steps, base=0):
             t = time.perf_counter()
             step()
             times.append(1e3 * (time.perf_counter() - t))
-    peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
-    return statistics.median(times), times, warm_s, peak
+    if device.type != "cuda":
+        return statistics.median(times), times, warm_s, None, None
+    steady = torch.cuda.max_memory_allocated(device)
+    return statistics.median(times), times, warm_s, max(warm_peak, steady) - base, steady - base
 
 
 # ------------------------------------------------------------------------------------ peers
@@ -238,13 +245,14 @@ def flowvi_run(d, batch, layers, hidden, device, estimator, variant, warmup, ste
     torch.manual_seed(1)
     with warnings.catch_warnings(record=True) as caught, matmul_precision(options.tf32):
         warnings.simplefilter("always")
-        med, times, warm_s, peak = (timer or time_steps)(step, device, warmup, steps, base)
+        med, times, warm_s, peak, steady = (timer or time_steps)(step, device, warmup, steps, base)
     notes = sorted({str(w.message).splitlines()[0][:200] for w in caught if issubclass(w.category, RuntimeWarning)})
     return {
         "ms": med,
         "ms_all": times,
         "warmup_s": warm_s,
         "peak_bytes": peak,
+        "steady_peak_bytes": steady,
         "losses": [float(v) for v in losses],
         "grad": first_grad[0],
         "graph_used": bool(getattr(step_fn, "graph", None) is not None),
@@ -290,7 +298,7 @@ def profile_step(d, batch, layers, hidden, device, variant="compile", steps=5):
         found["by_category_ms"] = by_cat
         top = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:12]
         found["top_kernels"] = [(t, n / steps, name[:100]) for name, (t, n) in top]
-        return float("nan"), [], 0.0, None
+        return float("nan"), [], 0.0, None, None
 
     flowvi_run(d, batch, layers, hidden, device, "reparam", variant, 3, steps, timer=timer)
     return found["by_category_ms"], found["top_kernels"]
@@ -430,7 +438,7 @@ def main(argv=None):
                 base = allocated(device)
                 with matmul_precision(tf32):
                     step = PEERS[peer](d, batch, layers, hidden, device)
-                    med, times, warm_s, pk = time_steps(step, device, warmup, steps, base)
+                    med, times, warm_s, pk, steady = time_steps(step, device, warmup, steps, base)
                 results[key] = {
                     "lib": peer,
                     "estimator": "reparam",
@@ -438,6 +446,7 @@ def main(argv=None):
                     "ms": med,
                     "ms_all": times,
                     "peak_bytes": pk,
+                    "steady_peak_bytes": steady,
                     "precision": "tf32" if tf32 else "fp32",
                 }
                 del step
@@ -485,6 +494,11 @@ def main(argv=None):
                 r["memory_ratio_to_lower_peer"] = (
                     r["peak_bytes"] / min(peer_mem) if peer_mem and r["peak_bytes"] else None
                 )
+                peer_steady = [v["steady_peak_bytes"] for v in results.values() if v["lib"] in peers]
+                peer_steady = [b for b in peer_steady if b]
+                r["steady_memory_ratio_to_lower_peer"] = (
+                    r["steady_peak_bytes"] / min(peer_steady) if peer_steady and r.get("steady_peak_bytes") else None
+                )
         rows.append(
             {
                 "config": {"d": d, "batch": batch, "layers": layers, "hidden": hidden},
@@ -518,7 +532,7 @@ def _mb(b):
 def print_table(cfg_name, results):
     print(f"\n## {cfg_name}")
     print(
-        f"{'run':28s} {'prec':5s} {'ms/step':>8s} {'peak MiB':>8s} {'TFLOP/s':>8s} {'%peak':>6s} {'x peer':>7s} {'loss err':>9s} {'grad rel':>8s}"
+        f"{'run':28s} {'prec':5s} {'ms/step':>8s} {'peak MiB':>8s} {'steady':>8s} {'TFLOP/s':>8s} {'%peak':>6s} {'x peer':>7s} {'loss err':>9s} {'grad rel':>8s}"
     )
     for key, r in results.items():
         if "error" in r:
@@ -529,7 +543,8 @@ def print_table(cfg_name, results):
         lrel = f"{r['loss_err_per_dim']:9.1e}" if "loss_err_per_dim" in r else "        -"
         urel = f"{r['grad_rel']:8.1e}" if "grad_rel" in r else "       -"
         print(
-            f"{key:28s} {r['precision']:5s} {r['ms']:8.3f} {_mb(r['peak_bytes'])} {r['tflops']:8.2f} {frac} {ratio} {lrel} {urel}"
+            f"{key:28s} {r['precision']:5s} {r['ms']:8.3f} {_mb(r['peak_bytes'])} {_mb(r.get('steady_peak_bytes'))} "
+            f"{r['tflops']:8.2f} {frac} {ratio} {lrel} {urel}"
         )
 
 
@@ -540,12 +555,11 @@ def print_summary(rows):
         parts = []
         for key, r in row["results"].items():
             if key.startswith("flowvi/reparam/") and r.get("ratio_to_faster_peer"):
-                mem = r.get("memory_ratio_to_lower_peer")
-                parts.append(
-                    f"{r['variant']} {r['ms']:.2f} ms x{r['ratio_to_faster_peer']:.3f} mem x{mem:.2f}"
-                    if mem
-                    else f"{r['variant']} {r['ms']:.2f} ms x{r['ratio_to_faster_peer']:.3f}"
-                )
+                mem, steady = r.get("memory_ratio_to_lower_peer"), r.get("steady_memory_ratio_to_lower_peer")
+                text = f"{r['variant']} {r['ms']:.2f} ms x{r['ratio_to_faster_peer']:.3f}"
+                text += f" mem x{mem:.2f}" if mem else ""
+                text += f" (steady x{steady:.2f})" if steady else ""
+                parts.append(text)
         print(f"d={c['d']} B={c['batch']} L={c['layers']} h={c['hidden']}: " + "; ".join(parts))
 
 
