@@ -475,7 +475,10 @@ def main(argv=None):
                     "estimator": est,
                     "variant": variant,
                     "precision": precision_of(variant, device),
-                    **{k: run[k] for k in ("ms", "ms_all", "warmup_s", "peak_bytes", "graph_used", "notes")},
+                    **{
+                        k: run[k]
+                        for k in ("ms", "ms_all", "warmup_s", "peak_bytes", "steady_peak_bytes", "graph_used", "notes")
+                    },
                     **agree,
                 }
         for r in results.values():
