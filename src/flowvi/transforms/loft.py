@@ -15,11 +15,17 @@ import torch
 from .base import Transform, sum_except_batch
 
 
+def _loft(z, tau: float):
+    """``(g(z), log(1 + max(|z| - tau, 0)))`` elementwise (the second is ``-log g'(z)``). The identity branch is
+    ``z`` itself, so autograd gives slope 1 at ``z = 0`` too (``sign(z) * |z|`` would give 0 there); relu keeps
+    the other branch finite."""
+    log_excess = torch.log1p(torch.relu(z.abs() - tau))
+    return torch.where(z.abs() <= tau, z, torch.sign(z) * (tau + log_excess)), log_excess
+
+
 def loft(z, tau: float):
-    """``g(z)`` elementwise (the module docstring's formula). The identity branch is ``z`` itself, so autograd
-    gives slope 1 at ``z = 0`` too (``sign(z) * |z|`` would give 0 there); relu keeps the other branch finite."""
-    excess = torch.relu(z.abs() - tau)
-    return torch.where(z.abs() <= tau, z, torch.sign(z) * (tau + torch.log1p(excess)))
+    """``g(z)`` elementwise (the module docstring's formula)."""
+    return _loft(z, tau)[0]
 
 
 class LOFT(Transform):
@@ -30,7 +36,8 @@ class LOFT(Transform):
         self.tau = float(tau)
 
     def forward(self, z):
-        return loft(z, self.tau), -sum_except_batch(torch.log1p(torch.relu(z.abs() - self.tau)))
+        x, log_excess = _loft(z, self.tau)
+        return x, -sum_except_batch(log_excess)
 
     def inverse(self, x):
         excess = torch.clamp(x.abs() - self.tau, min=0.0)
