@@ -89,6 +89,7 @@ def run(
     layers: int = 4,
     hidden: int = 64,
     spline: bool = False,
+    hierarchical: bool = False,
     batch_size: int = 256,
     lr: float = 1e-3,
     buffer_size: int = 20_000,
@@ -110,7 +111,8 @@ def run(
     print(f"reference HMC: {ref_row['seconds']:.0f} s", flush=True)
 
     torch.manual_seed(seed)  # the flow's initial parameters
-    flow = realnvp(target.dim, layers=layers, hidden=hidden, spline=spline).to(device)  # float32
+    hierarchy = target.hierarchy() if hierarchical else None
+    flow = realnvp(target.dim, layers=layers, hidden=hidden, spline=spline, hierarchy=hierarchy).to(device)  # float32
     r = flowmc(
         target_dev,
         flow,
@@ -204,7 +206,13 @@ def run(
             "thin": thin,
             "max_leapfrog": max_leapfrog,
             "target_accept": target_accept,
-            "flow": {"layers": layers, "hidden": hidden, "spline": spline, "dtype": "float32"},
+            "flow": {
+                "layers": layers,
+                "hidden": hidden,
+                "spline": spline,
+                "hierarchical": hierarchical,
+                "dtype": "float32",
+            },
             "batch_size": batch_size,
             "lr": lr,
             "buffer_size": buffer_size,
@@ -275,6 +283,7 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=4, help="Real NVP coupling layers (8 x 256 overfits the buffer)")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--spline", action="store_true", help="elementwise spline after the couplings")
+    ap.add_argument("--hierarchical", action="store_true", help="the target's hierarchical couplings in the flow")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--buffer-size", type=int, default=20_000)
@@ -306,6 +315,7 @@ def main(argv=None):
         layers=args.layers,
         hidden=args.hidden,
         spline=args.spline,
+        hierarchical=args.hierarchical,
         batch_size=args.batch_size,
         lr=args.lr,
         buffer_size=args.buffer_size,
