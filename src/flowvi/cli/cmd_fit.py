@@ -81,6 +81,8 @@ def register(sub):
         action="store_true",
         help="a monotone spline per coordinate after the couplings (marginals can change shape)",
     )
+    g.add_argument("--spline-bins", type=int, default=8)
+    g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
     g.add_argument(
         "--hierarchical",
         action="store_true",
@@ -88,8 +90,6 @@ def register(sub):
         "(learned partial non-centring; horseshoe, regularized horseshoe and funnel targets)",
     )
     g.add_argument("--hierarchy-hidden", type=int, default=8, help="each child's own network width (0: linear)")
-    g.add_argument("--spline-bins", type=int, default=8)
-    g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
     g = p.add_argument_group("warm start (pre-training on a sampler's draws, then reverse KL)")
     g.add_argument(
         "--init-draws",
