@@ -102,9 +102,9 @@ def _worker(rank, world, port, device_type, job, queue):
     except Exception as e:  # noqa: BLE001  (report the failure as a result row)
         if rank == 0:
             queue.put({"error": f"{type(e).__name__}: {e}"[:400]})
+        dist.shutdown()
         raise
-    finally:
-        td.destroy_process_group()
+    dist.leave()
 
 
 def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, steps, bucket_mb):

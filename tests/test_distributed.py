@@ -19,11 +19,14 @@ def _worker(rank, world, tmp, fn):
     # a file rendezvous: no port that another process could take between choosing and binding it
     init = Path(tmp) / "rendezvous"
     torch.distributed.init_process_group("gloo", init_method=init.as_uri(), rank=rank, world_size=world)
+    from flowvi import distributed as dist
+
     try:
         fn(rank, world, Path(tmp))
-        torch.distributed.barrier()
-    finally:
-        torch.distributed.destroy_process_group()
+    except BaseException:
+        dist.shutdown()
+        raise
+    dist.leave()
 
 
 def _spawn(fn, tmp_path, world=2):

@@ -14,6 +14,7 @@ identity.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import torch.distributed as td
@@ -54,8 +55,30 @@ def init_from_env(device: str | None = "auto") -> str:
 
 
 def shutdown() -> None:
+    """Destroy the process group (also on an error path, where the ranks cannot meet first).
+
+    The GIL is then released for a moment: a Gloo worker thread that frees a finished collective's
+    tensor after Python has dropped it needs the GIL for that, and a thread that asks for it once the
+    interpreter is finalizing is killed inside a C++ destructor, which aborts the process ("terminate
+    called without an active exception"; the Gloo backend keeps its threads past
+    ``destroy_process_group``, see pytorch/pytorch#179291)."""
     if is_initialized():
         td.destroy_process_group()
+        time.sleep(0.05)
+
+
+def leave() -> None:
+    """The normal end of a distributed run: wait for every rank, then :func:`shutdown`.
+
+    The ranks meet with an all-reduce of a tensor that stays referenced here until the group is gone,
+    not with ``td.barrier()``: Gloo's barrier holds every earlier collective still in flight, and the
+    thread that frees it at exit may have to free their tensors too (see :func:`shutdown`)."""
+    if not is_initialized():
+        return
+    flag = torch.ones(1, device="cuda" if td.get_backend() == "nccl" else "cpu")
+    td.all_reduce(flag)
+    shutdown()
+    del flag
 
 
 def barrier() -> None:

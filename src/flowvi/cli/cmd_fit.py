@@ -206,10 +206,11 @@ def run(args):
         args.device = dist.init_from_env(args.device)
         try:
             rc = _run(args)
-            dist.barrier()  # leave together: a rank that exits while another still talks can abort
-            return rc
-        finally:
+        except BaseException:
             dist.shutdown()
+            raise
+        dist.leave()  # leave together: a rank that exits while another still talks can abort
+        return rc
     return _run(args)
 
 
