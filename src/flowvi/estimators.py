@@ -168,9 +168,21 @@ ESTIMATORS = {
 }
 
 
-def get_estimator(name: str):
+#: every name :func:`get_estimator` knows: the reverse-KL estimators above, and ``fab`` (:class:`flowvi.fab.FAB`,
+#: the alpha = 2 divergence by annealed importance sampling; a new object per call, as it adapts step sizes).
+ESTIMATOR_NAMES = (*ESTIMATORS, "fab")
+
+
+def get_estimator(name: str, **options):
+    """The estimator called ``name``; ``options`` go to a stateful estimator's constructor (``fab``)."""
+    if name == "fab":
+        from .fab import FAB
+
+        return FAB(**options)
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+        raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATOR_NAMES)}")
+    if options:
+        raise ValueError(f"the {name!r} estimator takes no options, got {sorted(options)}")
     return ESTIMATORS[name]
 
 
@@ -226,6 +238,7 @@ def get_forward_estimator(name: str):
 
 __all__ = [
     "ESTIMATORS",
+    "ESTIMATOR_NAMES",
     "FORWARD_ESTIMATORS",
     "REINFORCE_BASELINES",
     "Estimate",

@@ -73,14 +73,15 @@ def _flag(value, name: str) -> bool | str:
     raise ValueError(f"unknown {name} option {value!r}; choose true, false or auto")
 
 
-def resolve_options(cfg, device: torch.device, distributed: bool = False) -> StepOptions:
+def resolve_options(cfg, device: torch.device, distributed: bool = False, eager_only: bool = False) -> StepOptions:
     """Decide the fast-path switches for a :class:`~flowvi.train.TrainConfig` on ``device``.
 
     ``auto`` means: on a CUDA device, CUDA graphs, and compile for runs of at least
     ``COMPILE_MIN_STEPS`` steps (compiling takes tens of seconds); neither on the CPU; CUDA graphs not with fp16 (the loss scaler decides on the host) nor under
     torch.distributed (turn them on explicitly there). TF32 is used on CUDA unless ``tf32=False``.
     ``overlap`` (compile layer by layer) applies to a compiled step; ``auto`` turns it on for CUDA
-    devices under torch.distributed.
+    devices under torch.distributed. ``eager_only`` (an estimator such as FAB, whose step has data-dependent
+    control flow) turns ``auto`` compile and CUDA graphs off, and refuses them, and 16-bit precision, when asked.
     """
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -95,6 +96,13 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False) -> Ste
         raise ValueError("cuda_graph=True needs the flow on a CUDA device")
     if graph is True and cfg.precision == "fp16":
         raise ValueError("cuda_graph=True does not combine with precision='fp16' (use bf16)")
+    if eager_only:
+        asked = [name for name, v in (("compile", comp), ("cuda_graph", graph)) if v is True]
+        if cfg.precision != "fp32":
+            asked.append(f"precision={cfg.precision!r}")
+        if asked:
+            raise ValueError(f"the {cfg.estimator!r} estimator runs eagerly in float32; drop {', '.join(asked)}")
+        comp = graph = False
     if comp == "auto":
         comp = cuda and cfg.steps >= COMPILE_MIN_STEPS
     if graph == "auto":

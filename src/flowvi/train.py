@@ -32,7 +32,9 @@ class TrainConfig:
     warmup: int = 0
     weight_decay: float = 0.0
     clip: float | None = 10.0  # gradient-norm clipping; None turns it off
-    estimator: str = "reparam"
+    estimator: str = "reparam"  # a name in flowvi.estimators.ESTIMATOR_NAMES
+    fab_stages: int = 8  # estimator="fab": AIS stages (flowvi.fab.FAB)
+    fab_leapfrog: int = 3  # estimator="fab": leapfrog steps per HMC transition
     checkpoint_every: int = 200
     log_every: int = 10
     max_skip_fraction: float = 0.5  # stop when more than this fraction of steps were skipped...
@@ -108,14 +110,15 @@ def fit(
     ``callback(state, metrics)`` is called at every logged step.
     """
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
-    estimator = get_estimator(cfg.estimator)
+    fab = {"stages": cfg.fab_stages, "leapfrog": cfg.fab_leapfrog} if cfg.estimator == "fab" else {}
+    estimator = get_estimator(cfg.estimator, **fab)
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the flow has no trainable parameters")
     device = params[0].device
     world, rank = dist.world_size(), dist.rank()
     main = rank == 0
-    options = resolve_options(cfg, device, distributed=world > 1)
+    options = resolve_options(cfg, device, distributed=world > 1, eager_only=getattr(estimator, "eager_only", False))
     optimizer = make_optimizer(params, cfg, options)
     scheduler = make_scheduler(optimizer, cfg)
     state = TrainState()
@@ -132,6 +135,8 @@ def fit(
         flow.load_state_dict(saved["flow"])
         load_optimizer_state(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if "estimator" in saved and hasattr(estimator, "load_state_dict"):
+            estimator.load_state_dict(saved["estimator"])
         state = TrainState(**saved["state"])
         rng = saved["rng"]
         if "rng_ranks" in saved:
@@ -176,6 +181,8 @@ def fit(
             payload["rng_ranks"] = rng_ranks
         if scaler is not None:
             payload["scaler"] = scaler.state_dict()
+        if hasattr(estimator, "state_dict"):
+            payload["estimator"] = estimator.state_dict()
         ckpt.save_atomic(payload, ckpt_path)
 
     bar = None
@@ -219,6 +226,7 @@ def fit(
                         "lr": float(scheduler.get_last_lr()[0]),
                         "skipped": state.skipped,
                         "time": time.perf_counter() - t0,
+                        **(getattr(estimator, "last", None) or {}),  # the estimator's own diagnostics (FAB: AIS)
                     }
                     state.history.append(m)
                     if metrics_path is not None:

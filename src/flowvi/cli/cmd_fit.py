@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import distributed as dist
 from ..distributed import COMM_DTYPES
-from ..estimators import ESTIMATORS, FORWARD_ESTIMATORS
+from ..estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from ..evaluate import evaluate
 from ..fastpath import PRECISIONS
 from ..pretrain import load_draws, pretrain_on_draws
@@ -43,7 +43,13 @@ def register(sub):
     g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
     g.add_argument("--warmup", type=int, default=0)
     g.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0 turns it off)")
-    g.add_argument("--estimator", default="reparam", help=f"gradient estimator: {', '.join(ESTIMATORS)}")
+    g.add_argument(
+        "--estimator",
+        default="reparam",
+        help=f"gradient estimator: {', '.join(ESTIMATOR_NAMES)} (fab: mass-covering, by AIS; see docs/high_dimensional.md)",
+    )
+    g.add_argument("--fab-stages", type=int, default=8, help="--estimator fab: annealing stages of the AIS")
+    g.add_argument("--fab-leapfrog", type=int, default=3, help="--estimator fab: leapfrog steps per HMC transition")
     g.add_argument("--checkpoint-every", type=int, default=200)
     g = p.add_argument_group("speed (docs/performance.md)")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision of the networks")
@@ -126,13 +132,14 @@ def config_from_args(args) -> dict:
         params["dim"] = args.dim
     if args.lattice is not None:
         params["L"] = args.lattice
-    if args.estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {args.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if args.estimator not in ESTIMATOR_NAMES:
+        raise ValueError(f"unknown estimator {args.estimator!r}; choose one of {', '.join(ESTIMATOR_NAMES)}")
     if args.clamp not in CLAMPS:
         raise ValueError(f"unknown clamp {args.clamp!r}; choose one of {', '.join(CLAMPS)}")
-    for name in ("steps", "batch_size", "layers", "hidden", "eval_samples", "init_steps", "init_batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("steps", "batch_size", "layers", "hidden", "eval_samples", "init_steps", "init_batch_size",
+                 "fab_stages", "fab_leapfrog"):  # fmt: skip
+        if getattr(args, name, None) is not None and getattr(args, name, None) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name, None)}")
     train = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -141,6 +148,8 @@ def config_from_args(args) -> dict:
         warmup=args.warmup,
         clip=args.clip or None,
         estimator=args.estimator,
+        fab_stages=getattr(args, "fab_stages", 8),
+        fab_leapfrog=getattr(args, "fab_leapfrog", 3),
         checkpoint_every=args.checkpoint_every,
         precision=getattr(args, "precision", "fp32"),
         compile=_tristate(getattr(args, "compile", "auto")),
@@ -225,6 +234,8 @@ def _run(args):
     out = Path(args.out or f"runs/{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:
         saved = read_config(out)
+        if "train" in saved:  # options added to TrainConfig since the run was written take their defaults
+            saved["train"] = asdict(TrainConfig(**saved["train"]))
         diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
         if diff:
             raise ValueError(

@@ -1,0 +1,155 @@
+"""FAB (flowvi.fab): AIS from q to p^2/q against closed forms, step-size adaptation, training that covers the
+target's mass, resume through checkpoints, and bad input."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowvi import fit, realnvp
+from flowvi.estimators import get_estimator
+from flowvi.fab import FAB
+from flowvi.targets import CallableTarget
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+MU, SIGMA = 0.5, 0.8  # p(x) = exp(-|x - MU|^2 / (2 SIGMA^2)), unnormalized, per coordinate
+
+
+def _gaussian_target(dim):
+    return CallableTarget(lambda x: -0.5 * ((x - MU) ** 2).sum(-1) / SIGMA**2, dim=dim)
+
+
+def test_ais_weights_estimate_the_alpha_2_integral_and_mean():
+    """With q = N(0, I), p^2/q ∝ N(m, 1/lam) per coordinate, lam = 2/SIGMA^2 - 1, m = (2 MU/SIGMA^2)/lam, and
+    E[w] = int p^2/q = [2 pi lam^(-1/2) exp((2 MU/SIGMA^2)^2/(2 lam) - MU^2/SIGMA^2)]^d (AIS is unbiased)."""
+    dim = 2
+    torch.manual_seed(0)
+    flow = realnvp(dim, layers=2, hidden=8)
+    x = torch.randn(5, dim)
+    torch.testing.assert_close(flow.log_prob(x), -0.5 * (x * x).sum(-1) - dim * 0.5 * math.log(2 * math.pi))
+    fab = FAB(stages=8, leapfrog=3, step_size=0.3)
+    target = _gaussian_target(dim)
+    for _ in range(3):  # adapt the step sizes
+        fab.ais(flow, target, 256)
+    xs, log_ws = [], []
+    for _ in range(2):
+        x, log_w, log_w0, accept = fab.ais(flow, target, 3000)
+        xs.append(x)
+        log_ws.append(log_w)
+        assert len(accept) == 8 and all(0.3 < a <= 1 for a in accept)
+    x, log_w = torch.cat(xs), torch.cat(log_ws)
+    lam = 2 / SIGMA**2 - 1
+    b = 2 * MU / SIGMA**2
+    exact_log_z = dim * (math.log(2 * math.pi) - 0.5 * math.log(lam) + b**2 / (2 * lam) - MU**2 / SIGMA**2)
+    log_z = float(torch.logsumexp(log_w, 0) - math.log(len(log_w)))
+    assert abs(log_z - exact_log_z) < 0.05
+    w = torch.softmax(log_w, 0)
+    mean = (w[:, None] * x).sum(0)
+    torch.testing.assert_close(mean, torch.full((dim,), b / lam), atol=0.04, rtol=0)
+    # with log p - log q = const the weights are equal, and log w0 is that constant
+    fab1 = FAB(stages=4, leapfrog=2)
+    same = CallableTarget(lambda x: -0.5 * (x * x).sum(-1) + 1.25, dim=dim)
+    _, log_w, log_w0, _ = fab1.ais(flow, same, 64)
+    torch.testing.assert_close(log_w, torch.full((64,), 2 * (1.25 + dim * 0.5 * math.log(2 * math.pi))))
+    torch.testing.assert_close(log_w0, torch.full((64,), 1.25 + dim * 0.5 * math.log(2 * math.pi)))
+
+
+def test_step_sizes_adapt_towards_the_target_acceptance():
+    torch.manual_seed(1)
+    flow = realnvp(2, layers=2, hidden=8)
+    target = _gaussian_target(2)
+    big = FAB(stages=2, leapfrog=3, step_size=3.0, adapt_rate=0.5)
+    small = FAB(stages=2, leapfrog=3, step_size=0.01, adapt_rate=0.5)
+    for _ in range(6):
+        big.ais(flow, target, 64)
+        small.ais(flow, target, 64)
+    assert (big.log_step < math.log(3.0)).all() and (small.log_step > math.log(0.01)).all()
+    copy = FAB(stages=2, leapfrog=3)
+    copy.load_state_dict(big.state_dict())
+    assert torch.equal(copy.log_step, big.log_step)
+    with pytest.raises(ValueError, match="has 2 stages, this estimator 3"):
+        FAB(stages=3).load_state_dict(big.state_dict())
+
+
+def test_fab_training_covers_a_wider_target():
+    """From q = N(0, I), FAB fits p = N(MU, SIGMA^2 I) (mean and sd) and the ELBO approaches log Z."""
+    dim = 2
+    torch.manual_seed(0)
+    flow = realnvp(dim, layers=4, hidden=32)
+    sigma = 2.0
+    target = CallableTarget(lambda x: -0.5 * ((x - MU) ** 2).sum(-1) / sigma**2, dim=dim)
+    state = fit(flow, target, steps=200, batch_size=256, lr=5e-3, schedule="constant", estimator="fab", fab_stages=4,
+                fab_leapfrog=2, progress=False)  # fmt: skip
+    assert state.skipped == 0
+    assert 0 < state.history[-1]["ais_ess"] <= 1 and len(state.history[-1]["accept"]) == 4
+    with torch.no_grad():
+        x = flow.sample(20000)
+    torch.testing.assert_close(x.mean(0), torch.full((dim,), MU), atol=0.15, rtol=0)
+    torch.testing.assert_close(x.std(0), torch.full((dim,), sigma), atol=0.15, rtol=0)
+    log_z = dim * 0.5 * math.log(2 * math.pi * sigma**2)
+    assert state.history[-1]["elbo"] > log_z - 0.05
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _run(run_dir, interrupt_at=None, resume=False):
+    torch.manual_seed(0)
+    flow = realnvp(2, layers=2, hidden=8)
+
+    def callback(state, metrics):
+        if state.step == interrupt_at:
+            raise _Interrupt
+
+    fit(flow, _gaussian_target(2), steps=12, batch_size=32, log_every=2, checkpoint_every=4, run_dir=run_dir,
+        resume=resume, progress=False, callback=callback, estimator="fab", fab_stages=2, fab_leapfrog=2)  # fmt: skip
+    return flow, torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
+
+
+def test_resume_restores_the_adapted_step_sizes(tmp_path):
+    reference, saved_a = _run(tmp_path / "a")
+    with pytest.raises(_Interrupt):
+        _run(tmp_path / "b", interrupt_at=10)  # after the checkpoint at step 8
+    resumed, saved_b = _run(tmp_path / "b", resume=True)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(saved_a["estimator"]["log_step"], saved_b["estimator"]["log_step"])
+    assert not torch.equal(saved_a["estimator"]["log_step"], torch.full((2,), math.log(0.05), dtype=torch.float64))
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="stages >= 1"):
+        FAB(stages=0)
+    with pytest.raises(ValueError, match="leapfrog >= 1"):
+        FAB(leapfrog=1.5)
+    with pytest.raises(ValueError, match="alpha > 1"):
+        FAB(alpha=1.0)
+    with pytest.raises(ValueError, match="takes no options"):
+        get_estimator("reparam", stages=3)
+    with pytest.raises(ValueError, match="unknown estimator 'fob'.*fab"):
+        get_estimator("fob")
+    assert isinstance(get_estimator("fab", stages=3), FAB) and get_estimator("fab") is not get_estimator("fab")
+    flow = realnvp(2, layers=2, hidden=8)
+    for option in ({"compile": True}, {"precision": "bf16"}):
+        with pytest.raises(ValueError, match="runs eagerly in float32"):
+            fit(flow, _gaussian_target(2), steps=2, batch_size=8, estimator="fab", progress=False, **option)
+
+
+def test_cli_fit_with_fab(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flowvi", "fit", "gaussian", "--dim", "2", "--steps", "6", "--batch-size", "32",
+           "--layers", "2", "--hidden", "8", "--estimator", "fab", "--fab-stages", "2", "--fab-leapfrog", "2",
+           "--eval-samples", "500", "--n-samples", "50", "--quiet", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env={"PYTHONPATH": SRC, "PATH": ""}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["estimator"] == "fab" and config["train"]["fab_stages"] == 2
+    assert "ais_ess" in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    bad = subprocess.run(cmd[:-2] + ["--fab-stages", "0", "--out", str(tmp_path / "bad")],
+                         env={"PYTHONPATH": SRC, "PATH": ""}, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode != 0 and "--fab-stages must be positive" in bad.stderr
