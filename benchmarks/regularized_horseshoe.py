@@ -11,7 +11,8 @@ genes, this runs
   split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.baselines.hmc.summarize_draws`, on the sampler's device);
 * flows trained by reverse KL (``--variants``: ``realnvp`` = Real NVP with the asymmetric clamp and LOFT,
   ``spline`` = the same with the elementwise spline, ``hier`` = with the target's hierarchical couplings
-  (:mod:`flowvi.transforms.hierarchical`), ``hier-spline`` = both), each with ELBO, IS log Z and Pareto k;
+  (:mod:`flowvi.transforms.hierarchical`), ``hier-spline`` = both; a ``-fab`` suffix continues with 300 steps
+  of the mass-covering FAB estimator, :mod:`flowvi.fab`), each with ELBO, IS log Z and Pareto k;
 * tempered SMC (``--smc-repeats`` runs, :func:`flowvi.baselines.smc.run_smc`) for a log Z to compare with;
 
 and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
@@ -130,13 +131,24 @@ def hmc_reference(
 
 
 def train_flow(
-    p: int, variant: str, steps: int, seed: int, layers: int, hidden: int, batch: int, eval_n: int, device: str = "cpu"
+    p: int,
+    variant: str,
+    steps: int,
+    seed: int,
+    layers: int,
+    hidden: int,
+    batch: int,
+    eval_n: int,
+    device: str = "cpu",
+    fab_steps: int = 300,
 ):
     """Reverse-KL flow (asymmetric clamp + LOFT, Gaussian base). ``variant``: ``realnvp``, or dash-joined
     additions to it: ``spline`` (the elementwise spline), ``hier`` (the target's hierarchical couplings)."""
-    unknown = set(variant.split("-")) - {"realnvp", "spline", "hier"}
+    unknown = set(variant.split("-")) - {"realnvp", "spline", "hier", "fab"}
     if unknown:
-        raise ValueError(f"unknown flow variant part(s) {sorted(unknown)} in {variant!r}; use realnvp, spline, hier")
+        raise ValueError(
+            f"unknown flow variant part(s) {sorted(unknown)} in {variant!r}; use realnvp, spline, hier, fab"
+        )
     config = {
         "target": {"name": TARGET, "params": {"p": p}},
         "seed": seed,
@@ -154,6 +166,9 @@ def train_flow(
     flow, target = build(config)
     t0 = time.perf_counter()
     fit(flow, target, TrainConfig(steps=steps, batch_size=batch, checkpoint_every=10**9, log_every=50), progress=False)
+    if "fab" in variant.split("-"):  # then the mass-covering FAB objective from the reverse-KL flow (flowvi.fab)
+        cfg = TrainConfig(steps=fab_steps, batch_size=batch, lr=1e-4, schedule="constant", estimator="fab")
+        fit(flow, target, cfg, progress=False)
     xs, coefs, log_ws = [], [], []
     with torch.no_grad():  # draws, their coefficients and importance log weights, in batches
         for start in range(0, eval_n, 5000):
@@ -191,6 +206,7 @@ def run(
     smc_repeats: int = 3,
     seed: int = 0,
     device: str = "cpu",
+    fab_steps: int = 300,
     thin: int = 1,
     hmc_max_seconds: float | None = None,
 ) -> dict:
@@ -201,7 +217,9 @@ def run(
     print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
     rows = [hmc]
     for variant in variants:
-        x, coef, stats, seconds = train_flow(p, variant, steps, seed, layers, hidden, batch, eval_samples, device)
+        x, coef, stats, seconds = train_flow(
+            p, variant, steps, seed, layers, hidden, batch, eval_samples, device, fab_steps
+        )
         is_mean = stats.pop("is_coef_mean")
         rows.append(
             {
@@ -311,6 +329,7 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--eval-samples", type=int, default=20_000)
+    ap.add_argument("--fab-steps", type=int, default=300, help="FAB steps of the variants ending in -fab")
     ap.add_argument("--smc-particles", type=int, default=2000)
     ap.add_argument("--smc-moves", type=int, default=10)
     ap.add_argument("--smc-repeats", type=int, default=3)
@@ -322,7 +341,7 @@ def main(argv=None):
     if args.quick:
         args.p, args.steps, args.chains, args.hmc_iterations, args.max_leapfrog = 10, 30, 8, 60, 16
         args.layers, args.hidden, args.batch_size, args.eval_samples = 2, 16, 32, 500
-        args.smc_particles, args.smc_moves, args.smc_repeats = 100, 3, 2
+        args.smc_particles, args.smc_moves, args.smc_repeats, args.fab_steps = 100, 3, 2, 5
     t0 = time.perf_counter()
     result = run(
         p=args.p,
@@ -335,6 +354,7 @@ def main(argv=None):
         hidden=args.hidden,
         batch=args.batch_size,
         eval_samples=args.eval_samples,
+        fab_steps=args.fab_steps,
         smc_particles=args.smc_particles,
         smc_moves=args.smc_moves,
         smc_repeats=args.smc_repeats,
