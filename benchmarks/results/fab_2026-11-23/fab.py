@@ -1,17 +1,37 @@
+# ruff: noqa  (the prototype as it ran, kept for provenance; flowvi.fab.FAB is the library version)
 """Prototype: FAB (Midgley et al. 2023) from the reverse-KL warm flow at p=200; AIS q -> p^2/q with HMC."""
-import sys, time, pickle, math, copy
-import numpy as np, torch
+
+import copy
+import math
+import pickle
+import sys
+import time
+
+import numpy as np
+import torch
+
 sys.path.insert(0, "benchmarks")
 from regularized_horseshoe import regimes, scores
-from flowvi.runs import build
+
 from flowvi.diagnostics import summarize
+from flowvi.runs import build
+
 torch.set_num_threads(2)
 args = dict(a.split("=") for a in sys.argv[1:])
-M = int(args.get("M", 8)); L = int(args.get("L", 4)); N = int(args.get("N", 256)); steps = int(args.get("steps", 300))
-lr = float(args.get("lr", 1e-4)); alpha = float(args.get("alpha", 2.0)); init = args.get("init", "rkl")
+M = int(args.get("M", 8))
+L = int(args.get("L", 4))
+N = int(args.get("N", 256))
+steps = int(args.get("steps", 300))
+lr = float(args.get("lr", 1e-4))
+alpha = float(args.get("alpha", 2.0))
+init = args.get("init", "rkl")
 p = 200
-cfg = {"target": {"name": "regularized_horseshoe_nci60", "params": {"p": p}}, "seed": 0, "dtype": "float32",
-       "flow": {"layers": 8, "hidden": 256, "spline": True, "hierarchical": True}}
+cfg = {
+    "target": {"name": "regularized_horseshoe_nci60", "params": {"p": p}},
+    "seed": 0,
+    "dtype": "float32",
+    "flow": {"layers": 8, "hidden": 256, "spline": True, "hierarchical": True},
+}
 flow, tgt = build(cfg)
 if init == "rkl":
     flow.load_state_dict(torch.load("/tmp/fab_rkl200.pt"))
@@ -26,21 +46,29 @@ def evaluate(label):
         coef = tgt64.coefficients(x.double()).numpy()
     s = summarize(lw)
     r = regimes(tgt64, x.double())
-    print(label, f"ELBO {s['elbo']:.2f} logZ {s['log_z']:.2f} k {s['pareto_k']:.2f}", scores(coef.mean(0), np.median(coef, 0), ref),
-          "logtau", np.round(r["log_tau_q05_q50_q95"], 2), "sdb", round(r["median_sd_beta"], 4), flush=True)
+    print(
+        label,
+        f"ELBO {s['elbo']:.2f} logZ {s['log_z']:.2f} k {s['pareto_k']:.2f}",
+        scores(coef.mean(0), np.median(coef, 0), ref),
+        "logtau",
+        np.round(r["log_tau_q05_q50_q95"], 2),
+        "sdb",
+        round(r["median_sd_beta"], 4),
+        flush=True,
+    )
 
 
 def logq_grad(x):
     x = x.detach().requires_grad_(True)
     lq = flow.log_prob(x)
-    g, = torch.autograd.grad(lq.sum(), x)
+    (g,) = torch.autograd.grad(lq.sum(), x)
     return lq.detach(), g
 
 
 def logp_grad(x):
     x = x.detach().double().requires_grad_(True)
     lp = tgt64.log_prob(x)
-    g, = torch.autograd.grad(lp.sum(), x)
+    (g,) = torch.autograd.grad(lp.sum(), x)
     return lp.detach().float(), g.float()
 
 
@@ -84,8 +112,10 @@ def ais():
         fin = torch.isfinite(lq_y) & torch.isfinite(lp_y)
         acc &= fin
         x = torch.where(acc[:, None], y, x)
-        lq = torch.where(acc, lq_y, lq); lp = torch.where(acc, lp_y, lp)
-        gq = torch.where(acc[:, None], gq_y, gq); gp = torch.where(acc[:, None], gp_y, gp)
+        lq = torch.where(acc, lq_y, lq)
+        lp = torch.where(acc, lp_y, lp)
+        gq = torch.where(acc[:, None], gq_y, gq)
+        gp = torch.where(acc[:, None], gp_y, gp)
         a = float(log_acc.exp().nan_to_num(0).mean())
         accs.append(a)
         log_eps[j - 1] += 0.05 * (a - 0.65)  # Robbins-Monro towards 65 % acceptance
@@ -105,6 +135,10 @@ for it in range(1, steps + 1):
     torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
     opt.step()
     if it % 10 == 0:
-        print(it, f"{time.time() - t0:.0f}s ess {ess:.3f} acc {np.round(accs, 2).tolist()} eps {np.round(log_eps.exp().numpy(), 3).tolist()}", flush=True)
+        print(
+            it,
+            f"{time.time() - t0:.0f}s ess {ess:.3f} acc {np.round(accs, 2).tolist()} eps {np.round(log_eps.exp().numpy(), 3).tolist()}",
+            flush=True,
+        )
     if it % int(args.get("every", 50)) == 0:
         evaluate(f"it {it}")
