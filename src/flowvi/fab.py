@@ -32,16 +32,8 @@ import math
 import torch
 from torch import Tensor
 
-from .estimators import Estimate, _target_log_prob_and_grad, _with_value
-
-
-def _flow_log_prob_and_grad(flow, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``log q(x)`` and ``d log q(x)/dx``, both detached (the parameters get no gradient)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        log_q = flow.log_prob(x)
-        (grad,) = torch.autograd.grad(log_q.sum(), x)
-    return log_q.detach(), grad
+from .estimators import Estimate, _with_value
+from .estimators import _target_log_prob_and_grad as _log_prob_and_grad  # also for the flow: x-gradient only
 
 
 class FAB:
@@ -93,8 +85,8 @@ class FAB:
         stage). Adapts the step sizes."""
         with torch.no_grad():
             x = flow.sample(n)
-        log_q, grad_q = _flow_log_prob_and_grad(flow, x)
-        log_p, grad_p = _target_log_prob_and_grad(target, x)
+        log_q, grad_q = _log_prob_and_grad(flow, x)
+        log_p, grad_p = _log_prob_and_grad(target, x)
         log_p, grad_p = log_p.to(log_q.dtype), grad_p.to(grad_q.dtype)
         log_w0 = log_p - log_q
         scale = x.std(0).clamp_min(1e-6) if n > 1 else torch.ones_like(x[0])
@@ -111,8 +103,8 @@ class FAB:
             for _ in range(self.leapfrog):
                 m = m + 0.5 * eps * grad
                 y = y + eps * m
-                lq_y, gq_y = _flow_log_prob_and_grad(flow, y)
-                lp_y, gp_y = _target_log_prob_and_grad(target, y)
+                lq_y, gq_y = _log_prob_and_grad(flow, y)
+                lp_y, gp_y = _log_prob_and_grad(target, y)
                 lp_y, gp_y = lp_y.to(lq_y.dtype), gp_y.to(gq_y.dtype)
                 grad = (1 - a) * gq_y + a * gp_y
                 m = m + 0.5 * eps * grad
