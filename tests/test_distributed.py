@@ -82,7 +82,7 @@ class _Interrupt(Exception):
     pass
 
 
-def _train(run_dir, interrupt_at=None, resume=False):
+def _train(run_dir, interrupt_at=None, resume=False, **options):
     from flowvi import fit
 
     flow, target = _flow_and_target()
@@ -92,7 +92,7 @@ def _train(run_dir, interrupt_at=None, resume=False):
             raise _Interrupt
 
     fit(flow, target, steps=30, batch_size=32, checkpoint_every=10, log_every=5, run_dir=run_dir, resume=resume,
-        progress=False, callback=callback)  # fmt: skip
+        progress=False, callback=callback, **options)  # fmt: skip
     return flow
 
 
@@ -120,6 +120,30 @@ def _check_fit_and_resume(rank, world, tmp):
 
 def test_two_process_fit_is_consistent_and_resumes_exactly(tmp_path):
     _spawn(_check_fit_and_resume, tmp_path)
+
+
+FAB = {"estimator": "fab", "fab_stages": 2, "fab_leapfrog": 2, "fab_buffer": 64, "fab_replay": 3}
+
+
+def _check_fab_resume(rank, world, tmp):
+    """Each rank keeps its own FAB step sizes and replay buffer; the checkpoint holds every rank's."""
+    reference = _train(tmp / "a", **FAB)
+    try:
+        _train(tmp / "b", interrupt_at=25, **FAB)
+    except _Interrupt:
+        pass
+    resumed = _train(tmp / "b", resume=True, **FAB)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    if rank == 0:
+        a, b = (torch.load(tmp / d / "checkpoint.pt", weights_only=False)["estimator_ranks"] for d in "ab")
+        assert len(a) == world and not torch.equal(a[0]["buffer"]["x"], a[1]["buffer"]["x"])
+        for r in range(world):
+            assert torch.equal(a[r]["buffer"]["log_w"], b[r]["buffer"]["log_w"])
+
+
+def test_two_process_fab_resumes_every_ranks_buffer(tmp_path):
+    _spawn(_check_fab_resume, tmp_path)
 
 
 def test_torchrun_cli_fit(tmp_path):

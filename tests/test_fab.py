@@ -75,17 +75,20 @@ def test_step_sizes_adapt_towards_the_target_acceptance():
         FAB(stages=3).load_state_dict(big.state_dict())
 
 
-def test_fab_training_covers_a_wider_target():
-    """From q = N(0, I), FAB fits p = N(MU, SIGMA^2 I) (mean and sd) and the ELBO approaches log Z."""
+@pytest.mark.parametrize("buffer", [0, 4096])
+def test_fab_training_covers_a_wider_target(buffer):
+    """From q = N(0, I), FAB fits p = N(MU, SIGMA^2 I) (mean and sd) and the ELBO approaches log Z, with its own
+    AIS batch at every step (buffer 0) and with the replay buffer (AIS every 4th step)."""
     dim = 2
     torch.manual_seed(0)
     flow = realnvp(dim, layers=4, hidden=32)
     sigma = 2.0
     target = CallableTarget(lambda x: -0.5 * ((x - MU) ** 2).sum(-1) / sigma**2, dim=dim)
     state = fit(flow, target, steps=200, batch_size=256, lr=5e-3, schedule="constant", estimator="fab", fab_stages=4,
-                fab_leapfrog=2, progress=False)  # fmt: skip
-    assert state.skipped == 0
-    assert 0 < state.history[-1]["ais_ess"] <= 1 and len(state.history[-1]["accept"]) == 4
+                fab_leapfrog=2, fab_buffer=buffer, fab_replay=4, log_every=1, progress=False)  # fmt: skip
+    assert state.skipped == 0 and ("buffer_ess" in state.history[-1]) == bool(buffer)
+    ais = [m for m in state.history if "ais_ess" in m]
+    assert len(ais) == (50 if buffer else 200) and all(0 < m["ais_ess"] <= 1 and len(m["accept"]) == 4 for m in ais)
     with torch.no_grad():
         x = flow.sample(20000)
     torch.testing.assert_close(x.mean(0), torch.full((dim,), MU), atol=0.15, rtol=0)
@@ -98,7 +101,7 @@ class _Interrupt(Exception):
     pass
 
 
-def _run(run_dir, interrupt_at=None, resume=False):
+def _run(run_dir, interrupt_at=None, resume=False, buffer=0):
     torch.manual_seed(0)
     flow = realnvp(2, layers=2, hidden=8)
 
@@ -107,19 +110,63 @@ def _run(run_dir, interrupt_at=None, resume=False):
             raise _Interrupt
 
     fit(flow, _gaussian_target(2), steps=12, batch_size=32, log_every=2, checkpoint_every=4, run_dir=run_dir,
-        resume=resume, progress=False, callback=callback, estimator="fab", fab_stages=2, fab_leapfrog=2)  # fmt: skip
+        resume=resume, progress=False, callback=callback, estimator="fab", fab_stages=2, fab_leapfrog=2,
+        fab_buffer=buffer, fab_replay=3)  # fmt: skip
     return flow, torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
 
 
-def test_resume_restores_the_adapted_step_sizes(tmp_path):
-    reference, saved_a = _run(tmp_path / "a")
+@pytest.mark.parametrize("buffer", [0, 80])
+def test_resume_restores_the_adapted_step_sizes_and_the_buffer(tmp_path, buffer):
+    reference, saved_a = _run(tmp_path / "a", buffer=buffer)
     with pytest.raises(_Interrupt):
-        _run(tmp_path / "b", interrupt_at=10)  # after the checkpoint at step 8
-    resumed, saved_b = _run(tmp_path / "b", resume=True)
+        _run(tmp_path / "b", interrupt_at=10, buffer=buffer)  # after the checkpoint at step 8
+    resumed, saved_b = _run(tmp_path / "b", resume=True, buffer=buffer)
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(saved_a["estimator"]["log_step"], saved_b["estimator"]["log_step"])
+    for key in ("x", "log_w", "log_q") if buffer else ():  # 4 AIS runs of 32 draws into 80 places: it wrapped
+        assert len(saved_a["estimator"]["buffer"][key]) == 80
+        assert torch.equal(saved_a["estimator"]["buffer"][key], saved_b["estimator"]["buffer"][key])
     assert not torch.equal(saved_a["estimator"]["log_step"], torch.full((2,), math.log(0.05), dtype=torch.float64))
+
+
+def test_buffer_is_first_in_first_out():
+    fab = FAB(buffer=10)
+    ids = torch.arange(12.0)
+    for chunk in (ids[:4], ids[4:8], ids[8:12]):
+        fab._push(chunk[:, None].repeat(1, 2), -chunk, chunk * 0)
+    assert sorted(fab.buffer["x"][:, 0].tolist()) == list(range(2, 12))  # the two oldest left
+    assert torch.equal(fab.buffer["log_w"], -fab.buffer["x"][:, 0])
+    fab._push(torch.full((3, 2), 99.0), torch.tensor([0.0, -math.inf, 0.0]), torch.zeros(3))  # no weight: not kept
+    assert sorted(fab.buffer["x"][:, 0].tolist()) == [4, 5, 6, 7, 8, 9, 10, 11, 99, 99]
+    big = FAB(buffer=3)
+    big._push(ids[:, None], ids, ids)  # more than fits at once: the newest 3
+    assert big.buffer["x"][:, 0].tolist() == [9.0, 10.0, 11.0]
+
+
+def test_replay_corrects_the_weights_to_the_current_flow():
+    """log w + (alpha - 1) log q_old is each buffered draw's invariant (its AIS weight for p^2/q_old); after a
+    step its picked draws carry log q of the current flow, and the loss is the draws' mean -log q."""
+    torch.manual_seed(2)
+    flow = realnvp(2, layers=2, hidden=8)
+    target = _gaussian_target(2)
+    fab = FAB(stages=2, leapfrog=2, buffer=200, replay=2)
+    fab(flow, target, 64)  # AIS, then a step from the buffer
+    invariant = fab.buffer["log_w"] + fab.buffer["log_q"]
+    torch.testing.assert_close(fab.buffer["log_q"][:64], flow.log_prob(fab.buffer["x"][:64]).detach())
+    with torch.no_grad():
+        for prm in flow.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    est = fab(flow, target, 64)  # no AIS at this call: the buffer is only resampled
+    assert "ais_ess" not in fab.last and 0 < fab.last["buffer_ess"] <= 1 and len(fab.buffer["log_w"]) == 64
+    torch.testing.assert_close(fab.buffer["log_w"] + fab.buffer["log_q"], invariant)
+    current = flow.log_prob(fab.buffer["x"]).detach()
+    picked = torch.isclose(fab.buffer["log_q"], current, atol=1e-6, rtol=0)
+    assert 10 < int(picked.sum()) < 64  # the picked draws refer to the current flow, the others still to the old
+    est.loss.backward()
+    assert all(prm.grad is not None for prm in flow.parameters())
+    fab(flow, target, 64)  # third call: AIS again, the buffer grows
+    assert len(fab.buffer["log_w"]) == 128 and "ais_ess" in fab.last
 
 
 def test_bad_options_are_named():
@@ -129,6 +176,14 @@ def test_bad_options_are_named():
         FAB(leapfrog=1.5)
     with pytest.raises(ValueError, match="alpha > 1"):
         FAB(alpha=1.0)
+    with pytest.raises(ValueError, match="buffer is a number of draws >= 0"):
+        FAB(buffer=-1)
+    with pytest.raises(ValueError, match="replay"):
+        FAB(buffer=10, replay=0)
+    full = FAB(buffer=10)
+    full._push(torch.zeros(8, 2), torch.zeros(8), torch.zeros(8))
+    with pytest.raises(ValueError, match="holds 8 buffered draws, this estimator's buffer 4"):
+        FAB(buffer=4).load_state_dict(full.state_dict())
     with pytest.raises(ValueError, match="takes no options"):
         get_estimator("reparam", stages=3)
     with pytest.raises(ValueError, match="unknown estimator 'fob'.*fab"):
@@ -142,14 +197,34 @@ def test_bad_options_are_named():
 
 def test_cli_fit_with_fab(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "flowvi", "fit", "gaussian", "--dim", "2", "--steps", "6", "--batch-size", "32",
+    cmd = [sys.executable, "-m", "flowvi", "fit", "gaussian", "--dim", "2", "--steps", "5", "--batch-size", "32",
            "--layers", "2", "--hidden", "8", "--estimator", "fab", "--fab-stages", "2", "--fab-leapfrog", "2",
            "--eval-samples", "500", "--n-samples", "50", "--quiet", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env={"PYTHONPATH": SRC, "PATH": ""}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["estimator"] == "fab" and config["train"]["fab_stages"] == 2
-    assert "ais_ess" in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert config["train"]["fab_buffer"] == 16384  # the replay buffer is on by default
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "buffer_ess" in metrics[-1] and "ais_ess" in metrics[-1]  # step 5: the second AIS run (replay 4)
     bad = subprocess.run(cmd[:-2] + ["--fab-stages", "0", "--out", str(tmp_path / "bad")],
                          env={"PYTHONPATH": SRC, "PATH": ""}, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode != 0 and "--fab-stages must be positive" in bad.stderr
+
+
+def test_cli_resume_of_a_fab_run_from_before_the_buffer(tmp_path):
+    """A FAB run whose config predates the replay buffer had none: resuming it asks for --fab-buffer 0."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flowvi", "fit", "gaussian", "--dim", "2", "--steps", "4", "--batch-size", "16",
+           "--layers", "2", "--hidden", "8", "--estimator", "fab", "--fab-stages", "2", "--fab-leapfrog", "2",
+           "--eval-samples", "100", "--n-samples", "10", "--quiet", "--out", str(out)]  # fmt: skip
+    env = {"PYTHONPATH": SRC, "PATH": ""}
+    first = subprocess.run([*cmd, "--fab-buffer", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-4000:]
+    config = json.loads((out / "config.json").read_text())
+    del config["train"]["fab_buffer"], config["train"]["fab_replay"]
+    (out / "config.json").write_text(json.dumps(config))
+    again = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "the options differ" in again.stderr
+    ok = subprocess.run([*cmd, "--resume", "--fab-buffer", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-4000:]

@@ -19,10 +19,23 @@ per stage, adapted between training steps towards an acceptance probability of `
 (Robbins-Monro on log step size, as in the FAB paper). A move is rejected where log q, log p or the energy is
 not finite.
 
-Costs: each training step evaluates log q and log p with their x-gradients ``stages * leapfrog`` times, so a
-step is about that many times a reverse-KL step. This is the FAB estimator without the replay buffer. The
-logged ELBO and ESS (``Estimate.log_weights``) are those of the draws x_0 ~ q, so they describe the flow, not
-the AIS.
+Costs: each AIS run evaluates log q and log p with their x-gradients ``stages * leapfrog`` times, so a step
+that runs one is about that many times a reverse-KL step.
+
+Prioritized replay buffer (``buffer > 0``; Midgley et al. 2023, Algorithm 2). AIS runs only every ``replay``-th
+step; its draws x_M join a first-in-first-out buffer of ``buffer`` draws with their log weights and log q at
+the time, and every step trains on ``batch_size`` draws resampled from the whole buffer with probabilities
+softmax(log w) (with replacement), by the plain maximum-likelihood loss ``-mean log q_theta(x)``. Its expected
+gradient is that of the weighted loss over the buffer. A weight was computed for the target p^alpha / q_old^(alpha-1)
+of the flow q_old that ran its AIS; as q moves, the resampled draws' weights are corrected to the current flow,
+
+    log w <- log w + (alpha - 1) (log q_old(x) - log q_theta(x)),     log q_old(x) <- log q_theta(x),
+
+so the buffer pools the few high-weight draws of many AIS runs (AIS weights in high dimension are degenerate:
+a batch's effective sample size is often a few draws) and reuses each run ``replay`` times.
+
+The logged ELBO and ESS (``Estimate.log_weights``) are those of fresh draws x_0 ~ q at every step, so they
+describe the flow, not the AIS.
 """
 
 from __future__ import annotations
@@ -55,6 +68,8 @@ class FAB:
         target_accept: float = 0.65,
         step_size: float = 0.05,
         adapt_rate: float = 0.05,
+        buffer: int = 16384,
+        replay: int = 4,
     ):
         if not (isinstance(stages, int) and stages >= 1):
             raise ValueError(f"FAB needs stages >= 1 (an integer), got {stages!r}")
@@ -66,23 +81,40 @@ class FAB:
             raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
         if not step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size}")
+        if not (isinstance(buffer, int) and buffer >= 0):
+            raise ValueError(f"FAB's buffer is a number of draws >= 0 (0: no buffer), got {buffer!r}")
+        if not (isinstance(replay, int) and replay >= 1):
+            raise ValueError(f"FAB's replay (training steps per AIS run) must be an integer >= 1, got {replay!r}")
         self.stages, self.leapfrog, self.alpha = stages, leapfrog, float(alpha)
+        self.capacity, self.replay = buffer, replay
+        self.calls = 0  # training steps taken (sets when AIS runs, with the buffer)
+        self.buffer: dict[str, Tensor] = {}  # x, log_w, log_q (float32), filled up to ``capacity`` then FIFO
+        self.head = 0  # where the next draw goes, once the buffer is full
         self.target_accept, self.adapt_rate = target_accept, adapt_rate
         self.log_step = torch.full((stages,), math.log(step_size), dtype=torch.float64)
         self.last: dict = {}
 
     def state_dict(self) -> dict:
-        return {"log_step": self.log_step.clone()}
+        state = {"log_step": self.log_step.clone(), "calls": self.calls, "head": self.head}
+        state["buffer"] = {k: v.detach().cpu().clone() for k, v in self.buffer.items()}  # moved back on use
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         log_step = torch.as_tensor(state["log_step"], dtype=torch.float64)
         if log_step.shape != self.log_step.shape:
             raise ValueError(f"FAB state has {log_step.numel()} stages, this estimator {self.stages}")
+        buffer = state.get("buffer", {})
+        if buffer and len(buffer["log_w"]) > self.capacity:
+            raise ValueError(
+                f"FAB state holds {len(buffer['log_w'])} buffered draws, this estimator's buffer {self.capacity}"
+            )
         self.log_step = log_step.clone()
+        self.calls, self.head = int(state.get("calls", 0)), int(state.get("head", 0))
+        self.buffer = {k: v.clone() for k, v in buffer.items()}
 
     def ais(self, flow, target, n: int) -> tuple[Tensor, Tensor, Tensor, list[float]]:
         """AIS from q to p^alpha / q^(alpha - 1): returns (x_M, log w, log p(x_0) - log q(x_0), acceptance per
-        stage). Adapts the step sizes."""
+        stage). Adapts the step sizes. ``self.last_log_q`` is log q(x_M)."""
         with torch.no_grad():
             x = flow.sample(n)
         log_q, grad_q = _log_prob_and_grad(flow, x)
@@ -120,14 +152,73 @@ class FAB:
             rate = float(log_acc.exp().mean())
             accept.append(rate)
             self.log_step[j - 1] += self.adapt_rate * (rate - self.target_accept)
+        self.last_log_q = log_q.detach()
         return x.detach(), torch.nan_to_num(log_w, nan=-math.inf), log_w0, accept
 
     def __call__(self, flow, target, batch_size: int) -> Estimate:
+        if self.capacity:
+            return self._replay(flow, target, batch_size)
         x, log_w, log_w0, accept = self.ais(flow, target, batch_size)
         weights = torch.softmax(log_w.detach(), 0)
         surrogate = -(weights * flow.log_prob(x)).sum()
-        self.last = {"accept": accept, "ais_ess": float(1.0 / (weights**2).sum()) / batch_size}
+        self.last = {"accept": accept, "ais_ess": _ess(weights) / batch_size}
         return Estimate(loss=_with_value(-log_w0.mean(), surrogate), log_weights=log_w0.detach())
+
+    def _replay(self, flow, target, batch_size: int) -> Estimate:
+        """One training step from the prioritized buffer; AIS refills it every ``replay`` steps."""
+        self.last = {}
+        if self.calls % self.replay == 0:
+            x, log_w, log_w0, accept = self.ais(flow, target, batch_size)
+            self._push(x, log_w, self.last_log_q)
+            self.last = {"accept": accept, "ais_ess": _ess(torch.softmax(log_w, 0)) / batch_size}
+        else:  # fresh draws from q for the logged ELBO / ESS only
+            with torch.no_grad():
+                x0, log_q0 = flow.sample_and_log_prob(batch_size)
+                log_w0 = target.log_prob(x0).to(log_q0.dtype) - log_q0
+        self.calls += 1
+        self.buffer = {k: v.to(log_w0.device) for k, v in self.buffer.items()}  # a resumed buffer comes on the CPU
+        buf = self.buffer
+        if not buf or not len(buf["log_w"]):  # no AIS draw has had a finite weight yet: a skipped step
+            with torch.no_grad():
+                x0 = flow.sample(batch_size)
+            return Estimate(loss=_with_value(torch.tensor(math.nan), -flow.log_prob(x0).mean()), log_weights=log_w0)
+        weights = torch.softmax(buf["log_w"], 0)
+        self.last["buffer_ess"] = _ess(weights) / len(weights)
+        pick = torch.multinomial(weights, batch_size, replacement=True)
+        log_q = flow.log_prob(buf["x"][pick].to(log_w0.dtype))
+        with torch.no_grad():  # the picked weights now refer to the current flow (duplicates write equal values)
+            new_q = log_q.detach().to(buf["log_q"].dtype)
+            buf["log_w"][pick] = buf["log_w"][pick] + (self.alpha - 1) * (buf["log_q"][pick] - new_q)
+            buf["log_q"][pick] = new_q
+        return Estimate(loss=_with_value(-log_w0.mean(), -log_q.mean()), log_weights=log_w0.detach())
+
+    def _push(self, x: Tensor, log_w: Tensor, log_q: Tensor) -> None:
+        """Add an AIS run's draws (float32), the oldest leaving once ``capacity`` is reached."""
+        self.buffer = {k: v.to(x.device) for k, v in self.buffer.items()}  # a resumed buffer comes on the CPU
+        new = {"x": x.float(), "log_w": log_w.float(), "log_q": log_q.float()}
+        keep = new["log_w"] > -math.inf  # draws that no longer have weight carry no information
+        new = {k: v[keep][-self.capacity :] for k, v in new.items()}
+        if not self.buffer:
+            self.buffer = {k: v.clone() for k, v in new.items()}
+            return
+        size, n = len(self.buffer["log_w"]), len(new["log_w"])
+        if size + n <= self.capacity:
+            self.buffer = {k: torch.cat([self.buffer[k], new[k]]) for k in new}
+            return
+        if size < self.capacity:  # fill up, then overwrite the oldest
+            fill = self.capacity - size
+            self.buffer = {k: torch.cat([self.buffer[k], new[k][:fill]]) for k in new}
+            new = {k: v[fill:] for k, v in new.items()}
+            self.head, n = 0, n - fill
+        slots = (self.head + torch.arange(n, device=new["x"].device)) % self.capacity
+        for k in new:
+            self.buffer[k][slots] = new[k]
+        self.head = (self.head + n) % self.capacity
+
+
+def _ess(weights: Tensor) -> float:
+    """Kish's effective sample size 1 / sum w^2 of normalized weights."""
+    return float(1.0 / (weights**2).sum())
 
 
 __all__ = ["FAB"]

@@ -35,6 +35,8 @@ class TrainConfig:
     estimator: str = "reparam"  # a name in flowvi.estimators.ESTIMATOR_NAMES
     fab_stages: int = 8  # estimator="fab": AIS stages (flowvi.fab.FAB)
     fab_leapfrog: int = 3  # estimator="fab": leapfrog steps per HMC transition
+    fab_buffer: int = 16384  # estimator="fab": prioritized replay buffer, in draws (0: none)
+    fab_replay: int = 4  # estimator="fab" with a buffer: training steps per AIS run
     checkpoint_every: int = 200
     log_every: int = 10
     max_skip_fraction: float = 0.5  # stop when more than this fraction of steps were skipped...
@@ -110,7 +112,8 @@ def fit(
     ``callback(state, metrics)`` is called at every logged step.
     """
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
-    fab = {"stages": cfg.fab_stages, "leapfrog": cfg.fab_leapfrog} if cfg.estimator == "fab" else {}
+    fab = {"stages": cfg.fab_stages, "leapfrog": cfg.fab_leapfrog, "buffer": cfg.fab_buffer, "replay": cfg.fab_replay}
+    fab = fab if cfg.estimator == "fab" else {}
     estimator = get_estimator(cfg.estimator, **fab)
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params:
@@ -136,7 +139,8 @@ def fit(
         load_optimizer_state(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if "estimator" in saved and hasattr(estimator, "load_state_dict"):
-            estimator.load_state_dict(saved["estimator"])
+            ranks = saved.get("estimator_ranks")
+            estimator.load_state_dict(ranks[rank] if ranks is not None and len(ranks) == world else saved["estimator"])
         state = TrainState(**saved["state"])
         rng = saved["rng"]
         if "rng_ranks" in saved:
@@ -167,6 +171,8 @@ def fit(
             return
         rng = _rng_state()
         rng_ranks = dist.all_gather_objects(rng) if world > 1 else None
+        stateful = hasattr(estimator, "state_dict")  # FAB: step sizes and replay buffer, one per rank
+        est_ranks = dist.all_gather_objects(estimator.state_dict()) if stateful and world > 1 else None
         if not main:
             return
         payload = {
@@ -181,8 +187,10 @@ def fit(
             payload["rng_ranks"] = rng_ranks
         if scaler is not None:
             payload["scaler"] = scaler.state_dict()
-        if hasattr(estimator, "state_dict"):
+        if stateful:
             payload["estimator"] = estimator.state_dict()
+        if est_ranks is not None:
+            payload["estimator_ranks"] = est_ranks
         ckpt.save_atomic(payload, ckpt_path)
 
     bar = None

@@ -50,6 +50,15 @@ def register(sub):
     )
     g.add_argument("--fab-stages", type=int, default=8, help="--estimator fab: annealing stages of the AIS")
     g.add_argument("--fab-leapfrog", type=int, default=3, help="--estimator fab: leapfrog steps per HMC transition")
+    g.add_argument(
+        "--fab-buffer",
+        type=int,
+        default=16384,
+        help="--estimator fab: prioritized replay buffer size in draws (0: none)",
+    )
+    g.add_argument(
+        "--fab-replay", type=int, default=4, help="--estimator fab with a buffer: training steps per AIS run"
+    )
     g.add_argument("--checkpoint-every", type=int, default=200)
     g = p.add_argument_group("speed (docs/performance.md)")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision of the networks")
@@ -137,9 +146,11 @@ def config_from_args(args) -> dict:
     if args.clamp not in CLAMPS:
         raise ValueError(f"unknown clamp {args.clamp!r}; choose one of {', '.join(CLAMPS)}")
     for name in ("steps", "batch_size", "layers", "hidden", "eval_samples", "init_steps", "init_batch_size",
-                 "fab_stages", "fab_leapfrog"):  # fmt: skip
+                 "fab_stages", "fab_leapfrog", "fab_replay"):  # fmt: skip
         if getattr(args, name, None) is not None and getattr(args, name, None) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name, None)}")
+    if getattr(args, "fab_buffer", 16384) < 0:
+        raise ValueError(f"--fab-buffer must be >= 0 (0: no buffer), got {args.fab_buffer}")
     train = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -150,6 +161,8 @@ def config_from_args(args) -> dict:
         estimator=args.estimator,
         fab_stages=getattr(args, "fab_stages", 8),
         fab_leapfrog=getattr(args, "fab_leapfrog", 3),
+        fab_buffer=getattr(args, "fab_buffer", 16384),
+        fab_replay=getattr(args, "fab_replay", 4),
         checkpoint_every=args.checkpoint_every,
         precision=getattr(args, "precision", "fp32"),
         compile=_tristate(getattr(args, "compile", "auto")),
@@ -235,7 +248,9 @@ def _run(args):
     if args.resume:
         saved = read_config(out)
         if "train" in saved:  # options added to TrainConfig since the run was written take their defaults
-            saved["train"] = asdict(TrainConfig(**saved["train"]))
+            # (FAB runs written before the replay buffer existed had none)
+            old_fab = {"fab_buffer": 0} if saved["train"].get("estimator") == "fab" else {}
+            saved["train"] = asdict(TrainConfig(**{**old_fab, **saved["train"]}))
         diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
         if diff:
             raise ValueError(
