@@ -11,11 +11,15 @@ genes, this runs
   split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.baselines.hmc.summarize_draws`, on the sampler's device);
 * flows trained by reverse KL (``--variants``: ``realnvp`` = Real NVP with the asymmetric clamp and LOFT,
   ``spline`` = the same with the elementwise spline, ``hier`` = with the target's hierarchical couplings
-  (:mod:`flowvi.transforms.hierarchical`), ``hier-spline`` = both; a ``-fab`` suffix continues with 300 steps
-  of the mass-covering FAB estimator, :mod:`flowvi.fab`), each with ELBO, IS log Z and Pareto k;
+  (:mod:`flowvi.transforms.hierarchical`), ``hier-spline`` = both; a ``-fab`` suffix continues with ``--fab-steps``
+  steps of the mass-covering FAB estimator (:mod:`flowvi.fab`), ``-fabbuf`` the same with its prioritized replay
+  buffer (``--fab-buffer`` draws, ``--fab-replay`` steps per AIS run)), each with ELBO, IS log Z and Pareto k; with
+  ``--fab-eval-every K`` the FAB phase is scored against HMC every K steps (the ``fab_trace`` of its row);
 * tempered SMC (``--smc-repeats`` runs, :func:`flowvi.baselines.smc.run_smc`) for a log Z to compare with;
 
-and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
+``--reference-cache FILE`` keeps HMC's row and reference summary in FILE (written on the first run, read on later
+runs with the same p, chains, iterations, leapfrog cap, thinning and seed), so that flows can be compared with it
+without rerunning HMC; and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
 median sd(beta_j)) and, for the flows, the share of coefficients whose posterior mean is within 0.1 HMC posterior
 sd of HMC's (:func:`flowvi.stability.share_within`; medians: :func:`flowvi.stability.share_within_robust`) beside
 the share of the zero guess (:func:`flowvi.stability.zero_guess_scores`) and of half of the HMC chains scored
@@ -36,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from flowvi import checkpoint as ckpt  # noqa: E402
 from flowvi.baselines.hmc import summarize_draws  # noqa: E402
 from flowvi.baselines.smc import run_smc  # noqa: E402
 from flowvi.diagnostics import psis_log_weights, summarize  # noqa: E402
@@ -130,6 +135,36 @@ def hmc_reference(
     return row, ref, draws
 
 
+#: the FAB phase of the ``-fab`` / ``-fabbuf`` variants: steps, Adam learning rate (constant), AIS stages, leapfrog
+#: steps per HMC move, replay buffer size in draws (``-fabbuf``), training steps per AIS run, scoring interval, and
+#: a time limit (seconds, checked at the scoring steps after scoring; 0: none)
+FAB_DEFAULTS = {
+    "steps": 300,
+    "lr": 1e-4,
+    "stages": 8,
+    "leapfrog": 3,
+    "buffer": 16384,
+    "replay": 4,
+    "eval_every": 0,
+    "max_seconds": 0.0,
+}
+
+
+class _TimeUp(Exception):
+    """The FAB phase reached ``max_seconds``."""
+
+
+def _score_fab(flow, target, ref: dict, step: int, metrics: dict, trace: list, variant: str) -> None:
+    """Append the regimes and shares of 10 000 draws of ``flow`` (``target`` on the CPU, float64) to ``trace``."""
+    with torch.no_grad():
+        x = torch.cat([flow.sample(5000) for _ in range(2)]).double().cpu()
+        coef = target.coefficients(x).numpy()
+    keys = ("elbo", "ess", "ais_ess", "buffer_ess", "time")
+    trace.append({"step": step, **{k: metrics[k] for k in keys if k in metrics}, **regimes(target, x),
+                  "scores": scores(coef.mean(0), np.median(coef, 0), ref)})  # fmt: skip
+    print(f"  FAB {variant} step {step}: {json.dumps(trace[-1], default=float)}", flush=True)
+
+
 def train_flow(
     p: int,
     variant: str,
@@ -140,15 +175,20 @@ def train_flow(
     batch: int,
     eval_n: int,
     device: str = "cpu",
-    fab_steps: int = 300,
+    fab: dict | None = None,
+    ref: dict | None = None,
 ):
     """Reverse-KL flow (asymmetric clamp + LOFT, Gaussian base). ``variant``: ``realnvp``, or dash-joined
-    additions to it: ``spline`` (the elementwise spline), ``hier`` (the target's hierarchical couplings)."""
-    unknown = set(variant.split("-")) - {"realnvp", "spline", "hier", "fab"}
+    additions to it: ``spline`` (the elementwise spline), ``hier`` (the target's hierarchical couplings), ``fab`` /
+    ``fabbuf`` (then FAB, without / with its replay buffer, with the options ``fab``, :data:`FAB_DEFAULTS`; the
+    FAB phase is scored against ``ref`` every ``eval_every`` steps into ``stats["fab_trace"]``)."""
+    parts = set(variant.split("-"))
+    unknown = parts - {"realnvp", "spline", "hier", "fab", "fabbuf"}
     if unknown:
         raise ValueError(
-            f"unknown flow variant part(s) {sorted(unknown)} in {variant!r}; use realnvp, spline, hier, fab"
+            f"unknown flow variant part(s) {sorted(unknown)} in {variant!r}; use realnvp, spline, hier, fab, fabbuf"
         )
+    fab = {**FAB_DEFAULTS, **(fab or {})}
     config = {
         "target": {"name": TARGET, "params": {"p": p}},
         "seed": seed,
@@ -166,9 +206,34 @@ def train_flow(
     flow, target = build(config)
     t0 = time.perf_counter()
     fit(flow, target, TrainConfig(steps=steps, batch_size=batch, checkpoint_every=10**9, log_every=50), progress=False)
-    if "fab" in variant.split("-"):  # then the mass-covering FAB objective from the reverse-KL flow (flowvi.fab)
-        cfg = TrainConfig(steps=fab_steps, batch_size=batch, lr=1e-4, schedule="constant", estimator="fab")
-        fit(flow, target, cfg, progress=False)
+    trace = []
+    if parts & {"fab", "fabbuf"}:  # then the mass-covering FAB objective from the reverse-KL flow (flowvi.fab)
+        cfg = TrainConfig(
+            steps=fab["steps"],
+            batch_size=batch,
+            lr=fab["lr"],
+            schedule="constant",
+            estimator="fab",
+            fab_stages=fab["stages"],
+            fab_leapfrog=fab["leapfrog"],
+            fab_buffer=fab["buffer"] if "fabbuf" in parts else 0,
+            fab_replay=fab["replay"],
+            log_every=fab["eval_every"] or 50,
+            checkpoint_every=10**9,
+        )
+
+        cpu_target = copy.deepcopy(target).cpu().double()
+
+        def score(state, metrics):  # the FAB phase's course: regimes and shares every eval_every steps
+            if fab["eval_every"] and ref is not None:
+                _score_fab(flow, cpu_target, ref, state.step, metrics, trace, variant)
+            if fab["max_seconds"] and metrics["time"] > fab["max_seconds"]:
+                raise _TimeUp
+
+        try:
+            fit(flow, target, cfg, progress=False, callback=score)
+        except _TimeUp:
+            print(f"  FAB {variant}: stopped by --fab-max-seconds {fab['max_seconds']}", flush=True)
     xs, coefs, log_ws = [], [], []
     with torch.no_grad():  # draws, their coefficients and importance log weights, in batches
         for start in range(0, eval_n, 5000):
@@ -182,12 +247,10 @@ def train_flow(
     smoothed, _ = psis_log_weights(log_w)
     w = np.exp(smoothed - smoothed[np.isfinite(smoothed)].max())
     stats["is_coef_mean"] = (w @ coef) / w.sum()
-    return (
-        x[:10_000],
-        coef,
-        {k: stats[k] if k == "is_coef_mean" else float(stats[k]) for k in (*STAT_KEYS, "is_coef_mean")},
-        time.perf_counter() - t0,
-    )
+    out = {k: stats[k] if k == "is_coef_mean" else float(stats[k]) for k in (*STAT_KEYS, "is_coef_mean")}
+    if trace:
+        out["fab_trace"] = trace
+    return x[:10_000], coef, out, time.perf_counter() - t0
 
 
 def run(
@@ -206,20 +269,35 @@ def run(
     smc_repeats: int = 3,
     seed: int = 0,
     device: str = "cpu",
-    fab_steps: int = 300,
+    fab: dict | None = None,
     thin: int = 1,
     hmc_max_seconds: float | None = None,
+    reference_cache: str | None = None,
 ) -> dict:
     from flowvi.targets import make_target
 
     target = make_target(TARGET, p=p).double()
-    hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device, thin, hmc_max_seconds)
-    print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
+    key = {"p": p, "chains": chains, "iterations": hmc_iterations, "max_leapfrog": max_leapfrog, "thin": thin,
+           "seed": seed, "max_seconds": hmc_max_seconds}  # fmt: skip
+    cache = Path(reference_cache) if reference_cache else None
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=False)
+        if saved["key"] != key:
+            raise ValueError(f"--reference-cache {cache} holds HMC with {saved['key']}, this run asks for {key}")
+        hmc, ref = saved["row"], saved["ref"]
+        print(f"HMC: read from {cache} (it ran {hmc['seconds']:.0f} s)", flush=True)
+    else:
+        hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device, thin, hmc_max_seconds)
+        print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.save_atomic({"key": key, "row": hmc, "ref": ref}, cache)
     rows = [hmc]
     for variant in variants:
         x, coef, stats, seconds = train_flow(
-            p, variant, steps, seed, layers, hidden, batch, eval_samples, device, fab_steps
+            p, variant, steps, seed, layers, hidden, batch, eval_samples, device, fab, ref
         )
+        trace = stats.pop("fab_trace", None)
         is_mean = stats.pop("is_coef_mean")
         rows.append(
             {
@@ -229,6 +307,8 @@ def run(
                 "seconds": seconds,
                 "scores": scores(coef.mean(0), np.median(coef, 0), ref),
                 "psis_mean_within_0.1_sd": share_within(is_mean, ref),
+                "coef_mean": coef.mean(0).tolist(),  # per coefficient, to see which ones a flow gets right
+                **({"fab": {**FAB_DEFAULTS, **(fab or {})}, "fab_trace": trace} if "fab" in variant else {}),
             }
         )
         print(
@@ -329,7 +409,10 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--eval-samples", type=int, default=20_000)
-    ap.add_argument("--fab-steps", type=int, default=300, help="FAB steps of the variants ending in -fab")
+    g = ap.add_argument_group("FAB phase of the -fab and -fabbuf variants")
+    for name, value in FAB_DEFAULTS.items():
+        g.add_argument(f"--fab-{name.replace('_', '-')}", type=type(value), default=value)
+    ap.add_argument("--reference-cache", help="keep HMC's reference in this file and reuse it (same settings only)")
     ap.add_argument("--smc-particles", type=int, default=2000)
     ap.add_argument("--smc-moves", type=int, default=10)
     ap.add_argument("--smc-repeats", type=int, default=3)
@@ -342,6 +425,7 @@ def main(argv=None):
         args.p, args.steps, args.chains, args.hmc_iterations, args.max_leapfrog = 10, 30, 8, 60, 16
         args.layers, args.hidden, args.batch_size, args.eval_samples = 2, 16, 32, 500
         args.smc_particles, args.smc_moves, args.smc_repeats, args.fab_steps = 100, 3, 2, 5
+        args.fab_buffer, args.fab_eval_every = 64, 2
     t0 = time.perf_counter()
     result = run(
         p=args.p,
@@ -354,7 +438,7 @@ def main(argv=None):
         hidden=args.hidden,
         batch=args.batch_size,
         eval_samples=args.eval_samples,
-        fab_steps=args.fab_steps,
+        fab={name: getattr(args, f"fab_{name}") for name in FAB_DEFAULTS},
         smc_particles=args.smc_particles,
         smc_moves=args.smc_moves,
         smc_repeats=args.smc_repeats,
@@ -362,6 +446,7 @@ def main(argv=None):
         device=args.device,
         thin=args.thin,
         hmc_max_seconds=args.hmc_max_seconds,
+        reference_cache=args.reference_cache,
     )
     return finish(result, args, argv, t0, table)
 

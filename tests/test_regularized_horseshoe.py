@@ -226,3 +226,24 @@ def test_benchmark_quick_mode(tmp_path):
     assert r["log_tau_q05_q50_q95"] == pytest.approx([-3.0] * 3)
     assert r["beta0_q05_q50_q95"] == pytest.approx([-40.0] * 3)
     assert r["log_c_q05_q50_q95"] == pytest.approx([1.0] * 3)
+
+
+def test_benchmark_fab_variants_and_reference_cache(tmp_path):
+    """The -fabbuf variant records FAB's course against HMC; --reference-cache writes HMC once, reads it back
+    for the same settings and refuses other settings."""
+    import json
+
+    bench = load_benchmark("regularized_horseshoe")
+    cache, out = tmp_path / "ref.pt", tmp_path / "rhs.json"
+    common = ["--quick", "--smc-repeats", "0", "--reference-cache", str(cache), "--out", str(out)]
+    assert bench.main([*common, "--variants", "realnvp-fabbuf"]) == 0
+    first = json.loads(out.read_text())
+    row = first["rows"][1]
+    assert row["fab"]["buffer"] == 64 and [t["step"] for t in row["fab_trace"]] == [2, 4, 5]
+    assert all(0 <= t["scores"]["within_0.1_sd"] <= 1 and "buffer_ess" in t for t in row["fab_trace"])
+    assert bench.main([*common, "--variants", "realnvp"]) == 0
+    assert json.loads(out.read_text())["rows"][0] == first["rows"][0]  # HMC's row, read from the cache
+    with pytest.raises(ValueError, match="holds HMC with .*'seed': 0.*this run asks for .*'seed': 1"):
+        bench.main([*common, "--variants", "realnvp", "--seed", "1"])
+    with pytest.raises(ValueError, match="unknown flow variant part"):
+        bench.train_flow(3, "realnvp-fob", 1, 0, 2, 8, 8, 10)
