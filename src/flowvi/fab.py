@@ -22,12 +22,13 @@ not finite.
 Costs: each AIS run evaluates log q and log p with their x-gradients ``stages * leapfrog`` times, so a step
 that runs one is about that many times a reverse-KL step.
 
-Prioritized replay buffer (``buffer > 0``; Midgley et al. 2023, Algorithm 2). AIS runs only every ``replay``-th
-step; its draws x_M join a first-in-first-out buffer of ``buffer`` draws with their log weights and log q at
-the time, and every step trains on ``batch_size`` draws resampled from the whole buffer with probabilities
-softmax(log w) (with replacement), by the plain maximum-likelihood loss ``-mean log q_theta(x)``. Its expected
-gradient is that of the weighted loss over the buffer. A weight was computed for the target p^alpha / q_old^(alpha-1)
-of the flow q_old that ran its AIS; as q moves, the resampled draws' weights are corrected to the current flow,
+Prioritized replay buffer (``buffer > 0``; the default holds 16 384 draws; the FAB paper's prioritized
+buffer). AIS runs only every ``replay``-th step; its draws x_M join a first-in-first-out buffer of ``buffer``
+draws with their log weights and log q at the time, and every step trains on ``batch_size`` draws resampled
+from the whole buffer with probabilities softmax(log w) (with replacement), by the plain maximum-likelihood
+loss ``-mean log q_theta(x)``. Its expected gradient is that of the weighted loss over the buffer. A weight was
+computed for the target p^alpha / q_old^(alpha-1) of the flow q_old that ran its AIS; as q moves, the resampled
+draws' weights are corrected to the current flow,
 
     log w <- log w + (alpha - 1) (log q_old(x) - log q_theta(x)),     log q_old(x) <- log q_theta(x),
 
