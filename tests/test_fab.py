@@ -37,10 +37,11 @@ def test_ais_weights_estimate_the_alpha_2_integral_and_mean():
         fab.ais(flow, target, 256)
     xs, log_ws = [], []
     for _ in range(2):
-        x, log_w, log_w0, accept = fab.ais(flow, target, 3000)
+        x, log_w, log_w0, accept, log_q = fab.ais(flow, target, 3000)
         xs.append(x)
         log_ws.append(log_w)
         assert len(accept) == 8 and all(0.3 < a <= 1 for a in accept)
+        torch.testing.assert_close(log_q, flow.log_prob(x).detach())  # log q(x_M), as returned
     x, log_w = torch.cat(xs), torch.cat(log_ws)
     lam = 2 / SIGMA**2 - 1
     b = 2 * MU / SIGMA**2
@@ -53,7 +54,7 @@ def test_ais_weights_estimate_the_alpha_2_integral_and_mean():
     # with log p - log q = const the weights are equal, and log w0 is that constant
     fab1 = FAB(stages=4, leapfrog=2)
     same = CallableTarget(lambda x: -0.5 * (x * x).sum(-1) + 1.25, dim=dim)
-    _, log_w, log_w0, _ = fab1.ais(flow, same, 64)
+    _, log_w, log_w0, _, _ = fab1.ais(flow, same, 64)
     torch.testing.assert_close(log_w, torch.full((64,), 2 * (1.25 + dim * 0.5 * math.log(2 * math.pi))))
     torch.testing.assert_close(log_w0, torch.full((64,), 1.25 + dim * 0.5 * math.log(2 * math.pi)))
 

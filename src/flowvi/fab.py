@@ -46,6 +46,7 @@ import math
 import torch
 from torch import Tensor
 
+from .diagnostics import normalized_ess
 from .estimators import Estimate, _with_value
 from .estimators import _target_log_prob_and_grad as _log_prob_and_grad  # also for the flow: x-gradient only
 
@@ -113,9 +114,9 @@ class FAB:
         self.calls, self.head = int(state.get("calls", 0)), int(state.get("head", 0))
         self.buffer = {k: v.clone() for k, v in buffer.items()}
 
-    def ais(self, flow, target, n: int) -> tuple[Tensor, Tensor, Tensor, list[float]]:
+    def ais(self, flow, target, n: int) -> tuple[Tensor, Tensor, Tensor, list[float], Tensor]:
         """AIS from q to p^alpha / q^(alpha - 1): returns (x_M, log w, log p(x_0) - log q(x_0), acceptance per
-        stage). Adapts the step sizes. ``self.last_log_q`` is log q(x_M)."""
+        stage, log q(x_M)). Adapts the step sizes."""
         with torch.no_grad():
             x = flow.sample(n)
         log_q, grad_q = _log_prob_and_grad(flow, x)
@@ -153,39 +154,38 @@ class FAB:
             rate = float(log_acc.exp().mean())
             accept.append(rate)
             self.log_step[j - 1] += self.adapt_rate * (rate - self.target_accept)
-        self.last_log_q = log_q.detach()
-        return x.detach(), torch.nan_to_num(log_w, nan=-math.inf), log_w0, accept
+        return x.detach(), torch.nan_to_num(log_w, nan=-math.inf), log_w0, accept, log_q.detach()
 
     def __call__(self, flow, target, batch_size: int) -> Estimate:
         if self.capacity:
             return self._replay(flow, target, batch_size)
-        x, log_w, log_w0, accept = self.ais(flow, target, batch_size)
+        x, log_w, log_w0, accept, _ = self.ais(flow, target, batch_size)
         weights = torch.softmax(log_w.detach(), 0)
         surrogate = -(weights * flow.log_prob(x)).sum()
-        self.last = {"accept": accept, "ais_ess": _ess(weights) / batch_size}
+        self.last = {"accept": accept, "ais_ess": normalized_ess(log_w)}
         return Estimate(loss=_with_value(-log_w0.mean(), surrogate), log_weights=log_w0.detach())
 
     def _replay(self, flow, target, batch_size: int) -> Estimate:
         """One training step from the prioritized buffer; AIS refills it every ``replay`` steps."""
         self.last = {}
+        device = next(flow.parameters()).device
+        self.buffer = {k: v.to(device) for k, v in self.buffer.items()}  # a resumed buffer comes on the CPU
         if self.calls % self.replay == 0:
-            x, log_w, log_w0, accept = self.ais(flow, target, batch_size)
-            self._push(x, log_w, self.last_log_q)
-            self.last = {"accept": accept, "ais_ess": _ess(torch.softmax(log_w, 0)) / batch_size}
+            x, log_w, log_w0, accept, log_q_x = self.ais(flow, target, batch_size)
+            self._push(x, log_w, log_q_x)
+            self.last = {"accept": accept, "ais_ess": normalized_ess(log_w)}
         else:  # fresh draws from q for the logged ELBO / ESS only
             with torch.no_grad():
                 x0, log_q0 = flow.sample_and_log_prob(batch_size)
                 log_w0 = target.log_prob(x0).to(log_q0.dtype) - log_q0
         self.calls += 1
-        self.buffer = {k: v.to(log_w0.device) for k, v in self.buffer.items()}  # a resumed buffer comes on the CPU
         buf = self.buffer
         if not buf or not len(buf["log_w"]):  # no AIS draw has had a finite weight yet: a skipped step
             with torch.no_grad():
                 x0 = flow.sample(batch_size)
             return Estimate(loss=_with_value(torch.tensor(math.nan), -flow.log_prob(x0).mean()), log_weights=log_w0)
-        weights = torch.softmax(buf["log_w"], 0)
-        self.last["buffer_ess"] = _ess(weights) / len(weights)
-        pick = torch.multinomial(weights, batch_size, replacement=True)
+        self.last["buffer_ess"] = normalized_ess(buf["log_w"])
+        pick = torch.multinomial(torch.softmax(buf["log_w"], 0), batch_size, replacement=True)
         log_q = flow.log_prob(buf["x"][pick].to(log_w0.dtype))
         with torch.no_grad():  # the picked weights now refer to the current flow (duplicates write equal values)
             new_q = log_q.detach().to(buf["log_q"].dtype)
@@ -195,7 +195,6 @@ class FAB:
 
     def _push(self, x: Tensor, log_w: Tensor, log_q: Tensor) -> None:
         """Add an AIS run's draws (float32), the oldest leaving once ``capacity`` is reached."""
-        self.buffer = {k: v.to(x.device) for k, v in self.buffer.items()}  # a resumed buffer comes on the CPU
         new = {"x": x.float(), "log_w": log_w.float(), "log_q": log_q.float()}
         keep = new["log_w"] > -math.inf  # draws that no longer have weight carry no information
         new = {k: v[keep][-self.capacity :] for k, v in new.items()}
@@ -215,11 +214,6 @@ class FAB:
         for k in new:
             self.buffer[k][slots] = new[k]
         self.head = (self.head + n) % self.capacity
-
-
-def _ess(weights: Tensor) -> float:
-    """Kish's effective sample size 1 / sum w^2 of normalized weights."""
-    return float(1.0 / (weights**2).sum())
 
 
 __all__ = ["FAB"]
