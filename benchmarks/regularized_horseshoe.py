@@ -17,13 +17,15 @@ genes, this runs
   ``--fab-eval-every K`` the FAB phase is scored against HMC every K steps (the ``fab_trace`` of its row);
 * tempered SMC (``--smc-repeats`` runs, :func:`flowvi.baselines.smc.run_smc`) for a log Z to compare with;
 
-``--reference-cache FILE`` keeps HMC's row and reference summary in FILE (written on the first run, read on later
-runs with the same p, chains, iterations, leapfrog cap, thinning and seed), so that flows can be compared with it
-without rerunning HMC; and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
+and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
 median sd(beta_j)) and, for the flows, the share of coefficients whose posterior mean is within 0.1 HMC posterior
 sd of HMC's (:func:`flowvi.stability.share_within`; medians: :func:`flowvi.stability.share_within_robust`) beside
 the share of the zero guess (:func:`flowvi.stability.zero_guess_scores`) and of half of the HMC chains scored
 against the other half (what an exact sampler with HMC's Monte Carlo error would get).
+
+``--reference-cache FILE`` keeps HMC's row and reference summary in FILE (written on the first run, read on later
+runs with the same p, chains, iterations, leapfrog cap, thinning, time limit and seed), so that flows can be
+compared with it without rerunning HMC.
 """
 
 from __future__ import annotations
