@@ -201,6 +201,33 @@ def test_cli_bad_init_draws(tmp_path, capsys):
         assert not (tmp_path / f"run{i}" / "config.json").exists()  # checked before the run directory is written
 
 
+def test_cli_init_flow_starts_from_another_runs_flow(tmp_path, capsys):
+    """--init-flow: reverse KL first, then FAB from that flow; the flow is loaded before the first step (a step at
+    lr 1e-12 leaves it unchanged), other flow options are refused before the run directory is written, and
+    --resume without a checkpoint starts over from the same flow."""
+    rc, cap = fit(tmp_path / "rkl", capsys, "--steps", "20")
+    assert rc == 0, cap.err
+    tiny = ["--steps", "1", "--lr", "1e-12", "--schedule", "constant", "--init-flow", str(tmp_path / "rkl")]
+    rc, cap = fit(tmp_path / "fab", capsys, *tiny, "--estimator", "fab", "--fab-stages", "2", "--fab-leapfrog", "2")
+    assert rc == 0, cap.err
+    start, after = torch.load(tmp_path / "rkl" / "flow.pt"), torch.load(tmp_path / "fab" / "flow.pt")
+    assert all(torch.allclose(start[k], after[k], rtol=0, atol=1e-9) for k in start)
+    assert json.loads((tmp_path / "fab" / "config.json").read_text())["init_flow"] == str(tmp_path / "rkl")
+    (tmp_path / "fab" / "checkpoint.pt").unlink()
+    fab = ["--estimator", "fab", "--fab-stages", "2", "--fab-leapfrog", "2"]
+    rc, cap = fit(tmp_path / "fab", capsys, *tiny, *fab, "--resume")
+    assert rc == 0, cap.err
+    again = torch.load(tmp_path / "fab" / "flow.pt")
+    assert all(torch.allclose(start[k], again[k], rtol=0, atol=1e-9) for k in start)
+    rc, cap = fit(tmp_path / "wide", capsys, *tiny, "--hidden", "8")
+    assert rc == 2 and "this run's flow settings differ from that run's" in cap.err
+    assert not (tmp_path / "wide" / "config.json").exists()
+    rc, cap = fit(tmp_path / "both", capsys, *tiny, "--init-draws", str(tmp_path / "x.npy"))
+    assert rc == 2 and "choose one" in cap.err
+    rc, cap = fit(tmp_path / "none", capsys, "--steps", "1", "--init-flow", str(tmp_path / "nothing"))
+    assert rc == 2 and "nothing" in cap.err
+
+
 def test_warm_start_benchmark_runs_at_tiny_size(tmp_path):
     """benchmarks/warm_start.py end to end (p = 5, a few steps): every variant reports at the requested steps,
     with the zero guess and the warm-start draws scored against the HMC reference."""

@@ -83,6 +83,14 @@ def load_run(run_dir, device: str | None = None):
     if device is not None:
         config["device"] = device
     flow, target = build(config)
+    load_flow_weights(flow, run_dir)
+    return flow, target, config
+
+
+def load_flow_weights(flow, run_dir) -> None:
+    """Load a run's trained parameters into ``flow`` (built from the same options): its final ``flow.pt``, or
+    else the flow of its latest ``checkpoint.pt``."""
+    run_dir = Path(run_dir)
     weights = run_dir / "flow.pt"
     if weights.exists():
         flow.load_state_dict(ckpt.load(weights, map_location=flow.base._anchor.device))
@@ -90,7 +98,6 @@ def load_run(run_dir, device: str | None = None):
         flow.load_state_dict(ckpt.load(run_dir / "checkpoint.pt", map_location=flow.base._anchor.device)["flow"])
     else:
         raise FileNotFoundError(f"{run_dir} has no trained parameters (flow.pt or checkpoint.pt)")
-    return flow, target, config
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from ..estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from ..evaluate import evaluate
 from ..fastpath import PRECISIONS
 from ..pretrain import load_draws, pretrain_on_draws
-from ..runs import build, plot_training_curve, read_config, write_samples
+from ..runs import build, load_flow_weights, plot_training_curve, read_config, write_samples
 from ..train import TrainConfig, fit
 from ..transforms import CLAMPS
 from .common import add_device_options, format_summary, parse_params
@@ -105,12 +105,18 @@ def register(sub):
         "(learned partial non-centring; horseshoe, regularized horseshoe and funnel targets)",
     )
     g.add_argument("--hierarchy-hidden", type=int, default=8, help="each child's own network width (0: linear)")
-    g = p.add_argument_group("warm start (pre-training on a sampler's draws, then reverse KL)")
+    g = p.add_argument_group("warm start (pre-training on a sampler's draws, or another run's flow)")
     g.add_argument(
         "--init-draws",
         metavar="PATH",
         help="pre-train the flow by maximum likelihood on draws of the target first: a .npy (N, d) array, a .npz "
         "(choose the array with --init-key) or a 'flowvi baseline smc|hmc|nuts' run directory (its samples.npy)",
+    )
+    g.add_argument(
+        "--init-flow",
+        metavar="RUN_DIR",
+        help="start from the trained flow of another 'flowvi fit' run (its flow.pt, else its checkpoint) with the same "
+        "target, flow options, seed and dtype: e.g. reverse KL first, then --estimator fab",
     )
     g.add_argument("--init-key", help="the array of a .npz --init-draws file (default: its only one)")
     g.add_argument("--init-steps", type=int, default=1000, help="pre-training steps (Adam, cosine schedule)")
@@ -149,6 +155,8 @@ def config_from_args(args) -> dict:
                  "fab_stages", "fab_leapfrog", "fab_replay"):  # fmt: skip
         if getattr(args, name, None) is not None and getattr(args, name, None) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name, None)}")
+    if getattr(args, "init_draws", None) and getattr(args, "init_flow", None):
+        raise ValueError("--init-draws and --init-flow are two warm starts; choose one")
     if getattr(args, "fab_buffer", 16384) < 0:
         raise ValueError(f"--fab-buffer must be >= 0 (0: no buffer), got {args.fab_buffer}")
     train = TrainConfig(
@@ -198,6 +206,7 @@ def config_from_args(args) -> dict:
         },
         "train": asdict(train),
         **({"init": _init_config(args)} if getattr(args, "init_draws", None) else {}),
+        **({"init_flow": str(args.init_flow)} if getattr(args, "init_flow", None) else {}),
         "seed": args.seed,
         "device": args.device,
         "dtype": args.dtype,
@@ -217,6 +226,19 @@ def _init_config(args) -> dict:
         "estimator": args.init_estimator,
         "standardize": args.init_standardize,
     }
+
+
+def _load_init_flow(flow, config: dict) -> None:
+    """``--init-flow RUN_DIR``: that run's trained parameters, after checking that it built the same flow."""
+    source = Path(config["init_flow"])
+    other = read_config(source)
+    diff = [k for k in ("target", "flow", "dtype") if other.get(k) != config.get(k)]
+    if diff:
+        raise ValueError(
+            f"--init-flow {source}: this run's {', '.join(diff)} settings differ from that run's; give the same target, flow "
+            "options, seed and dtype"
+        )
+    load_flow_weights(flow, source)
 
 
 def _tristate(text):
@@ -265,8 +287,10 @@ def _run(args):
     # killed between the pre-training and the first reverse-KL checkpoint.
     resume_fit = args.resume and (out / "checkpoint.pt").exists()
     pretrained = init is not None and args.resume and not resume_fit and (out / "pretrain.pt").exists()
-    if args.resume and not resume_fit and not pretrained:
+    if args.resume and not resume_fit and not pretrained and "init_flow" not in config:
         raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {out}")
+    if "init_flow" in config and not resume_fit:  # checked before the run directory is written
+        _load_init_flow(flow, config)
     draws = None
     if init is not None and not resume_fit and not pretrained:
         draws = load_draws(init["draws"], init["key"], dim=target.dim)  # checked before the run directory is written
