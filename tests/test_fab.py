@@ -170,6 +170,19 @@ def test_replay_corrects_the_weights_to_the_current_flow():
     assert len(fab.buffer["log_w"]) == 128 and "ais_ess" in fab.last
 
 
+def test_a_target_without_finite_weights_skips_the_step():
+    """No AIS draw with a finite weight (here log p is NaN everywhere): nothing enters the buffer and the step's
+    loss is NaN, a step that fit skips; fit itself refuses such a target before training, naming the NaN."""
+    torch.manual_seed(3)
+    flow = realnvp(2, layers=2, hidden=8)
+    nan_target = CallableTarget(lambda x: x.sum(-1) * math.nan, dim=2)
+    fab = FAB(stages=2, leapfrog=2, buffer=64)
+    est = fab(flow, nan_target, 16)
+    assert math.isnan(float(est.loss.detach())) and len(fab.buffer["log_w"]) == 0
+    with pytest.raises(ValueError, match="target log_prob returned nan"):
+        fit(flow, nan_target, steps=40, batch_size=16, estimator="fab", fab_stages=2, fab_leapfrog=2, progress=False)
+
+
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="stages >= 1"):
         FAB(stages=0)
