@@ -58,13 +58,20 @@ def test_resolve_options():
         resolve_options(TrainConfig(compile="maybe"), cpu)
 
 
-def test_fused_step_matches_plain_step():
+@pytest.mark.parametrize("clip", [10.0, 0.05])
+def test_fused_step_matches_plain_step(clip):
+    # clip=0.05 clips every step: the fused step clips inside the Adam kernel (grad_scale) and leaves the
+    # clipped gradient in .grad, as clip_grads_with_norm_ does.
     flow, target = _setup()
     fast_flow = copy.deepcopy(flow)
     theta0 = _theta(flow)
-    plain_losses, _, _ = _train(flow, target, _opts(fused_adam=False))
-    fast_losses, oks, _ = _train(fast_flow, target, _opts())
+    plain_losses, _, _ = _train(flow, target, _opts(fused_adam=False), clip=clip)
+    fast_losses, oks, _ = _train(fast_flow, target, _opts(), clip=clip)
     assert all(oks)
+    grads = [torch.cat([p.grad.reshape(-1) for p in f.parameters()]) for f in (flow, fast_flow)]
+    if clip < 1:
+        assert grads[0].norm() == pytest.approx(clip, rel=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
     # Same samples, same float32 arithmetic up to the fused Adam kernel's rounding.
     torch.testing.assert_close(fast_losses, plain_losses, rtol=1e-5, atol=1e-5)
     moved = (_theta(flow) - theta0).norm()
@@ -90,16 +97,9 @@ def test_compiled_step_matches_plain_step(case):
     assert (_theta(fast_flow) - _theta(flow)).norm() < 1e-3 * moved
 
 
-def test_compiled_backward_keeps_what_the_eager_node_keeps():
-    # Saved for the backward pass of the compiled loss (parameters aside), per coupling layer: its
-    # input (B x d), the two hidden activations (B x h) and one copy of the raw log-scales (B x d/2);
-    # and the flow's output, which the target's gradient needs. The partitioner's defaults keep
-    # exp(c) and c'(s) instead of s (one more B x d/2 tensor per layer); the draws z are kept, never
-    # recomputed (a recomputed draw would be a different one).
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    B, d, h = 16, 12, 8
-    flow = realnvp(d, layers=2, hidden=h, depth=2, affine=False, loft=False)
+def _kept_bytes(flow, loss_fn):
+    """Bytes of the tensors (parameters aside) that autograd keeps for the backward pass of ``loss_fn()``,
+    the loss, and the parameters' gradient after its backward pass (same draws: the seed is reset)."""
     params = {p.untyped_storage().data_ptr() for p in flow.parameters()}
     kept = {}
 
@@ -109,21 +109,40 @@ def test_compiled_backward_keeps_what_the_eager_node_keeps():
             kept[st.data_ptr()] = st.nbytes()
         return t
 
+    flow.zero_grad()
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = loss_fn()
+    value.backward()
+    return sum(kept.values()), torch.cat([p.grad.reshape(-1) for p in flow.parameters()])
+
+
+def test_compiled_backward_keeps_what_the_eager_node_keeps():
+    # Saved for the backward pass of the loss, parameters aside. Eagerly, per coupling layer: the two
+    # hidden activations, the layer's input block and one copy of the raw log-scales (the lean
+    # coupling node); and the draws z and the flow's output x. The compiled step, with
+    # flowvi.fastpath.PARTITIONER_OPTIONS, keeps no more; with the partitioner's defaults it keeps
+    # exp(c) and c'(s) instead of s (one more B x d/2 tensor per layer). Draws are kept, never recomputed.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    B, d, h = 16, 13, 8
+    flow = realnvp(d, layers=4, hidden=h, depth=2, affine=False, loft=False)
+
     def loss():
         x, logdet = flow.transform(torch.randn(B, d))
         return (0.5 * (x * x).sum(-1) - logdet).mean()
 
-    torch.manual_seed(1)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        value = _compile(loss)()
-    value.backward()
-    compiled_grad = torch.cat([p.grad.reshape(-1) for p in flow.parameters()])
-    full, hidden, half = 4 * B * d, 4 * B * h, 4 * B * (d // 2)
-    assert sorted(kept.values()) == sorted([half, half, hidden, hidden, hidden, hidden, full, full, full])
-    flow.zero_grad()
-    torch.manual_seed(1)
-    loss().backward()
-    torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in flow.parameters()]), compiled_grad)
+    eager, eager_grad = _kept_bytes(flow, loss)
+    ours, grad = _kept_bytes(flow, _compile(loss))
+    torch._dynamo.reset()
+    default, _ = _kept_bytes(flow, torch.compile(loss, options={"fallback_random": True}))
+    # Layers alternate which block they transform: 7 coordinates, then 6. Four copies of log-scales, and
+    # the three blocks that layers 0-2 write (the input blocks of the later layers; the draws are z).
+    hi, lo = 4 * B * (d - d // 2), 4 * B * (d // 2)
+    halves = (hi + lo + hi + lo) + (hi + lo + hi)
+    assert eager == 2 * 4 * B * d + 4 * (2 * 4 * B * h) + halves
+    assert ours <= eager < default
+    torch.testing.assert_close(grad, eager_grad)
 
 
 @pytest.mark.parametrize("precision,tol", [("bf16", 3e-2), ("fp16", 3e-3)])

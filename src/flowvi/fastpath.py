@@ -389,15 +389,21 @@ class FastStep:
         ok = torch.isfinite(loss) & torch.isfinite(norm)
         if self.grad_hook is not None and hasattr(self.grad_hook, "agree"):
             ok = self.grad_hook.agree(ok)
-        if self.cfg.clip and grads:
-            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip, norm, foreach=True)
         if self.scaler is not None:
+            if self.cfg.clip and grads:
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip, norm, foreach=True)
             # The scaler skips the update on overflowing gradients (and lowers the scale); a
             # non-finite loss skips it too.
             if bool(ok):
                 self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            if self.cfg.clip and grads:
+                # Clipping inside the fused Adam kernel: it divides each gradient by grad_scale (and
+                # stores the result in .grad, as clip_grads_with_norm_ would) while it updates, which
+                # saves a read and a write of every gradient. clip_grads_with_norm_ multiplies by
+                # min(clip / (norm + 1e-6), 1); grad_scale is its reciprocal.
+                self.optimizer.grad_scale = ((norm + 1e-6) / self.cfg.clip).clamp_min(1.0)
             self.optimizer.found_inf = (~ok).float()
             self.optimizer.step()
         return loss.detach(), log_w.detach(), ok

@@ -113,8 +113,14 @@ class AffineCoupling(Transform):
         s, t = self._raw_scale_shift(a)
         return self.clamp(s), t
 
-    def forward(self, z):
-        a, b = self._split(z)
+    @property
+    def halves_split(self) -> int:
+        """Where the last dimension splits into the two blocks (``dim // 2`` for either ``flip``); see
+        :mod:`flowvi.transforms.base`."""
+        return self.dim // 2
+
+    def _couple(self, a, b):
+        """``(b * exp(c(s(a))) + t(a), sum c)``: the transformed block and the log-determinant."""
         s, t = self._raw_scale_shift(a)
         if torch.compiler.is_compiling():
             # Compiled, the partitioner chooses what to keep for the backward pass; with
@@ -124,15 +130,38 @@ class AffineCoupling(Transform):
             s = s.clone()
             c = self.clamp(s)
             # addcmul: t + b * exp(c) in one kernel, without a stored b * exp(c) intermediate.
-            return self._join(a, torch.addcmul(t, b, torch.exp(c))), c.sum(-1)
+            return torch.addcmul(t, b, torch.exp(c)), c.sum(-1)
         # s.clone(): the node keeps a copy of the scales, not a view into the whole network output
         y, c = _ClampedAffine.apply(b, s.clone(), t, self.clamp)
-        return self._join(a, y), c.sum(-1)
+        return y, c.sum(-1)
+
+    def _decouple(self, a, y):
+        s, t = self._scale_shift(a)
+        return (y - t) * torch.exp(-s), -s.sum(-1)
+
+    def forward(self, z):
+        a, b = self._split(z)
+        y, logdet = self._couple(a, b)
+        return self._join(a, y), logdet
 
     def inverse(self, x):
         a, y = self._split(x)
-        s, t = self._scale_shift(a)
-        return self._join(a, (y - t) * torch.exp(-s)), -s.sum(-1)
+        b, logdet = self._decouple(a, y)
+        return self._join(a, b), logdet
+
+    def forward_halves(self, lo, hi):
+        if self.flip:
+            y, logdet = self._couple(hi, lo)
+            return y, hi, logdet
+        y, logdet = self._couple(lo, hi)
+        return lo, y, logdet
+
+    def inverse_halves(self, lo, hi):
+        if self.flip:
+            b, logdet = self._decouple(hi, lo)
+            return b, hi, logdet
+        b, logdet = self._decouple(lo, hi)
+        return lo, b, logdet
 
     def forward_with_score(self, z, score):
         # With u = score - grad log|det J| and J block-triangular,
