@@ -39,3 +39,15 @@ def test_quick_run_without_peers(bench, tmp_path):
     assert fused["ms"] > 0 and fused["grad_rel"] < 1e-5 and fused["loss_err_per_dim"] < 1e-6
     with pytest.raises(SystemExit, match="unknown peer"):
         bench.main([*args, "--peers", "nflows"])
+
+
+def test_floor_quick_run(tmp_path):
+    """benchmarks/step_floor.py on the CPU: the step's matrix products and Adam update, timed alone."""
+    floor = load_benchmark("step_floor")
+    out = tmp_path / "floor.json"
+    rows = floor.main(["--quick", "--device", "cpu", "--configs", "0", "--out", str(out)])["rows"]
+    assert json.loads(out.read_text())["rows"] == rows
+    (row,) = rows
+    assert row["params"] == 2 * ((5 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10))
+    assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0 and row["adam_ms"] > 0
+    assert row["floor_ms"] == row["fwd_ms"] + row["bwd_ms"] + row["adam_ms"]
