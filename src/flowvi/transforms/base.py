@@ -19,9 +19,8 @@ A transform that acts on the two blocks ``lo = z[..., :k]`` and ``hi = z[..., k:
 dimension (a coupling layer) may also define ``halves_split = k`` and
 ``forward_halves(lo, hi) -> (lo', hi', logdet)`` / ``inverse_halves``. :class:`Compose` then hands
 consecutive such transforms (same ``k``) the two blocks directly and joins them once after the run,
-instead of every layer concatenating its untouched block into a new tensor: that copy is a quarter
-of a coupling layer's elementwise memory traffic, forward and backward, and the concatenated
-tensors are what autograd keeps.
+instead of every layer concatenating its untouched block into a new tensor: a copy of half the
+tensor per layer, forward and backward, and concatenated tensors that autograd would keep.
 """
 
 from __future__ import annotations
