@@ -160,3 +160,37 @@ def test_torchrun_cli_fit(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 2000 and summary["steps"] == 20
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_nodes_meet_through_the_c10d_rendezvous(tmp_path):
+    """Two torchrun launchers, one process each, stand in for two machines: they meet through torchrun's c10d
+    rendezvous (the multi-node command of docs/performance.md) and write one run directory (a shared file
+    system), with the global rank 0 alone printing."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    endpoint = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "flowvi-test",
+           "-m", "flowvi", "fit", "gaussian", "--dim", "4", "--steps", "20", "--batch-size", "32", "--layers", "2",
+           "--hidden", "16", "--eval-samples", "2000", "--n-samples", "100", "--quiet", "--out", str(out)]  # fmt: skip
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    try:
+        outputs = [node.communicate(timeout=180) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-8000:]
+    assert sum(stdout.count("flowvi fit: gaussian") for stdout, _ in outputs) == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2000 and summary["steps"] == 20
