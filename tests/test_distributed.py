@@ -146,12 +146,16 @@ def test_two_process_fab_resumes_every_ranks_buffer(tmp_path):
     _spawn(_check_fab_resume, tmp_path)
 
 
+def _fit_command(out):
+    return ["-m", "flowvi", "fit", "gaussian", "--dim", "4", "--steps", "20", "--batch-size", "32", "--layers", "2",
+            "--hidden", "16", "--eval-samples", "2000", "--n-samples", "100", "--quiet", "--out", str(out)]  # fmt: skip
+
+
 def test_torchrun_cli_fit(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "flowvi", "fit", "gaussian", "--dim", "4", "--steps", "20", "--batch-size", "32", "--layers", "2",
-           "--hidden", "16", "--eval-samples", "2000", "--n-samples", "100", "--quiet", "--out", str(out)]  # fmt: skip
+           *_fit_command(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-8000:]
     assert proc.stdout.count("flowvi fit: gaussian") == 1  # rank 0 alone prints
@@ -179,8 +183,7 @@ def test_torchrun_two_nodes_meet_through_the_c10d_rendezvous(tmp_path):
     endpoint = f"127.0.0.1:{_free_port()}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "flowvi-test",
-           "-m", "flowvi", "fit", "gaussian", "--dim", "4", "--steps", "20", "--batch-size", "32", "--layers", "2",
-           "--hidden", "16", "--eval-samples", "2000", "--n-samples", "100", "--quiet", "--out", str(out)]  # fmt: skip
+           *_fit_command(out)]  # fmt: skip
     nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
     try:
         outputs = [node.communicate(timeout=180) for node in nodes]
