@@ -16,7 +16,7 @@ gradient hooks start each bucket's all-reduce during the backward pass, captured
 ``compile`` (torch.compile of the whole loss, no graph), ``fast`` (compile + CUDA graph: the default
 fast step; one compiled backward, so the all-reduce follows it), ``compile-overlap`` and
 ``fast-overlap`` (the flow compiled layer by layer, flowvi.overlap, so the all-reduce of the last
-layers overlaps the backward of the first ones), and ``-bf16comm`` versions of ``graph``, ``fast``
+layers overlaps the backward of the first ones; ``fast-overlap@4`` compiles regions of 4 layers), and ``-bf16comm`` versions of ``graph``, ``fast``
 and ``fast-overlap`` (gradients all-reduced in bf16). A ``-bf16comm`` variant on one GPU is its base
 variant (no communication), so its 1-GPU row is copied from the base variant when that ran.
 
@@ -66,9 +66,19 @@ VARIANTS = {  # compile, cuda_graph, overlap (compile layer by layer), dtype of 
 }
 
 
+def parse_variant(variant: str) -> tuple[str, int]:
+    """``'fast-overlap@4'`` -> ``('fast-overlap', 4)``: an overlap variant compiled in regions of 4 layers
+    (``@K`` is only for the overlap variants; without it, K = 1: layer by layer)."""
+    name, _, k = variant.partition("@")
+    if name not in VARIANTS or (k and not (VARIANTS[name][2] and k.isdigit() and int(k) >= 1)):
+        raise ValueError(variant)
+    return name, int(k or 1)
+
+
 def base_variant(variant: str) -> str:
     """The variant that runs the same step without the all-reduce compression (the same on one GPU)."""
-    return variant.removesuffix("-bf16comm")
+    name, k = parse_variant(variant)
+    return name.removesuffix("-bf16comm") + (f"@{k}" if "@" in variant else "")
 
 
 class StandardGaussian(torch.nn.Module):
@@ -108,14 +118,21 @@ def _worker(rank, world, port, device_type, job, queue):
 
 
 def _measure(device, world, rank, d, batch, layers, hidden, variant, warmup, steps, bucket_mb):
-    compile_, graph, overlap, comm = VARIANTS[variant]
+    name, overlap_layers = parse_variant(variant)
+    compile_, graph, overlap, comm = VARIANTS[name]
     torch.manual_seed(0)
     flow = realnvp(d, layers=layers, hidden=hidden, depth=2, affine=False, loft=False).to(device)
     target = StandardGaussian(d)
     cfg = TrainConfig(steps=10**9, batch_size=batch, schedule="constant")
     cuda = device.type == "cuda"
     options = StepOptions(
-        compile=compile_, cuda_graph=graph and cuda, precision="fp32", tf32=cuda, fused_adam=True, overlap=overlap
+        compile=compile_,
+        cuda_graph=graph and cuda,
+        precision="fp32",
+        tf32=cuda,
+        fused_adam=True,
+        overlap=overlap,
+        overlap_layers=overlap_layers,
     )
     params = list(flow.parameters())
     optimizer = make_optimizer(params, cfg, options)
@@ -212,9 +229,17 @@ def main(argv=None):
         except (ValueError, IndexError):
             p.error(f"--configs takes indices 0..{len(configs) - 1} separated by commas, got {args.configs!r}")
     variants = (args.variants or ("graph,compile,fast" if device_type == "cuda" else "eager")).split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = []
+    for v in variants:
+        try:
+            parse_variant(v)
+        except ValueError:
+            unknown.append(v)
     if unknown:
-        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        p.error(
+            f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)} (an overlap variant may "
+            "end in @K: compiled in regions of K layers)"
+        )
     steps = args.steps or (5 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 10)
     worlds = [1, args.gpus] if device_type == "cpu" or torch.cuda.device_count() >= args.gpus else [1]

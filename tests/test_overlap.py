@@ -23,7 +23,8 @@ from .test_distributed import _flow_and_target, _spawn
 aot_eager = functools.partial(torch.compile, backend="aot_eager")  # AOTAutograd's graphs without code generation
 
 
-def test_compile_by_layer_shares_parameters_and_computes_the_same():
+@pytest.mark.parametrize("layers_per_region", [1, 3])
+def test_compile_by_layer_shares_parameters_and_computes_the_same(layers_per_region):
     from flowvi.estimators import ESTIMATORS
     from flowvi.overlap import compile_by_layer
 
@@ -31,7 +32,9 @@ def test_compile_by_layer_shares_parameters_and_computes_the_same():
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    by_layer = compile_by_layer(flow, aot_eager)
+    by_layer = compile_by_layer(flow, aot_eager, layers_per_region)
+    n = len(flow.transform)  # two couplings, an elementwise affine layer and LOFT
+    assert len(by_layer.transform) == -(-n // layers_per_region)  # regions of 3 and 1 layers for 3
     assert [id(p) for p in by_layer.parameters()] == [id(p) for p in flow.parameters()]
     assert compile_by_layer(flow.transform, aot_eager) is None  # not a Flow: one compiled region
     x = flow.sample(32)
@@ -44,6 +47,8 @@ def test_compile_by_layer_shares_parameters_and_computes_the_same():
             ESTIMATORS[name](f, target, 32).loss.backward()
             grads.append(torch.cat([p.grad.reshape(-1) for p in flow.parameters()]))
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="layers_per_region"):
+        compile_by_layer(flow, aot_eager, 0)
 
 
 def test_resolve_overlap_and_grad_comm():
@@ -59,15 +64,21 @@ def test_resolve_overlap_and_grad_comm():
         resolve_options(TrainConfig(grad_comm="int8"), cpu)
     with pytest.raises(ValueError, match="overlap"):
         resolve_options(TrainConfig(overlap="sometimes"), cpu)
+    assert resolve_options(TrainConfig(compile=True, overlap_layers=4), cuda, distributed=True).overlap_layers == 4
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="overlap_layers"):
+            resolve_options(TrainConfig(overlap_layers=bad), cpu)
 
 
 def test_cli_options_reach_the_train_config():
     from flowvi.cli import build_parser
     from flowvi.cli.cmd_fit import config_from_args
 
-    args = build_parser().parse_args(["fit", "gaussian", "--dim", "4", "--overlap", "false", "--grad-comm", "bf16"])
-    train = config_from_args(args)["train"]
-    assert train["overlap"] is False and train["grad_comm"] == "bf16"
+    argv = ["fit", "gaussian", "--dim", "4", "--overlap", "false", "--grad-comm", "bf16", "--overlap-layers", "4"]
+    train = config_from_args(build_parser().parse_args(argv))["train"]
+    assert train["overlap"] is False and train["grad_comm"] == "bf16" and train["overlap_layers"] == 4
+    with pytest.raises(ValueError, match="--overlap-layers"):
+        config_from_args(build_parser().parse_args(["fit", "gaussian", "--dim", "4", "--overlap-layers", "0"]))
 
 
 def _first_layer_backward_nodes(loss, layer):
@@ -127,13 +138,13 @@ def test_layer_wise_compile_starts_the_all_reduce_during_the_backward_pass(tmp_p
     _spawn(_check_overlap_order, tmp_path)
 
 
-def _train_two_ranks(flow, target, rank, compile_, overlap, steps=4):
+def _train_two_ranks(flow, target, rank, compile_, overlap, steps=4, overlap_layers=1):
     from flowvi import distributed as dist
     from flowvi.estimators import reparam
     from flowvi.fastpath import StepOptions, make_optimizer, make_step
 
     cfg = TrainConfig(steps=steps, batch_size=32, lr=1e-2)
-    options = StepOptions(compile_, False, "fp32", False, True, overlap=overlap)
+    options = StepOptions(compile_, False, "fp32", False, True, overlap=overlap, overlap_layers=overlap_layers)
     params = list(flow.parameters())
     averager = dist.GradientAverager(params, bucket_mb=0.002)
     step = make_step(flow, target, reparam, make_optimizer(params, cfg, options), params, cfg, options, averager)
@@ -153,11 +164,15 @@ def _check_overlapped_step(rank, world, tmp):
     # The step's own compiler (inductor) is slow on the CPU; AOTAutograd without code generation makes
     # the same per-layer backward nodes.
     fastpath._compile = aot_eager
+    regions_of_3 = copy.deepcopy(flow)  # regions of 3 and 1 of the 4 layers
     overlapped, step = _train_two_ranks(flow, target, rank, compile_=True, overlap=True)
     assert step.options.overlap and step.options.compile
+    grouped, step = _train_two_ranks(regions_of_3, target, rank, compile_=True, overlap=True, overlap_layers=3)
+    assert step.options.overlap_layers == 3
     moved = (reference - theta0).norm()
     assert moved > 0
     assert (overlapped - reference).norm() < 1e-4 * moved
+    assert (grouped - reference).norm() < 1e-4 * moved
     gathered = [torch.empty_like(overlapped) for _ in range(world)]
     torch.distributed.all_gather(gathered, overlapped)
     assert torch.equal(gathered[0], gathered[1])

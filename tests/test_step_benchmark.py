@@ -51,3 +51,14 @@ def test_floor_quick_run(tmp_path):
     assert row["params"] == 2 * ((5 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10))
     assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0 and row["adam_ms"] > 0
     assert row["floor_ms"] == row["fwd_ms"] + row["bwd_ms"] + row["adam_ms"]
+
+
+def test_ddp_variant_names():
+    ddp = load_benchmark("ddp")
+    assert ddp.parse_variant("fast") == ("fast", 1)
+    assert ddp.parse_variant("fast-overlap@4") == ("fast-overlap", 4)
+    assert ddp.base_variant("fast-overlap-bf16comm@4") == "fast-overlap@4"
+    assert ddp.base_variant("fast-bf16comm") == "fast"
+    for bad in ("fast@4", "fast-overlap@0", "fast-overlap@x", "slow"):  # @K only for overlap variants
+        with pytest.raises(ValueError):
+            ddp.parse_variant(bad)

@@ -61,6 +61,7 @@ class StepOptions:
     tf32: bool
     fused_adam: bool
     overlap: bool = False  # compile the flow layer by layer (all-reduce overlaps the backward pass)
+    overlap_layers: int = 1  # with overlap: consecutive layers per compiled region
 
 
 def _flag(value, name: str) -> bool | str:
@@ -79,8 +80,8 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False, eager_
     ``auto`` means: on a CUDA device, CUDA graphs, and compile for runs of at least
     ``COMPILE_MIN_STEPS`` steps (compiling takes tens of seconds); neither on the CPU; CUDA graphs not with fp16 (the loss scaler decides on the host) nor under
     torch.distributed (turn them on explicitly there). TF32 is used on CUDA unless ``tf32=False``.
-    ``overlap`` (compile layer by layer) applies to a compiled step; ``auto`` turns it on for CUDA
-    devices under torch.distributed. ``eager_only`` (an estimator such as FAB, whose step has data-dependent
+    ``overlap`` (compile layer by layer, or ``overlap_layers`` layers per compiled region) applies to a
+    compiled step; ``auto`` turns it on for CUDA devices under torch.distributed. ``eager_only`` (an estimator such as FAB, whose step has data-dependent
     control flow) turns ``auto`` compile and CUDA graphs off, and refuses them, and 16-bit precision, when asked.
     """
     if cfg.precision not in PRECISIONS:
@@ -89,6 +90,9 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False, eager_
     if grad_comm not in COMM_DTYPES:
         raise ValueError(f"unknown grad_comm {grad_comm!r}; choose one of {', '.join(COMM_DTYPES)}")
     overlap = _flag(getattr(cfg, "overlap", "auto"), "overlap")
+    overlap_layers = getattr(cfg, "overlap_layers", 1)
+    if isinstance(overlap_layers, bool) or not isinstance(overlap_layers, int) or overlap_layers < 1:
+        raise ValueError(f"overlap_layers must be a positive integer, got {overlap_layers!r}")
     cuda = device.type == "cuda"
     comp = _flag(cfg.compile, "compile")
     graph = _flag(cfg.cuda_graph, "cuda_graph")
@@ -115,6 +119,7 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False, eager_
         tf32=bool(cuda and cfg.tf32),
         fused_adam=bool(fast),
         overlap=bool(comp and (overlap is True or (overlap == "auto" and distributed and cuda))),
+        overlap_layers=overlap_layers,
     )
 
 
@@ -335,7 +340,7 @@ class FastStep:
         self.eager_loss_fn = _loss_fn(estimator, flow, target, cfg.batch_size)
         self.loss_fn = self.eager_loss_fn
         if options.compile:
-            by_layer = compile_by_layer(flow, _compile) if options.overlap else None
+            by_layer = compile_by_layer(flow, _compile, options.overlap_layers) if options.overlap else None
             if options.overlap and by_layer is None:
                 warnings.warn(
                     f"overlap needs a Flow of at least two layers, got {type(flow).__name__}; the step is compiled "

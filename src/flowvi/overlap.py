@@ -54,11 +54,21 @@ class CompiledLayer(Transform):
         return self.layer.forward_with_score(z, score)
 
 
-def compile_by_layer(flow, compile_fn) -> Flow | None:
+def compile_by_layer(flow, compile_fn, layers_per_region: int = 1) -> Flow | None:
     """A :class:`~flowvi.flow.Flow` that shares ``flow``'s base distribution and layers (the same
-    parameter tensors) and runs each layer of its :class:`~flowvi.transforms.Compose` compiled by
-    ``compile_fn``. None when ``flow`` is not a ``Flow`` of a ``Compose`` of at least two layers (other
-    flows keep one compiled region)."""
+    parameter tensors) and runs its :class:`~flowvi.transforms.Compose` as consecutive regions of
+    ``layers_per_region`` layers, each compiled by ``compile_fn`` (the last region may be shorter). None when
+    ``flow`` is not a ``Flow`` of a ``Compose`` of at least two layers (other flows keep one compiled region).
+
+    More layers per region fuse more (fewer eager joins between regions) but hand out their gradients in
+    fewer, later groups, so less of the all-reduce overlaps the backward pass."""
+    if layers_per_region < 1:
+        raise ValueError(f"layers_per_region must be a positive integer, got {layers_per_region!r}")
     if type(flow) is not Flow or not isinstance(flow.transform, Compose) or len(flow.transform) < 2:
         return None
-    return Flow(flow.base, Compose([CompiledLayer(layer, compile_fn) for layer in flow.transform]))
+    layers = list(flow.transform)
+    regions = [layers[i : i + layers_per_region] for i in range(0, len(layers), layers_per_region)]
+    return Flow(
+        flow.base,
+        Compose([CompiledLayer(r[0] if len(r) == 1 else Compose(r), compile_fn) for r in regions]),
+    )

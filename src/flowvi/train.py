@@ -47,6 +47,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; log-dets, log-densities, loss in fp32)
     tf32: bool = True  # TF32 matrix products on CUDA during training
     overlap: bool | str = "auto"  # compile layer by layer: all-reduce overlaps backward (auto: CUDA + torchrun)
+    overlap_layers: int = 1  # with overlap: consecutive layers per compiled region (more fuse more, overlap less)
     grad_comm: str = "fp32"  # fp32 | bf16 | fp16: dtype of the data-parallel gradient all-reduce
 
 

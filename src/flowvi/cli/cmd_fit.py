@@ -72,6 +72,12 @@ def register(sub):
         help="compile layer by layer so the torchrun all-reduce overlaps the backward pass (auto: under torchrun)",
     )
     g.add_argument(
+        "--overlap-layers",
+        type=int,
+        default=1,
+        help="with --overlap: consecutive flow layers per compiled region (more fuse more; fewer overlap)",
+    )
+    g.add_argument(
         "--grad-comm",
         default="fp32",
         choices=list(COMM_DTYPES),
@@ -152,7 +158,7 @@ def config_from_args(args) -> dict:
     if args.clamp not in CLAMPS:
         raise ValueError(f"unknown clamp {args.clamp!r}; choose one of {', '.join(CLAMPS)}")
     for name in ("steps", "batch_size", "layers", "hidden", "eval_samples", "init_steps", "init_batch_size",
-                 "fab_stages", "fab_leapfrog", "fab_replay"):  # fmt: skip
+                 "fab_stages", "fab_leapfrog", "fab_replay", "overlap_layers"):  # fmt: skip
         if getattr(args, name, None) is not None and getattr(args, name, None) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name, None)}")
     if getattr(args, "init_draws", None) and getattr(args, "init_flow", None):
@@ -177,6 +183,7 @@ def config_from_args(args) -> dict:
         cuda_graph=_tristate(getattr(args, "cuda_graph", "auto")),
         tf32=getattr(args, "tf32", True),
         overlap=_tristate(getattr(args, "overlap", "auto")),
+        overlap_layers=getattr(args, "overlap_layers", 1),
         grad_comm=getattr(args, "grad_comm", "fp32"),
     )
     return {
