@@ -17,8 +17,9 @@ gradient hooks start each bucket's all-reduce during the backward pass, captured
 fast step; one compiled backward, so the all-reduce follows it), ``compile-overlap`` and
 ``fast-overlap`` (the flow compiled layer by layer, flowvi.overlap, so the all-reduce of the last
 layers overlaps the backward of the first ones; ``fast-overlap@4`` compiles regions of 4 layers),
-and ``-bf16comm`` versions of ``graph``, ``fast`` and ``fast-overlap`` (gradients all-reduced in bf16). A ``-bf16comm`` variant on one GPU is its base
-variant (no communication), so its 1-GPU row is copied from the base variant when that ran.
+and ``-bf16comm`` versions of ``graph``, ``fast`` and ``fast-overlap`` (gradients all-reduced in bf16).
+A ``-bf16comm`` variant on one GPU is its base variant (no communication), so its 1-GPU row is copied
+from the base variant when that ran.
 
 NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are set here for every process).
 """
