@@ -15,7 +15,7 @@ Variants (``--variants``): ``eager`` (no compile, no CUDA graph), ``graph`` (eag
 gradient hooks start each bucket's all-reduce during the backward pass, captured in a CUDA graph),
 ``compile`` (torch.compile of the whole loss, no graph), ``fast`` (compile + CUDA graph: the default
 fast step; one compiled backward, so the all-reduce follows it), ``compile-overlap`` and
-``fast-overlap`` (the flow compiled layer by layer, flowvi.overlap, so the all-reduce of the last
+``fast-overlap`` (the flow compiled layer by layer, flowvi.training.overlap, so the all-reduce of the last
 layers overlaps the backward of the first ones; ``fast-overlap@4`` compiles regions of 4 layers),
 and ``-bf16comm`` versions of ``graph``, ``fast`` and ``fast-overlap`` (gradients all-reduced in bf16).
 A ``-bf16comm`` variant on one GPU is its base variant (no communication), so its 1-GPU row is copied
@@ -46,11 +46,11 @@ import torch.multiprocessing as mp  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi import distributed as dist  # noqa: E402
-from flowvi import realnvp  # noqa: E402
-from flowvi.estimators import ESTIMATORS  # noqa: E402
-from flowvi.fastpath import StepOptions, make_optimizer, make_step, matmul_precision  # noqa: E402
-from flowvi.train import TrainConfig, make_scheduler  # noqa: E402
+from flowvi import realnvp
+from flowvi.objectives.estimators import ESTIMATORS
+from flowvi.training import distributed as dist
+from flowvi.training.fast_step import StepOptions, make_optimizer, make_step, matmul_precision
+from flowvi.training.loop import TrainConfig, make_scheduler
 
 CONFIGS = [(1000, 4096, 16, 512), (5000, 1024, 16, 512)]  # the two larger configurations of step.py
 QUICK_CONFIGS = [(20, 128, 2, 32)]

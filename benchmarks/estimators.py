@@ -26,12 +26,12 @@ import time
 
 import torch
 
-from flowvi.estimators import ESTIMATORS
-from flowvi.fastpath import StepOptions, make_optimizer, make_step
-from flowvi.realnvp import realnvp
+from flowvi.flows.realnvp import realnvp
+from flowvi.objectives.estimators import ESTIMATORS
 from flowvi.targets.base import Target
 from flowvi.targets.funnel import Funnel
-from flowvi.train import TrainConfig
+from flowvi.training.fast_step import StepOptions, make_optimizer, make_step
+from flowvi.training.loop import TrainConfig
 
 NAMES = ("reparam", "path", "path_naive", "reinforce")
 

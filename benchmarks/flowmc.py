@@ -16,8 +16,8 @@ On ``regularized_horseshoe_nci60`` with p genes (d = 2p + 3) this runs, with the
   HMC; the flow's training is not counted: see the seconds), or with ``--match time`` the hybrid's wall time;
 * an independent HMC reference (``benchmarks/regularized_horseshoe.py``'s ``hmc_reference``: another seed,
   ``--ref-iterations`` warm-up and draws), which scores both: the share of the p coefficients whose posterior mean
-  is within 0.1 reference sd of the reference's (:func:`flowvi.stability.share_within`), beside the zero guess's
-  share (:func:`flowvi.stability.zero_guess_scores`).
+  is within 0.1 reference sd of the reference's (:func:`flowvi.studies.stability.share_within`), beside the zero guess's
+  share (:func:`flowvi.studies.stability.zero_guess_scores`).
 
 Per sampler: seconds, gradient evaluations per chain, local and global acceptance, the rank-normalized R-hat
 (max over beta and over all coordinates), bulk-ESS of beta (min, median) and per second, and the regimes of
@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from regularized_horseshoe import TARGET, finish, hmc_reference, regimes, scores  # noqa: E402
 
-from flowvi.baselines.hmc import summarize_draws  # noqa: E402
-from flowvi.realnvp import realnvp  # noqa: E402
-from flowvi.samplers.adaptive_hmc import adaptive_hmc  # noqa: E402
-from flowvi.samplers.flowmc import flowmc  # noqa: E402
-from flowvi.stability import zero_guess_scores  # noqa: E402
-from flowvi.targets import make_target  # noqa: E402
+from flowvi.flows.realnvp import realnvp
+from flowvi.runs.hmc_baseline import summarize_draws
+from flowvi.samplers.adaptive_hmc import adaptive_hmc
+from flowvi.samplers.flowmc import flowmc
+from flowvi.studies.stability import zero_guess_scores
+from flowvi.targets import make_target
 
 
 def sampler_row(name: str, target, draws: torch.Tensor, ref: dict, seconds: float, device) -> dict:

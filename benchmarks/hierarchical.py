@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from regularized_horseshoe import finish  # noqa: E402
 
-from flowvi.diagnostics import summarize  # noqa: E402
-from flowvi.runs import build  # noqa: E402
-from flowvi.train import TrainConfig, fit  # noqa: E402
+from flowvi.diagnostics.importance import summarize
+from flowvi.runs.run_dir import build
+from flowvi.training.loop import TrainConfig, fit
 
 
 def train(dim: int, hierarchical: bool, args) -> dict:

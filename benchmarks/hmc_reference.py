@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi.cli import main as flowvi_main  # noqa: E402
-from flowvi.runs import resolve_device, resolve_dtype  # noqa: E402
-from flowvi.samplers.adaptive_hmc import GraphedLeapfrog, _log_prob_and_grad, leapfrog  # noqa: E402
-from flowvi.targets import make_target  # noqa: E402
+from flowvi.cli import main as flowvi_main
+from flowvi.runs.run_dir import resolve_device, resolve_dtype
+from flowvi.samplers.adaptive_hmc import GraphedLeapfrog, _log_prob_and_grad, leapfrog
+from flowvi.targets import make_target
 
 
 def time_leapfrog(target, chains: int, device, dtype, repeats: int = 20, steps: int = 10, graph=False) -> float:

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi.evaluate import evaluate  # noqa: E402
-from flowvi.runs import build  # noqa: E402
-from flowvi.samplers.adaptive_hmc import adaptive_hmc  # noqa: E402
-from flowvi.targets import make_target  # noqa: E402
-from flowvi.train import TrainConfig, fit  # noqa: E402
+from flowvi.diagnostics.evaluate import evaluate
+from flowvi.runs.run_dir import build
+from flowvi.samplers.adaptive_hmc import adaptive_hmc
+from flowvi.targets import make_target
+from flowvi.training.loop import TrainConfig, fit
 
 
 class TemperedLikelihood(torch.nn.Module):

@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from flowvi.diagnostics import normalized_ess
-from flowvi.estimators import ESTIMATORS
-from flowvi.fastpath import StepOptions, make_optimizer, make_step, matmul_precision
-from flowvi.lattice.u1 import average_plaquette, topological_charge, topological_susceptibility
+from flowvi.diagnostics.importance import normalized_ess
+from flowvi.objectives.estimators import ESTIMATORS
+from flowvi.physics.u1 import average_plaquette, topological_charge, topological_susceptibility
 from flowvi.targets import make_target
 from flowvi.targets.gauge import SCHWINGER_PRESETS
-from flowvi.train import TrainConfig
+from flowvi.training.fast_step import StepOptions, make_optimizer, make_step, matmul_precision
+from flowvi.training.loop import TrainConfig
 
 
 def sync(device):
@@ -355,7 +355,7 @@ def main(argv=None):
         if name in ESTIMATORS:
             names.append(name)
         else:
-            print(f"note: estimator {name!r} is not in flowvi.estimators.ESTIMATORS; skipped")
+            print(f"note: estimator {name!r} is not in flowvi.objectives.estimators.ESTIMATORS; skipped")
 
     ops = []
     if args.ops_size:

@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi.reference import convergence_info, summarize_chains, write_reference  # noqa: E402
-from flowvi.targets import make_target  # noqa: E402
+from flowvi.diagnostics.mcmc import convergence_info, summarize_chains, write_reference
+from flowvi.targets import make_target
 
 
 def load_run(run_dir: Path):

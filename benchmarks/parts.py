@@ -37,10 +37,10 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi.datasets import ArrayData, load_data  # noqa: E402
-from flowvi.density import make_parted, prepare  # noqa: E402
-from flowvi.glow import glow  # noqa: E402
-from flowvi.parts import PartsConfig, PartsTrainer, active_parts  # noqa: E402
+from flowvi.data.arrays import ArrayData, load_data
+from flowvi.flows.glow import glow
+from flowvi.training.density import make_parted, prepare
+from flowvi.training.parts import PartsConfig, PartsTrainer, active_parts
 
 TOLERANCE = 0.01  # "reached" = test bits/dim <= (1 + TOLERANCE) * target
 

@@ -7,7 +7,7 @@ an HMC baseline of the same target.
     PYTHONPATH=src python benchmarks/phi4.py --device cuda --out phi4.json      # L=16, kappa=0.3, lam=0.022
     PYTHONPATH=src python benchmarks/phi4.py --quick                            # CPU check, about a minute
 
-Default setting: the ``nicoli`` preset of :mod:`flowvi.lattice.phi4` (L = 16, kappa = 0.3, lam = 0.022,
+Default setting: the ``nicoli`` preset of :mod:`flowvi.targets.phi4` (L = 16, kappa = 0.3, lam = 0.022,
 broken phase) at batch 1024; the step count (4000) is what fits two estimators in about 7 minutes on one
 H100 (see docs/lattice.md for the reduction relative to published training lengths).
 """
@@ -21,12 +21,12 @@ import time
 
 import torch
 
-from flowvi.diagnostics import normalized_ess, pareto_k
-from flowvi.evaluate import importance_log_weights
-from flowvi.lattice.flows_phi4 import phi4_flow, z2_proposal
-from flowvi.lattice.phi4 import PRESETS, Phi4
-from flowvi.lattice.phi4_mcmc import hmc_phi4, nmcmc_phi4
-from flowvi.train import fit
+from flowvi.diagnostics.evaluate import importance_log_weights
+from flowvi.diagnostics.importance import normalized_ess, pareto_k
+from flowvi.flows.phi4 import phi4_flow, z2_proposal
+from flowvi.studies.phi4_mcmc import hmc_phi4, nmcmc_phi4
+from flowvi.targets.phi4 import PRESETS, Phi4
+from flowvi.training.loop import fit
 
 #: The path-gradient paper's phi^4 ESS could not be retrieved in this environment (docs/lattice.md);
 #: None is printed as "n/a" rather than a number we cannot source.

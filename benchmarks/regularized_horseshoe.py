@@ -8,19 +8,19 @@ On ``regularized_horseshoe_nci60`` (Piironen & Vehtari 2017; :mod:`flowvi.target
 genes, this runs
 
 * many-chain HMC (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`, dispersed starts) as the reference, with
-  split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.baselines.hmc.summarize_draws`, on the sampler's device);
+  split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.runs.hmc_baseline.summarize_draws`, on the sampler's device);
 * flows trained by reverse KL (``--variants``: ``realnvp`` = Real NVP with the asymmetric clamp and LOFT,
   ``spline`` = the same with the elementwise spline, ``hier`` = with the target's hierarchical couplings
   (:mod:`flowvi.transforms.hierarchical`), ``hier-spline`` = both; a ``-fab`` suffix continues with ``--fab-steps``
-  steps of the mass-covering FAB estimator (:mod:`flowvi.fab`), ``-fabbuf`` the same with its prioritized replay
+  steps of the mass-covering FAB estimator (:mod:`flowvi.objectives.fab`), ``-fabbuf`` the same with its prioritized replay
   buffer (``--fab-buffer`` draws, ``--fab-replay`` steps per AIS run)), each with ELBO, IS log Z and Pareto k; with
   ``--fab-eval-every K`` the FAB phase is scored against HMC every K steps (the ``fab_trace`` of its row);
-* tempered SMC (``--smc-repeats`` runs, :func:`flowvi.baselines.smc.run_smc`) for a log Z to compare with;
+* tempered SMC (``--smc-repeats`` runs, :func:`flowvi.samplers.smc.run_smc`) for a log Z to compare with;
 
 and reports for every sampler the regimes (5/50/95 % quantiles of log tau, beta0 and log c; median |beta_j| and
 median sd(beta_j)) and, for the flows, the share of coefficients whose posterior mean is within 0.1 HMC posterior
-sd of HMC's (:func:`flowvi.stability.share_within`; medians: :func:`flowvi.stability.share_within_robust`) beside
-the share of the zero guess (:func:`flowvi.stability.zero_guess_scores`) and of half of the HMC chains scored
+sd of HMC's (:func:`flowvi.studies.stability.share_within`; medians: :func:`flowvi.studies.stability.share_within_robust`) beside
+the share of the zero guess (:func:`flowvi.studies.stability.zero_guess_scores`) and of half of the HMC chains scored
 against the other half (what an exact sampler with HMC's Monte Carlo error would get).
 
 ``--reference-cache FILE`` keeps HMC's row and reference summary in FILE (written on the first run, read on later
@@ -42,15 +42,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi import checkpoint as ckpt  # noqa: E402
-from flowvi.baselines.hmc import summarize_draws  # noqa: E402
-from flowvi.baselines.smc import run_smc  # noqa: E402
-from flowvi.diagnostics import psis_log_weights, summarize  # noqa: E402
-from flowvi.reference import convergence_info  # noqa: E402
-from flowvi.runs import build  # noqa: E402
-from flowvi.samplers.adaptive_hmc import adaptive_hmc  # noqa: E402
-from flowvi.stability import ROBUST, share_within, share_within_robust, zero_guess_scores  # noqa: E402
-from flowvi.train import TrainConfig, fit  # noqa: E402
+from flowvi.diagnostics.importance import psis_log_weights, summarize
+from flowvi.diagnostics.mcmc import convergence_info
+from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.hmc_baseline import summarize_draws
+from flowvi.runs.run_dir import build
+from flowvi.samplers.adaptive_hmc import adaptive_hmc
+from flowvi.samplers.smc import run_smc
+from flowvi.studies.stability import ROBUST, share_within, share_within_robust, zero_guess_scores
+from flowvi.training.loop import TrainConfig, fit
 
 TARGET = "regularized_horseshoe_nci60"
 STAT_KEYS = ("elbo", "elbo_se", "log_z", "log_z_se", "ess", "pareto_k")
@@ -209,7 +209,10 @@ def train_flow(
     t0 = time.perf_counter()
     fit(flow, target, TrainConfig(steps=steps, batch_size=batch, checkpoint_every=10**9, log_every=50), progress=False)
     trace = []
-    if parts & {"fab", "fabbuf"}:  # then the mass-covering FAB objective from the reverse-KL flow (flowvi.fab)
+    if parts & {
+        "fab",
+        "fabbuf",
+    }:  # then the mass-covering FAB objective from the reverse-KL flow (flowvi.objectives.fab)
         cfg = TrainConfig(
             steps=fab["steps"],
             batch_size=batch,

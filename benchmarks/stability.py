@@ -46,9 +46,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi.baselines.smc import run_smc  # noqa: E402
-from flowvi.runs import build, resolve_device  # noqa: E402
-from flowvi.stability import (  # noqa: E402
+from flowvi.runs.run_dir import build, resolve_device
+from flowvi.samplers.smc import run_smc
+from flowvi.studies.stability import (
     aggregate,
     grid,
     markdown_table,
@@ -58,8 +58,8 @@ from flowvi.stability import (  # noqa: E402
     score_against_reference,
     zero_guess_scores,
 )
-from flowvi.targets import make_target  # noqa: E402
-from flowvi.train import TrainConfig, fit  # noqa: E402
+from flowvi.targets import make_target
+from flowvi.training.loop import TrainConfig, fit
 
 FULL = {
     "p": 2000,
@@ -121,7 +121,7 @@ def find_reference(args, spec, study_dir, s, result):
     if args.no_nuts:
         return None
     try:
-        from flowvi.baselines.nuts import run_nuts
+        from flowvi.samplers.nuts import run_nuts
 
         target = make_target(spec["name"], **spec["params"]).to(resolve_device(args.nuts_device), torch.float64)
         t0 = time.perf_counter()
@@ -222,7 +222,7 @@ def ceiling_share(reference: Path, n_flow: int) -> float:
 
 
 def zero_guess(spec: dict, reference) -> dict:
-    """Scores of "every coefficient is 0" against the reference (see flowvi.stability.zero_guess_scores)."""
+    """Scores of "every coefficient is 0" against the reference (see flowvi.studies.stability.zero_guess_scores)."""
     target = make_target(spec["name"], **spec.get("params", {})).double()
     return zero_guess_scores(reference_stats(target, reference))
 

@@ -37,10 +37,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowvi import realnvp  # noqa: E402
-from flowvi.estimators import ESTIMATORS  # noqa: E402
-from flowvi.fastpath import StepOptions, make_optimizer, make_step, matmul_precision  # noqa: E402
-from flowvi.train import TrainConfig, make_scheduler  # noqa: E402
+from flowvi import realnvp
+from flowvi.objectives.estimators import ESTIMATORS
+from flowvi.training.fast_step import StepOptions, make_optimizer, make_step, matmul_precision
+from flowvi.training.loop import TrainConfig, make_scheduler
 
 CONFIGS = [  # d, batch, coupling layers, hidden
     (100, 256, 8, 256),

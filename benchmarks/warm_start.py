@@ -8,14 +8,14 @@ posterior mass sits in a separation regime (HMC: log tau median -1.2, intercept 
 This script asks whether starting the flow *in* the separation regime helps: it
 
 1. runs many-chain HMC (``flowvi.samplers.adaptive_hmc``, seed ``--seed``): the reference;
-2. draws the warm-start samples: tempered SMC particles (``flowvi.baselines.run_smc``, seed + 1) and the draws of
+2. draws the warm-start samples: tempered SMC particles (``flowvi.samplers.smc.run_smc``, seed + 1) and the draws of
    an independent HMC run (seed + 1);
 3. for each variant (``plain``: reverse KL from the identity; ``warm-smc``, ``warm-hmc``: first
    ``flowvi.pretrain_on_draws`` on those draws) trains the same Real NVP as benchmarks/horseshoe_regimes.py
    (8 coupling layers of width 256, asymmetric clamp, LOFT) by reverse KL, and at fractions ``--at`` of the
    fine-tuning (0 = right after pre-training) reports the regime (``describe``: log tau and beta0 quantiles),
-   ELBO, IS log Z and Pareto k (``flowvi.evaluate``), and the share of the p coefficients whose flow mean lies
-   within 0.1 HMC sd of the HMC mean (``flowvi.stability.share_within``; the median version
+   ELBO, IS log Z and Pareto k (``flowvi.diagnostics.evaluate``), and the share of the p coefficients whose flow mean lies
+   within 0.1 HMC sd of the HMC mean (``flowvi.studies.stability.share_within``; the median version
    ``share_within_robust`` too), beside the zero guess's share (``zero_guess_scores``) and the warm-start
    draws' own share (how well a second sampler run agrees with the reference at all).
 """
@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from horseshoe_regimes import describe  # noqa: E402
 
-from flowvi.baselines import run_smc  # noqa: E402
-from flowvi.evaluate import evaluate  # noqa: E402
-from flowvi.pretrain import pretrain_on_draws  # noqa: E402
-from flowvi.runs import build  # noqa: E402
-from flowvi.samplers.adaptive_hmc import adaptive_hmc  # noqa: E402
-from flowvi.stability import ROBUST, share_within, share_within_robust, zero_guess_scores  # noqa: E402
-from flowvi.targets import make_target  # noqa: E402
-from flowvi.train import TrainConfig, fit  # noqa: E402
+from flowvi.diagnostics.evaluate import evaluate
+from flowvi.runs.run_dir import build
+from flowvi.samplers import run_smc
+from flowvi.samplers.adaptive_hmc import adaptive_hmc
+from flowvi.studies.stability import ROBUST, share_within, share_within_robust, zero_guess_scores
+from flowvi.targets import make_target
+from flowvi.training.loop import TrainConfig, fit
+from flowvi.training.pretrain import pretrain_on_draws
 
 
 def coefficient_stats(target, theta: torch.Tensor) -> dict:
@@ -146,7 +146,9 @@ def main(argv=None):
     ap.add_argument("--smc-ess", type=float, default=0.8, help="ESS fraction that sets the next temperature")
     ap.add_argument("--variants", default="plain,warm-smc,warm-hmc")
     ap.add_argument("--at", default="0,0.25,0.5,1", help="fractions of the reverse-KL steps to report at")
-    ap.add_argument("--eval-samples", type=int, default=20_000, help="importance samples of flowvi.evaluate")
+    ap.add_argument(
+        "--eval-samples", type=int, default=20_000, help="importance samples of flowvi.diagnostics.evaluate"
+    )
     ap.add_argument("--flow-draws", type=int, default=10_000, help="flow draws for the regime and the shares")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a shared CPU)")

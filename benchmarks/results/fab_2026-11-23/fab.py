@@ -1,4 +1,4 @@
-# ruff: noqa  (the prototype as it ran, kept for provenance; flowvi.fab.FAB is the library version)
+# ruff: noqa  (the prototype as it ran, kept for provenance; flowvi.objectives.fab.FAB is the library version)
 """Prototype: FAB (Midgley et al. 2023) from the reverse-KL warm flow at p=200; AIS q -> p^2/q with HMC."""
 
 import copy
@@ -13,8 +13,8 @@ import torch
 sys.path.insert(0, "benchmarks")
 from regularized_horseshoe import regimes, scores
 
-from flowvi.diagnostics import summarize
-from flowvi.runs import build
+from flowvi.diagnostics.importance import summarize
+from flowvi.runs.run_dir import build
 
 torch.set_num_threads(2)
 args = dict(a.split("=") for a in sys.argv[1:])

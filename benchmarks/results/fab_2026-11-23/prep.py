@@ -1,4 +1,4 @@
-# ruff: noqa  (the prototype as it ran, kept for provenance; flowvi.fab.FAB is the library version)
+# ruff: noqa  (the prototype as it ran, kept for provenance; flowvi.objectives.fab.FAB is the library version)
 """HMC reference and a reverse-KL warm flow at p=200, cached for the FAB experiments."""
 
 import pickle
@@ -10,8 +10,8 @@ import torch
 sys.path.insert(0, "benchmarks")
 from regularized_horseshoe import hmc_reference
 
-from flowvi.runs import build
-from flowvi.train import TrainConfig, fit
+from flowvi.runs.run_dir import build
+from flowvi.training.loop import TrainConfig, fit
 
 torch.set_num_threads(2)
 p = 200

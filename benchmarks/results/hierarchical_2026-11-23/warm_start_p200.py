@@ -13,11 +13,11 @@ import torch
 sys.path.insert(0, "benchmarks")
 from regularized_horseshoe import hmc_reference, regimes, scores  # noqa: E402
 
-from flowvi.diagnostics import summarize  # noqa: E402
-from flowvi.pretrain import pretrain_on_draws  # noqa: E402
-from flowvi.runs import build  # noqa: E402
-from flowvi.targets import make_target  # noqa: E402
-from flowvi.train import TrainConfig, fit  # noqa: E402
+from flowvi.diagnostics.importance import summarize
+from flowvi.runs.run_dir import build
+from flowvi.targets import make_target
+from flowvi.training.loop import TrainConfig, fit
+from flowvi.training.pretrain import pretrain_on_draws
 
 torch.set_num_threads(2)
 p = int(sys.argv[1]) if len(sys.argv) > 1 else 200

@@ -8,8 +8,8 @@ import importlib
 import pkgutil
 import sys
 
-from ..targets import TargetError
-from ..train import TrainingDiverged
+from flowvi.targets import TargetError
+from flowvi.training.loop import TrainingDiverged
 
 USER_ERRORS = (TargetError, TrainingDiverged, ValueError, FileNotFoundError, FileExistsError, KeyError)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import checkpoint as ckpt
-from ..runs import resolve_device, resolve_dtype
-from ..targets import make_target
-from .common import add_device_options, parse_params
+from flowvi.cli.common import add_device_options, parse_params
+from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.run_dir import resolve_device, resolve_dtype
+from flowvi.targets import make_target
 
 
 def register(sub):
@@ -112,7 +112,7 @@ def run(args):
         "dtype": args.dtype,
     }
     if args.method == "nuts":
-        from ..baselines.nuts import require_pyro, run_nuts
+        from flowvi.samplers.nuts import require_pyro, run_nuts
 
         try:
             require_pyro()
@@ -146,11 +146,11 @@ def run(args):
         )
     elif args.method in ("hmc", "flowmc"):
         if args.method == "hmc":
-            from ..baselines.hmc import run_hmc_baseline as run_baseline
+            from flowvi.runs.hmc_baseline import run_hmc_baseline as run_baseline
 
             files = "config.json,summary.json"
         else:
-            from ..baselines.flowmc import run_flowmc_baseline as run_baseline
+            from flowvi.runs.flowmc_baseline import run_flowmc_baseline as run_baseline
 
             if args.reference_out:
                 raise ValueError("--reference-out is for 'flowvi baseline hmc'")
@@ -163,7 +163,7 @@ def run(args):
             print(f"wrote {out}/{{{files}}}")
             return 0
     else:
-        from ..baselines.smc import run_smc
+        from flowvi.samplers.smc import run_smc
 
         config["smc"] = {
             "particles": args.particles,

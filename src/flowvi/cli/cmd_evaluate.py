@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import checkpoint as ckpt
-from ..evaluate import evaluate
-from ..runs import load_run
-from .common import add_device_options, format_summary
+from flowvi.cli.common import add_device_options, format_summary
+from flowvi.diagnostics.evaluate import evaluate
+from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.run_dir import load_run
 
 
 def register(sub):

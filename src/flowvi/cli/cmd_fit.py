@@ -7,17 +7,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import checkpoint as ckpt
-from .. import distributed as dist
-from ..distributed import COMM_DTYPES
-from ..estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
-from ..evaluate import evaluate
-from ..fastpath import PRECISIONS
-from ..pretrain import load_draws, pretrain_on_draws
-from ..runs import build, load_flow_weights, plot_training_curve, read_config, write_samples
-from ..train import TrainConfig, fit
-from ..transforms import CLAMPS
-from .common import add_device_options, format_summary, parse_params
+from flowvi.cli.common import add_device_options, format_summary, parse_params
+from flowvi.diagnostics.evaluate import evaluate
+from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
+from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config, write_samples
+from flowvi.training import distributed as dist
+from flowvi.training.distributed import COMM_DTYPES
+from flowvi.training.fast_step import PRECISIONS
+from flowvi.training.loop import TrainConfig, fit
+from flowvi.training.pretrain import load_draws, pretrain_on_draws
+from flowvi.transforms import CLAMPS
 
 
 def register(sub):
@@ -221,7 +221,7 @@ def config_from_args(args) -> dict:
 
 
 def _init_config(args) -> dict:
-    """The warm start's settings as recorded in config.json (``flowvi.pretrain.pretrain_on_draws``)."""
+    """The warm start's settings as recorded in config.json (``flowvi.training.pretrain.pretrain_on_draws``)."""
     if not args.init_lr > 0:
         raise ValueError(f"--init-lr must be positive, got {args.init_lr}")
     return {

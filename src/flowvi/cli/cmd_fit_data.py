@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from .. import density
-from ..datasets import SHIPPED
-from ..estimators import FORWARD_ESTIMATORS
-from ..parts import SCHEDULES, PartsConfig
-from ..runs import read_config
-from ..transforms import CLAMPS
-from .common import add_device_options
+from flowvi.cli.common import add_device_options
+from flowvi.data.arrays import SHIPPED
+from flowvi.objectives.estimators import FORWARD_ESTIMATORS
+from flowvi.runs.run_dir import read_config
+from flowvi.training import density
+from flowvi.training.parts import SCHEDULES, PartsConfig
+from flowvi.transforms import CLAMPS
 
 
 def register(sub):

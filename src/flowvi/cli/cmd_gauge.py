@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import checkpoint as ckpt
-from ..lattice.gauge_observables import gauge_observables
-from ..runs import load_run
-from .common import add_device_options
+from flowvi.cli.common import add_device_options
+from flowvi.physics.gauge_observables import gauge_observables
+from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.run_dir import load_run
 
 
 def register(sub):

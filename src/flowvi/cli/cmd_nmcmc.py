@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import write_json_atomic
-from ..runs import load_run
-from ..samplers import independence_mh
-from ..stats import jackknife, tau_int
+from flowvi.diagnostics.errors import jackknife, tau_int
+from flowvi.runs.checkpoint import write_json_atomic
+from flowvi.runs.run_dir import load_run
+from flowvi.samplers import independence_mh
 
 PHI4_ROWS = ("abs_magnetization", "chi_2", "susceptibility", "xi_2nd_moment")
 
@@ -41,7 +41,7 @@ def _fmt(e):
 def _run_phi4(args, flow, target):
     import torch
 
-    from ..lattice.phi4_mcmc import hmc_phi4, nmcmc_phi4
+    from flowvi.studies.phi4_mcmc import hmc_phi4, nmcmc_phi4
 
     result = nmcmc_phi4(flow, target, args.steps, bins=args.bins, seed=args.seed, reweighted_errors=args.errors)
     rew = result["reweighted"]
@@ -50,7 +50,7 @@ def _run_phi4(args, flow, target):
         print("warning: Pareto k > 0.7: the importance weights are heavy-tailed; IMH and reweighted estimates")
         print("         can be biased with understated errors (train the flow longer)")
     if args.hmc:
-        from ..lattice.flows_phi4 import z2_proposal
+        from flowvi.flows.phi4 import z2_proposal
 
         with torch.no_grad():
             x0 = z2_proposal(flow).sample(args.hmc_chains)
@@ -81,7 +81,7 @@ def run(args):
     if args.hmc < 0 or args.hmc_chains < 2:
         raise ValueError(f"--hmc must be >= 0 and --hmc-chains >= 2, got {args.hmc}, {args.hmc_chains}")
     flow, target, _ = load_run(args.run_dir)
-    from ..lattice.phi4 import Phi4
+    from flowvi.targets.phi4 import Phi4
 
     if isinstance(target, Phi4):
         result = _run_phi4(args, flow, target)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs import load_run, write_samples
-from .common import add_device_options
+from flowvi.cli.common import add_device_options
+from flowvi.runs.run_dir import load_run, write_samples
 
 
 def register(sub):

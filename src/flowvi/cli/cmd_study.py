@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..estimators import ESTIMATORS
-from ..runs import hierarchy_of
-from ..stability import BASE_CHOICES, CLAMP_CHOICES, grid, run_study, score_against_reference
-from ..targets import make_target
-from ..train import TrainConfig
-from .common import add_device_options, parse_params
+from flowvi.cli.common import add_device_options, parse_params
+from flowvi.objectives.estimators import ESTIMATORS
+from flowvi.runs.run_dir import hierarchy_of
+from flowvi.studies.stability import BASE_CHOICES, CLAMP_CHOICES, grid, run_study, score_against_reference
+from flowvi.targets import make_target
+from flowvi.training.loop import TrainConfig
 
 
 def comma_list(text: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..targets import TARGETS, target_parameters
+from flowvi.targets import TARGETS, target_parameters
 
 
 def register(sub):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..diagnostics import summarize  # noqa: F401  (re-exported for subcommands)
-
 
 def parse_value(text: str):
     """``3`` -> 3, ``0.5`` -> 0.5, ``true`` -> True, anything else stays a string."""

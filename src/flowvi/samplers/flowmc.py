@@ -53,8 +53,8 @@ import time
 import torch
 from torch import nn
 
-from ..distributions import StandardNormal
-from .adaptive_hmc import (
+from flowvi.core.bases import StandardNormal
+from flowvi.samplers.adaptive_hmc import (
     GraphedLeapfrog,
     _log_prob_and_grad,
     adaptive_hmc,

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import inspect
 
-from ..lattice.phi4 import Phi4
-from .base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
-from .funnel import Funnel
-from .gauge import Schwinger, U1Gauge
-from .gaussian import CorrelatedGaussian
-from .horseshoe import (
+from flowvi.targets.base import CallableTarget, Target, TargetError, checked_log_prob, load_callable
+from flowvi.targets.funnel import Funnel
+from flowvi.targets.gauge import Schwinger, U1Gauge
+from flowvi.targets.gaussian import CorrelatedGaussian
+from flowvi.targets.horseshoe import (
     HorseshoeBreastCancer,
     HorseshoeColon,
     HorseshoeLogisticRegression,
     HorseshoeNCI60,
     HorseshoeSynthetic,
 )
-from .regression import ConjugateLinearRegression
-from .regularized_horseshoe import (
+from flowvi.targets.phi4 import Phi4
+from flowvi.targets.regression import ConjugateLinearRegression
+from flowvi.targets.regularized_horseshoe import (
     RegularizedHorseshoeLogisticRegression,
     RegularizedHorseshoeNCI60,
     RegularizedHorseshoeSynthetic,
 )
-from .student_t import MultivariateStudentT
+from flowvi.targets.student_t import MultivariateStudentT
 
 #: name -> (constructor, one-line description). Other modules add their targets here.
 TARGETS = {

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .base import Target
+from flowvi.targets.base import Target
 
 
 class Funnel(Target):

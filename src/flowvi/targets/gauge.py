@@ -1,13 +1,13 @@
 """Lattice gauge theory targets in 2D: compact U(1) (Wilson action) and the two-flavour Schwinger model.
 
-Variables are link angles of shape ``(2, L, L)`` (see :mod:`flowvi.lattice.u1`), periodic, on the torus
+Variables are link angles of shape ``(2, L, L)`` (see :mod:`flowvi.physics.u1`), periodic, on the torus
 ``[0, 2pi)^(2V)``; ``log_prob`` is the unnormalized ``-S``.
 
 * ``u1``: ``S = S_g = -beta sum_x cos P(x)``; exact ``log Z`` (``log_evidence``), average plaquette and topological susceptibility from
-  the character expansion (:func:`flowvi.lattice.u1.exact_log_partition_function`).
+  the character expansion (:func:`flowvi.physics.u1.exact_log_partition_function`).
 * ``schwinger``: U(1) gauge field with ``N_f = 2`` degenerate Wilson fermions,
   ``S = S_g - log det(D^dagger D) = S_g - 2 log|det D|`` with ``D`` the Wilson–Dirac operator at hopping
-  parameter ``kappa`` (:mod:`flowvi.lattice.dirac`), computed by a batched LU of the dense complex
+  parameter ``kappa`` (:mod:`flowvi.physics.dirac`), computed by a batched LU of the dense complex
   ``2V x 2V`` matrix on the inputs' device. Presets (Bialas, Korcyl, Stebel 2023, arXiv 2308.13294,
   following Albergo et al. 2022): ``beta = 2``, ``kappa = 0.276`` (near criticality), ``L = 16`` the largest
   lattice; ``L = 8, 12`` are the smaller sizes of the comparison.
@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from ..lattice.dirac import hop_indices, log_abs_det_dirac, spin_projectors, time_boundary
-from ..lattice.gauge_flows import u1_gauge_flow
-from ..lattice.u1 import (
+from flowvi.flows.gauge import u1_gauge_flow
+from flowvi.physics.dirac import hop_indices, log_abs_det_dirac, spin_projectors, time_boundary
+from flowvi.physics.u1 import (
     check_links,
     exact_average_plaquette,
     exact_log_partition_function,
     exact_topological_susceptibility,
     wilson_action,
 )
-from .base import Target, TargetError
+from flowvi.targets.base import Target, TargetError
 
 #: The REINFORCE paper's Schwinger-model settings: name -> constructor parameters.
 SCHWINGER_PRESETS = {

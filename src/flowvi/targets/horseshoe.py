@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Target
+from flowvi.targets.base import Target
 
 
 class HorseshoeLogisticRegression(Target):
@@ -152,7 +152,7 @@ def nci60_design(p: int, positive: str, name: str) -> tuple[np.ndarray, np.ndarr
     """The NCI-60 design of the ``*_nci60`` targets: the ``p`` genes of largest variance, standardised, and
     ``y = 1`` for the cell lines of cancer type ``positive``. Returns ``(X, y, genes)``, ``genes`` the column
     indices into the 6830 genes; ``name`` prefixes the error messages."""
-    from ..data import load_nci60
+    from flowvi.data import load_nci60
 
     X, labels = load_nci60()
     p = int(p)
@@ -196,7 +196,7 @@ class HorseshoeColon(HorseshoeLogisticRegression):
     """
 
     def __init__(self, path: str | None = None, tau_scale: float = 1.0, intercept_scale: float = 10.0):
-        from ..data import load_colon
+        from flowvi.data import load_colon
 
         X, y, kind = load_colon(path)
         if kind == "raw":
@@ -226,7 +226,7 @@ class HorseshoeBreastCancer(HorseshoeLogisticRegression):
     """
 
     def __init__(self, p: int = 30, tau_scale: float = 1.0, intercept_scale: float = 10.0):
-        from ..data import load_breast_cancer
+        from flowvi.data import load_breast_cancer
 
         X, y = load_breast_cancer()
         p = int(p)

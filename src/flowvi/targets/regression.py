@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .base import Target
+from flowvi.targets.base import Target
 
 
 class ConjugateLinearRegression(Target):

@@ -58,8 +58,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Target
-from .horseshoe import logistic_data, nci60_design, scale_mixture_hierarchy, synthetic_design
+from flowvi.targets.base import Target
+from flowvi.targets.horseshoe import logistic_data, nci60_design, scale_mixture_hierarchy, synthetic_design
 
 
 def _student_t_const(df: float, scale: float) -> float:

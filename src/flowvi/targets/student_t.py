@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .base import Target
+from flowvi.targets.base import Target
 
 
 class MultivariateStudentT(Target):

@@ -1,13 +1,13 @@
 """Bijections: each maps base space to sample space and returns its log|det J|."""
 
-from .base import Compose, PathGradientUnsupported, Transform, sum_except_batch
-from .clamps import CLAMPS, AsymmetricClamp, NoClamp, SymmetricClamp, make_clamp
-from .coupling import AffineCoupling, mlp
-from .elementwise import ElementwiseAffine
-from .hierarchical import HierarchicalAffine
-from .loft import LOFT
-from .permutation import Permutation
-from .spline import ElementwiseSpline
+from flowvi.transforms.base import Compose, PathGradientUnsupported, Transform, sum_except_batch
+from flowvi.transforms.clamps import CLAMPS, AsymmetricClamp, NoClamp, SymmetricClamp, make_clamp
+from flowvi.transforms.coupling import AffineCoupling, mlp
+from flowvi.transforms.elementwise import ElementwiseAffine
+from flowvi.transforms.hierarchical import HierarchicalAffine
+from flowvi.transforms.loft import LOFT
+from flowvi.transforms.permutation import Permutation
+from flowvi.transforms.spline import ElementwiseSpline
 
 __all__ = [
     "CLAMPS",

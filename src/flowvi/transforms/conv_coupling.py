@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Transform, sum_except_batch
-from .clamps import make_clamp
+from flowvi.transforms.base import Transform, sum_except_batch
+from flowvi.transforms.clamps import make_clamp
 
 
 def conv_net(c_in: int, c_out: int, hidden: int) -> nn.Sequential:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Transform, input_requiring_grad, vjp
-from .clamps import make_clamp
+from flowvi.transforms.base import Transform, input_requiring_grad, vjp
+from flowvi.transforms.clamps import make_clamp
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
 
@@ -124,7 +124,7 @@ class AffineCoupling(Transform):
         s, t = self._raw_scale_shift(a)
         if torch.compiler.is_compiling():
             # Compiled, the partitioner chooses what to keep for the backward pass; with
-            # flowvi.fastpath.PARTITIONER_OPTIONS it keeps this copy of s (a view would keep the whole
+            # flowvi.training.fast_step.PARTITIONER_OPTIONS it keeps this copy of s (a view would keep the whole
             # network output) and recomputes the clamp and exp, like the eager node. Plain operations
             # fuse better than the node, which inductor would trace through anyway.
             s = s.clone()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Transform
+from flowvi.transforms.base import Transform
 
 
 class ElementwiseAffine(Transform):

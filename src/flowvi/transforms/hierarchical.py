@@ -28,8 +28,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Transform, input_requiring_grad, vjp
-from .loft import loft
+from flowvi.transforms.base import Transform, input_requiring_grad, vjp
+from flowvi.transforms.loft import loft
 
 
 def _index(values, name: str) -> Tensor:

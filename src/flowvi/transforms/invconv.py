@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import Transform
+from flowvi.transforms.base import Transform
 
 
 class InvertibleConv1x1(Transform):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Transform, sum_except_batch
+from flowvi.transforms.base import Transform, sum_except_batch
 
 
 def _loft(z, tau: float):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Transform
+from flowvi.transforms.base import Transform
 
 
 class Permutation(Transform):

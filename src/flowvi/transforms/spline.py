@@ -3,7 +3,7 @@
 Each coordinate ``i`` has its own spline on ``[-B, B]``: ``K`` bins with learned widths and heights (each summing
 to ``2B``), learned slopes at the ``K - 1`` interior knots and slope 1 at ``+-B``; outside ``[-B, B]`` the map
 is the identity, so value and slope are continuous everywhere. Inside bin ``k`` the map is the rational
-quadratic of :mod:`flowvi.lattice.splines` (same formula, shifted to start at ``-B``).
+quadratic of :mod:`flowvi.transforms.rational_quadratic` (same formula, shifted to start at ``-B``).
 
 Why a flow for posteriors needs it: affine couplings move and scale coordinates but cannot change the *shape*
 of a marginal that no other coordinate explains. In the non-centred horseshoe, the log local scales
@@ -21,8 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lattice.splines import DERIVATIVE_SHIFT, MIN_DERIVATIVE, spline_forward, spline_inverse, table_from_params
-from .base import Transform
+from flowvi.transforms.base import Transform
+from flowvi.transforms.rational_quadratic import (
+    DERIVATIVE_SHIFT,
+    MIN_DERIVATIVE,
+    spline_forward,
+    spline_inverse,
+    table_from_params,
+)
 
 
 class ElementwiseSpline(Transform):
@@ -51,7 +57,7 @@ class ElementwiseSpline(Transform):
         return f"event_shape={self.event_shape}, bins={self.bins}, bound={self.bound}"
 
     def _table(self) -> Tensor:
-        """The parameter table ``[n, 6, K]`` of :mod:`flowvi.lattice.splines` on ``[0, 2B)``."""
+        """The parameter table ``[n, 6, K]`` of :mod:`flowvi.transforms.rational_quadratic` on ``[0, 2B)``."""
         span, k = 2 * self.bound, self.bins
         frac = self.min_bin + (1 - k * self.min_bin) * torch.softmax(
             torch.stack([self.raw_widths, self.raw_heights]), -1

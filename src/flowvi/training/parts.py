@@ -1,0 +1,422 @@
+"""Training by parts: a flow split into gradient-isolated parts, each trained on a truncated objective.
+
+Following the training-by-parts poster (Glow trained in gradient-isolated parts), the layers of a flow, in the
+normalizing direction x = h_0 -> h_1 -> ... -> h_L, are cut into K consecutive parts. Part k maps its input
+u_k (the output of part k-1, u_1 = x) to v_k and contributes the log terms c_i of its layers: log|det| of
+each bijection and, for a multi-scale split inside the part, log p(z_split | h_kept) of the factored-out
+latents under their learned conditional prior (:class:`flowvi.flows.multiscale.Split`). Its truncated objective is
+
+    L_k = -E[ sum_{i in part k} c_i(u_k) + log p_Z(v_k) ],   u_k detached,
+
+with p_Z the flow's base distribution (the standard normal of a multi-scale flow, evaluated on whatever
+shape v_k has). So the factored-out latents are scored by their conditional prior inside the part that splits
+them, and the part's remaining output by p_Z as if it were the final latent. No gradient crosses a part
+boundary: L_k depends on the parameters of part k only. For K = 1, L_1 = -E log p(x), the full objective.
+
+Schedules (:data:`SCHEDULES`):
+
+* ``end_to_end``: every step, the full negative log-likelihood through all parts (ordinary training);
+* ``alternate``: round robin, one part per step (``switch_every`` steps each). A step for part k runs parts
+  < k under ``torch.no_grad()`` (their output is detached anyway), part k with a graph, and skips parts > k:
+  L_k does not need them. Backward runs through part k alone; this is where one device saves time;
+* ``sequential``: greedy, part 1 for steps/K steps, then part 2, ... (reported unstable by the poster);
+* ``alternate_then_finetune``: ``alternate`` for the first (1 - finetune_fraction) of the steps, then
+  ``end_to_end``;
+* ``parallel``: every step, every part on its own truncated objective (disjoint graphs). With parts on
+  different devices (``devices=``) their backward passes run concurrently; only detached forward
+  activations travel between devices.
+
+Each part has its own Adam optimizer, gradient clipping and learning rate schedule. Forward-KL estimators
+(:data:`flowvi.estimators.FORWARD_ESTIMATORS`): ``ml`` (maximum likelihood) is the truncated objective above
+and works with every schedule and with data; ``path`` needs the target's density and its gradient, so it is
+accepted only for ``end_to_end`` training of a :class:`flowvi.core.flow.Flow` towards a target with a density
+(intermediate parts have no target density to pull back).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from flowvi.core.flow import Flow
+from flowvi.flows.multiscale import MultiscaleFlow, Split, normalize_layer
+from flowvi.objectives.estimators import FORWARD_ESTIMATORS
+from flowvi.runs import checkpoint as ckpt
+from flowvi.transforms.squeeze import Squeeze, Unsqueeze
+
+SCHEDULES = ("end_to_end", "alternate", "sequential", "alternate_then_finetune", "parallel")
+
+
+def normalizing_layers(model) -> tuple[list[nn.Module], Callable[[Tensor], Tensor]]:
+    """The layers of ``model`` in the normalizing direction and its prior log density p_Z."""
+    if isinstance(model, MultiscaleFlow):
+        return list(model.layers), model.prior_log_prob
+    if isinstance(model, Flow):
+        return list(reversed(list(model.transform))), model.base.log_prob
+    raise ValueError(f"training by parts needs a MultiscaleFlow or a Flow, got {type(model).__name__}")
+
+
+def _is_step(layer) -> bool:
+    """Flow steps count for placing cuts; squeezes and splits go with their neighbours."""
+    return not isinstance(layer, (Split, Squeeze, Unsqueeze))
+
+
+def part_starts(layers, parts: int | None = None, every: int | None = None, blocks: bool = False) -> list[int]:
+    """Index of the first layer of each part.
+
+    ``blocks``: cut after every multi-scale split (one part per scale); ``every=n``: cut after every n flow
+    steps; ``parts=K``: K parts with (nearly) equal numbers of flow steps. A cut after a step also takes a split
+    that directly follows it into the part before the cut, so each part scores the latents it factors out.
+    """
+    if sum(x is not None and x is not False for x in (parts, every, blocks)) != 1:
+        raise ValueError("give exactly one of parts, every or blocks")
+    if blocks:
+        cuts = [i + 1 for i, layer in enumerate(layers[:-1]) if isinstance(layer, Split)]
+        if not cuts:
+            raise ValueError("the flow has no multi-scale splits to cut at; use parts=K or every=N")
+        return [0, *cuts]
+    step_ends = [i + 1 for i, layer in enumerate(layers) if _is_step(layer)]
+    n_steps = len(step_ends)
+    if every is not None:
+        if every < 1:
+            raise ValueError(f"layers per part must be positive, got {every}")
+        after = list(range(every, n_steps, every))
+    else:
+        if not 1 <= parts <= n_steps:
+            raise ValueError(f"number of parts must lie in 1..{n_steps} (the flow steps), got {parts}")
+        after = sorted({round(i * n_steps / parts) for i in range(1, parts)})
+    starts = [0]
+    for m in after:
+        cut = step_ends[m - 1]
+        while cut < len(layers) and isinstance(layers[cut], Split):
+            cut += 1
+        if starts[-1] < cut < len(layers):
+            starts.append(cut)
+    return starts
+
+
+class PartedFlow:
+    """A flow cut into parts (``starts`` from :func:`part_starts`), part k placed on ``devices[k]``.
+
+    The parameters stay those of ``model`` (the parts are views of its layers); moving parts to devices moves
+    the model's layers.
+    """
+
+    def __init__(self, model, starts: list[int], devices=None):
+        layers, self.prior_log_prob = normalizing_layers(model)
+        if starts[0] != 0 or sorted(set(starts)) != starts or starts[-1] >= len(layers):
+            raise ValueError(f"bad part starts {starts} for {len(layers)} layers")
+        self.model = model
+        ends = [*starts[1:], len(layers)]
+        self.parts = [nn.ModuleList(layers[a:b]) for a, b in zip(starts, ends, strict=True)]
+        self.starts = list(starts)
+        default = next(model.parameters()).device
+        devices = [torch.device(d) for d in devices] if devices else [default] * len(self.parts)
+        if len(devices) != len(self.parts):
+            raise ValueError(f"{len(devices)} devices given for {len(self.parts)} parts")
+        self.devices = devices
+        for part, device in zip(self.parts, devices, strict=True):
+            part.to(device)
+        if isinstance(model, Flow):
+            model.base.to(devices[-1])
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def parameters(self, k: int) -> list[Tensor]:
+        return [p for p in self.parts[k].parameters() if p.requires_grad]
+
+    def run_part(self, k: int, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Part k on ``h`` (moved to its device): its output and the sum of its log terms."""
+        h = h.to(self.devices[k])
+        total = h.new_zeros(h.shape[0])
+        for layer in self.parts[k]:
+            h, c = normalize_layer(layer, h)
+            total = total + c
+        return h, total
+
+    def truncated_objective(self, k: int, h_in: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-example L_k (no gradient reaches ``h_in``) and the part's output."""
+        h_out, terms = self.run_part(k, h_in.detach())
+        return -(terms + self.prior_log_prob(h_out)), h_out
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """The full log p(x) through all parts (gradients cross the boundaries), on the first part's device."""
+        h, total = x, None
+        for k in range(len(self.parts)):
+            h, terms = self.run_part(k, h)
+            total = terms if total is None else total.to(terms.device) + terms
+        return (total + self.prior_log_prob(h)).to(self.devices[0])
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Data-dependent initialisation (ActNorm) from one batch, before training."""
+        self.log_prob(x)
+
+
+@dataclass
+class PartsConfig:
+    schedule: str = "alternate_then_finetune"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (after the warm-up)
+    warmup: int = 50
+    clip: float | None = 50.0  # gradient-norm clip of each part; None turns it off
+    finetune_fraction: float = 1 / 3  # alternate_then_finetune: the last fraction runs end to end
+    switch_every: int = 1  # alternate: consecutive steps per part
+    estimator: str = "ml"
+    eval_every: int = 100
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.estimator not in FORWARD_ESTIMATORS:
+            raise ValueError(
+                f"unknown forward-KL estimator {self.estimator!r}; choose one of {', '.join(FORWARD_ESTIMATORS)}"
+            )
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose constant or cosine")
+        if not 0 <= self.finetune_fraction <= 1:
+            raise ValueError(f"finetune fraction must lie in [0, 1], got {self.finetune_fraction}")
+        for name in ("steps", "batch_size", "switch_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def active_parts(cfg: PartsConfig, step: int, n_parts: int) -> list[int] | None:
+    """Parts trained at ``step`` on their truncated objectives, or None for an end-to-end step."""
+    schedule = cfg.schedule
+    if schedule == "alternate_then_finetune":
+        if step >= round((1 - cfg.finetune_fraction) * cfg.steps):
+            return None
+        schedule = "alternate"
+    if schedule == "end_to_end":
+        return None
+    if schedule == "alternate":
+        return [(step // cfg.switch_every) % n_parts]
+    if schedule == "sequential":
+        return [min(step * n_parts // cfg.steps, n_parts - 1)]
+    return list(range(n_parts))  # parallel
+
+
+def lr_factor(cfg: PartsConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
+    if cfg.lr_schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+    return warm
+
+
+@dataclass
+class PartsState:
+    step: int = 0
+    skipped: int = 0
+    elapsed: float = 0.0  # training wall time, evaluation excluded
+    history: list = field(default_factory=list)
+
+
+def _synchronize(devices) -> None:
+    for d in {d for d in devices if d.type == "cuda"}:
+        torch.cuda.synchronize(d)
+
+
+def _clip_and_check(params_per_part, clip) -> bool:
+    """Clip each part's gradient norm; True when every gradient is finite (one host synchronisation)."""
+    norms = []
+    for params in params_per_part:
+        grads = [p for p in params if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.clip_grad_norm_(grads, clip if clip else float("inf"))
+            norms.append(torch.isfinite(norm).to(params[0].device))
+    if not norms:
+        return True
+    return bool(torch.stack([n.to(norms[0].device) for n in norms]).all())
+
+
+class PartsTrainer:
+    """Trains a :class:`PartedFlow` with a schedule of :data:`SCHEDULES`.
+
+    ``sample_batch(generator, batch_size) -> Tensor`` draws a training batch on the first part's device
+    (``generator`` is a ``torch.Generator`` on that device, saved in checkpoints); ``evaluate(parted) -> dict``
+    returns metrics logged with every evaluation (its time is not counted as training time); ``target`` is
+    needed by the ``path`` estimator only.
+    """
+
+    def __init__(self, parted: PartedFlow, cfg: PartsConfig, sample_batch, evaluate=None, target=None):
+        cfg.check()
+        if cfg.estimator == "path":
+            if cfg.schedule != "end_to_end" or target is None or not isinstance(parted.model, Flow):
+                raise ValueError(
+                    "the forward-KL path estimator needs a target density and end-to-end training of a Flow; "
+                    "use estimator 'ml' for data and for training by parts"
+                )
+        self.parted, self.cfg, self.sample_batch, self.evaluate, self.target = (
+            parted,
+            cfg,
+            sample_batch,
+            evaluate,
+            target,
+        )
+        self.optimizers = [torch.optim.Adam(parted.parameters(k), lr=cfg.lr) for k in range(len(parted))]
+        self.generator = torch.Generator(device=parted.devices[0]).manual_seed(cfg.seed)
+        self.state = PartsState()
+
+    # -- one step -------------------------------------------------------------------------------------------
+
+    def _set_lr(self, step: int) -> float:
+        lr = self.cfg.lr * lr_factor(self.cfg, step)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def step(self) -> tuple[bool, Tensor]:
+        """One optimisation step of the schedule; returns (finite, detached loss of the step)."""
+        cfg, parted = self.cfg, self.parted
+        x = self.sample_batch(self.generator, cfg.batch_size)
+        active = active_parts(cfg, self.state.step, len(parted))
+        self._set_lr(self.state.step)
+        trained = list(range(len(parted))) if active is None else active
+        for k in trained:
+            self.optimizers[k].zero_grad(set_to_none=True)
+        if active is None:
+            if cfg.estimator == "path":
+                loss = FORWARD_ESTIMATORS["path"](parted.model, x, self.target).loss
+            else:
+                loss = -parted.log_prob(x).mean()
+            loss.backward()
+            losses = [loss.detach()]
+        else:
+            losses, h = [], x
+            for k in range(max(active) + 1):
+                if k in active:
+                    per_example, h = parted.truncated_objective(k, h)
+                    losses.append(per_example.mean())
+                else:
+                    with torch.no_grad():
+                        h, _ = parted.run_part(k, h)
+            torch.autograd.backward(losses)  # disjoint graphs: each part gets the gradient of its own L_k
+            losses = [loss.detach() for loss in losses]
+        ok = _clip_and_check([parted.parameters(k) for k in trained], cfg.clip)
+        if ok:
+            for k in trained:
+                self.optimizers[k].step()
+        for k in trained:
+            self.optimizers[k].zero_grad(set_to_none=True)
+        return ok, sum(loss.to(losses[0].device) for loss in losses)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> dict:
+        return {
+            "model": self.parted.model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "state": asdict(self.state),
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "config": asdict(self.cfg),
+        }
+
+    def load_checkpoint(self, path) -> None:
+        saved = ckpt.load(path)
+        self.parted.model.load_state_dict(saved["model"])
+        for opt, state in zip(self.optimizers, saved["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        self.state = PartsState(**saved["state"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+
+    def _log(self, metrics_path, loss: float | None, lr: float) -> dict:
+        active = active_parts(self.cfg, max(self.state.step - 1, 0), len(self.parted))
+        m = {
+            "step": self.state.step,
+            "time": self.state.elapsed,
+            "phase": "end_to_end" if active is None else "parts " + ",".join(map(str, active)),
+            "step_objective": loss,  # nats per example: the trained parts' truncated objectives (or -log p)
+            "lr": lr,
+            "skipped": self.state.skipped,
+        }
+        if self.evaluate is not None:
+            m.update(self.evaluate(self.parted))
+        self.state.history.append(m)
+        if metrics_path is not None:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+        return m
+
+    def run(self, run_dir=None, resume: bool = False, progress: bool = False, callback=None) -> PartsState:
+        """Train for ``cfg.steps`` steps; with ``run_dir``: metrics.jsonl per evaluation and an atomic
+        checkpoint.pt every ``checkpoint_every`` steps; ``resume`` continues from it. ``callback(state, metrics)``
+        runs after every evaluation; returning True stops training there (after a checkpoint)."""
+        cfg = self.cfg
+        run_dir = Path(run_dir) if run_dir is not None else None
+        ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
+        metrics_path = run_dir / "metrics.jsonl" if run_dir else None
+        if resume:
+            if ckpt_path is None or not ckpt_path.exists():
+                raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
+            self.load_checkpoint(ckpt_path)
+            if metrics_path.exists():
+                keep = [r for r in metrics_path.read_text().splitlines() if r.strip()]
+                keep = [r for r in keep if json.loads(r)["step"] <= self.state.step]
+                metrics_path.write_text("".join(r + "\n" for r in keep))
+        elif metrics_path is not None:
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            metrics_path.write_text("")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.state.step, desc=cfg.schedule, dynamic_ncols=True, disable=None)
+        devices = self.parted.devices
+        loss = torch.zeros(())
+        try:
+            if self.state.step == 0 and self.evaluate is not None and not resume:
+                self._log(metrics_path, None, self._set_lr(0))
+            _synchronize(devices)
+            t0 = time.perf_counter() - self.state.elapsed
+            while self.state.step < cfg.steps:
+                ok, loss = self.step()
+                if not ok:
+                    self.state.skipped += 1
+                self.state.step += 1
+                if self.state.step > 20 and self.state.skipped > 0.5 * self.state.step:
+                    raise ValueError(
+                        f"training stopped at step {self.state.step}: {self.state.skipped} steps had a non-finite "
+                        "loss or gradient (try a smaller --lr or a clamp)"
+                    )
+                if bar is not None:
+                    bar.update(1)
+                stop = False
+                log_now = self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps
+                save_now = self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps
+                if log_now or save_now:
+                    _synchronize(devices)
+                    self.state.elapsed = time.perf_counter() - t0
+                    if log_now:
+                        m = self._log(metrics_path, float(loss), self.cfg.lr * lr_factor(cfg, self.state.step - 1))
+                        if bar is not None:
+                            bar.set_postfix(
+                                {k: f"{v:.4g}" for k, v in m.items() if k.startswith("test")}, refresh=False
+                            )
+                        if callback is not None:
+                            stop = bool(callback(self.state, m))
+                    if (save_now or stop) and ckpt_path is not None:
+                        ckpt.save_atomic(self._checkpoint(), ckpt_path)
+                    if stop:
+                        break
+                    _synchronize(devices)
+                    t0 = time.perf_counter() - self.state.elapsed
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.state
