@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flowvi.cli import main as flowvi_main
 from flowvi.runs.run_dir import resolve_device, resolve_dtype
-from flowvi.samplers.adaptive_hmc import GraphedLeapfrog, _log_prob_and_grad, leapfrog
+from flowvi.samplers.hmc import GraphedLeapfrog, leapfrog
+from flowvi.samplers.hmc import log_prob_and_grad as _log_prob_and_grad
 from flowvi.targets import make_target
 
 

@@ -295,14 +295,14 @@ def test_reference_file_scores_a_finished_study(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_graphed_leapfrog_equals_eager_and_samples_the_same_gaussian():
-    from flowvi.samplers.adaptive_hmc import GraphedLeapfrog, leapfrog
+    from flowvi.samplers.hmc import GraphedLeapfrog, leapfrog
 
     target = HorseshoeSynthetic(n=50, p=30, data_seed=0).double().cuda()
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = 0.5 * torch.randn(64, target.dim, device="cuda", dtype=torch.float64, generator=gen)
     p = torch.randn_like(x)
     m_inv = torch.rand(target.dim, device="cuda", dtype=torch.float64) + 0.5
-    from flowvi.samplers.adaptive_hmc import _log_prob_and_grad
+    from flowvi.samplers.hmc import log_prob_and_grad as _log_prob_and_grad
 
     lp, g = _log_prob_and_grad(target, x)
     graphed = GraphedLeapfrog(target, x, m_inv)

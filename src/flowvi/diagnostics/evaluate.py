@@ -22,15 +22,22 @@ def importance_log_weights(flow, target, n: int = 100_000, batch_size: int = 10_
     return torch.cat(out)
 
 
-def evaluate(flow, target, n: int = 100_000, batch_size: int = 10_000) -> dict:
+def evaluate(flow, target, n: int = 100_000, batch_size: int = 10_000, shard=None) -> dict:
     """Summary dict: n, elbo, elbo_se, log_z, log_z_se, ess, pareto_k, and where the target knows
-    it, the exact ``log_evidence`` with ``log_z_error = log_z - log_evidence``."""
+    it, the exact ``log_evidence`` with ``log_z_error = log_z - log_evidence``.
+
+    ``shard = (rank, world, gather)`` shares the ``n`` draws out over ``world`` processes: this one draws its
+    share, ``gather`` (a list of every rank's log weights from this rank's) pools them, and every rank returns
+    the same summary (:func:`flowvi.training.distributed.evaluate`)."""
+    rank, world, gather = shard or (0, 1, None)
+    share = n // world + (1 if rank < n % world else 0)
     was_training = flow.training
     flow.eval()
     try:
-        stats = summarize(importance_log_weights(flow, target, n, batch_size))
+        log_w = importance_log_weights(flow, target, max(share, 2) if world > 1 else n, batch_size)
     finally:
         flow.train(was_training)
+    stats = summarize(torch.cat(gather(log_w)) if world > 1 else log_w)
     exact = getattr(target, "log_evidence", None)
     if exact is not None:
         stats["log_evidence"] = float(exact)

@@ -175,7 +175,7 @@ def summarize_chains(target, chains: np.ndarray, n_plot: int = 4, thin_plot: int
     ``rhat_theta``/``ess_theta`` and ``rank_rhat_theta``/``bulk_ess_theta`` of the raw coordinates, ``plot``
     (the ``n_plot`` coordinates of largest |mean|/sd) and their ``draws``.
     """
-    from flowvi.studies.stability import coordinates
+    from flowvi.targets.base import coordinates
 
     chains = np.asarray(chains, dtype=np.float64)
     if chains.ndim != 3 or chains.shape[2] != target.dim:

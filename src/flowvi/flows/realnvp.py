@@ -5,6 +5,8 @@ and LOFT as the last bijection."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field, fields
+
 import torch
 
 from flowvi.core.bases import make_base
@@ -19,73 +21,131 @@ from flowvi.transforms import (
 )
 
 
-def realnvp(
-    dim: int,
-    layers: int = 8,
-    hidden: int = 256,
-    depth: int = 2,
-    activation: str = "relu",
-    clamp: str = "asymmetric",
-    alpha_pos: float = 0.1,
-    alpha_neg: float = 2.0,
-    alpha: float = 2.0,
-    loft: bool = True,
-    tau: float = 100.0,
-    base: str = "gaussian",
-    df: float = 5.0,
-    affine: bool = True,
-    permute: str = "alternate",
-    seed: int = 0,
-    spline: bool = False,
-    spline_bins: int = 8,
-    spline_bound: float = 5.0,
-    hierarchy: list | None = None,
-    hierarchy_hidden: int = 8,
-) -> Flow:
-    """Build a Real NVP for ``(batch, dim)`` samples.
+@dataclass(frozen=True)
+class Couplings:
+    """The affine couplings: ``layers`` of them alternating halves (``permute='random'``: a fixed random
+    permutation before each), conditioners of ``depth`` hidden layers of width ``hidden``."""
 
-    ``layers`` coupling layers alternate which half they transform; ``permute='random'`` also puts
-    a fixed random permutation (drawn from ``seed``) before every coupling layer. ``spline`` adds a
-    monotone rational-quadratic spline per coordinate after the couplings (``spline_bins`` bins on
-    ``[-spline_bound, spline_bound]``, the identity outside), so that marginals can change shape, ``affine`` a
-    learnable elementwise location-scale layer after that, and ``loft`` a LOFT layer last. ``hierarchy``, a
-    list of ``(children, parents)`` index pairs (a target's ``hierarchy()``), adds one
-    :class:`~flowvi.transforms.HierarchicalAffine` per pair, in order, before LOFT (each child its own
-    network of width ``hierarchy_hidden`` besides a linear part).
+    layers: int = 8
+    hidden: int = 256
+    depth: int = 2
+    activation: str = "relu"
+    permute: str = "alternate"
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """The log-scale clamp: ``none``, ``symmetric`` (``alpha tanh(s / alpha)``) or ``asymmetric`` (Andrade 2024:
+    ``(2/pi) alpha_pm arctan(s / alpha_pm)``, ``alpha_pos`` for s > 0, ``alpha_neg`` for s < 0)."""
+
+    clamp: str = "asymmetric"
+    alpha_pos: float = 0.1
+    alpha_neg: float = 2.0
+    alpha: float = 2.0
+
+
+@dataclass(frozen=True)
+class Marginals:
+    """Per-coordinate layers after the couplings: a monotone rational-quadratic ``spline`` (``spline_bins`` bins
+    on ``[-spline_bound, spline_bound]``, the identity outside) and an ``affine`` location-scale layer."""
+
+    spline: bool = False
+    spline_bins: int = 8
+    spline_bound: float = 5.0
+    affine: bool = True
+
+
+@dataclass(frozen=True)
+class Tails:
+    """The tails: the base (``gaussian`` or ``student_t`` with ``df``) and LOFT (threshold ``tau``) last."""
+
+    base: str = "gaussian"
+    df: float = 5.0
+    loft: bool = True
+    tau: float = 100.0
+
+
+@dataclass(frozen=True)
+class RealNVPOptions:
+    """All options of :func:`realnvp`, by concern. :meth:`from_flat` takes the flat keywords of the command line
+    and of ``config.json`` (``layers=8, clamp="none", base="student_t", ...``)."""
+
+    couplings: Couplings = field(default_factory=Couplings)
+    clamp: Clamp = field(default_factory=Clamp)
+    marginals: Marginals = field(default_factory=Marginals)
+    tails: Tails = field(default_factory=Tails)
+    hierarchy_hidden: int = 8
+    seed: int = 0
+
+    @classmethod
+    def from_flat(cls, **flat) -> RealNVPOptions:
+        groups = {"couplings": Couplings, "clamp": Clamp, "marginals": Marginals, "tails": Tails}
+        parts = {name: {} for name in groups}
+        top = {}
+        for key, value in flat.items():
+            group = next((g for g, kind in groups.items() if key in {f.name for f in fields(kind)}), None)
+            if group is not None:
+                parts[group][key] = value
+            elif key in ("hierarchy_hidden", "seed"):
+                top[key] = value
+            else:
+                raise TypeError(f"realnvp got an unknown option {key!r}")
+        return cls(**{g: groups[g](**parts[g]) for g in groups}, **top)
+
+    def flat(self) -> dict:
+        """The flat keywords (the inverse of :meth:`from_flat`)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out.update(asdict(value) if hasattr(value, "__dataclass_fields__") else {f.name: value})
+        return out
+
+
+def realnvp(dim: int, options: RealNVPOptions | None = None, *, hierarchy: list | None = None, **flat) -> Flow:
+    """Build a Real NVP for ``(batch, dim)`` samples: couplings, then the per-coordinate layers, then one
+    :class:`~flowvi.transforms.HierarchicalAffine` per ``(children, parents)`` pair of ``hierarchy`` (a target's
+    ``hierarchy()``; each child its own network of width ``hierarchy_hidden`` besides a linear part), then LOFT.
+
+    Options come grouped (``realnvp(d, RealNVPOptions(couplings=Couplings(layers=4)))``) or as flat keywords
+    (``realnvp(d, layers=4, clamp="none")``), not both.
     """
+    if options is not None and flat:
+        raise TypeError("realnvp takes grouped options or flat keywords, not both")
+    o = options or RealNVPOptions.from_flat(**flat)
+    c, k, m, t = o.couplings, o.clamp, o.marginals, o.tails
     if dim < 2:
         raise ValueError(f"Real NVP needs dim >= 2, got {dim}")
-    if permute not in ("alternate", "random"):
-        raise ValueError(f"unknown permute {permute!r}; choose alternate or random")
+    if c.permute not in ("alternate", "random"):
+        raise ValueError(f"unknown permute {c.permute!r}; choose alternate or random")
     clamp_kwargs = {
         "none": {},
-        "symmetric": {"alpha": alpha},
-        "asymmetric": {"alpha_pos": alpha_pos, "alpha_neg": alpha_neg},
+        "symmetric": {"alpha": k.alpha},
+        "asymmetric": {"alpha_pos": k.alpha_pos, "alpha_neg": k.alpha_neg},
     }
-    if clamp not in clamp_kwargs:
-        raise ValueError(f"unknown clamp {clamp!r}; choose one of {', '.join(clamp_kwargs)}")
-    gen = torch.Generator().manual_seed(seed)
+    if k.clamp not in clamp_kwargs:
+        raise ValueError(f"unknown clamp {k.clamp!r}; choose one of {', '.join(clamp_kwargs)}")
+    gen = torch.Generator().manual_seed(o.seed)
     transforms = []
-    for i in range(layers):
-        if permute == "random":
+    for i in range(c.layers):
+        if c.permute == "random":
             transforms.append(Permutation.random(dim, gen))
         transforms.append(
             AffineCoupling(
                 dim,
                 flip=bool(i % 2),
-                hidden=hidden,
-                depth=depth,
-                activation=activation,
-                clamp=clamp,
-                clamp_kwargs=clamp_kwargs[clamp],
+                hidden=c.hidden,
+                depth=c.depth,
+                activation=c.activation,
+                clamp=k.clamp,
+                clamp_kwargs=clamp_kwargs[k.clamp],
             )
         )
-    if spline:
-        transforms.append(ElementwiseSpline(dim, bins=spline_bins, bound=spline_bound))
-    if affine:
+    if m.spline:
+        transforms.append(ElementwiseSpline(dim, bins=m.spline_bins, bound=m.spline_bound))
+    if m.affine:
         transforms.append(ElementwiseAffine(dim))
     for children, parents in hierarchy or ():
-        transforms.append(HierarchicalAffine(dim, children, parents, hidden=hierarchy_hidden))
-    if loft:
-        transforms.append(LOFT(tau))
-    return Flow(make_base(base, dim, df=df), transforms)
+        transforms.append(HierarchicalAffine(dim, children, parents, hidden=o.hierarchy_hidden))
+    if t.loft:
+        transforms.append(LOFT(t.tau))
+    return Flow(make_base(t.base, dim, df=t.df), transforms)

@@ -16,8 +16,8 @@ and the surrogate loss is ``-sum_i softmax(log w)_i log q_theta(x_M^i)`` with x 
 bootstrap: q is both AIS's start and the distribution being trained). Each HMC transition takes ``leapfrog``
 steps with a diagonal metric (position scales = the per-coordinate sd of the step's draws x_0) and a step size
 per stage, adapted between training steps towards an acceptance probability of ``target_accept``
-(Robbins-Monro on log step size, as in the FAB paper). A move is rejected where log q, log p or the energy is
-not finite.
+(Robbins-Monro on log step size, as in the FAB paper); the moves are flowvi's one HMC transition
+(:mod:`flowvi.samplers.hmc`), which rejects a move where log q, log p or the energy is not finite.
 
 Costs: each AIS run evaluates log q and log p with their x-gradients ``stages * leapfrog`` times, so a step
 that runs one is about that many times a reverse-KL step.
@@ -48,7 +48,24 @@ from torch import Tensor
 
 from flowvi.diagnostics.importance import normalized_ess
 from flowvi.objectives.estimators import Estimate, _with_value
-from flowvi.objectives.estimators import _target_log_prob_and_grad as _log_prob_and_grad
+from flowvi.samplers.hmc import HMCState, step
+from flowvi.targets.base import log_prob_and_grad
+
+
+class _Annealed:
+    """The AIS density ``pi_a ∝ q^(1 - a) p^a``; keeps the parts (log q, its gradient, log p, its gradient) of its
+    last evaluation, so that an HMC move (:func:`flowvi.samplers.hmc.step`) costs no extra evaluation."""
+
+    def __init__(self, flow, target, a: float):
+        self.flow, self.target, self.a = flow, target, a
+        self.parts = None
+
+    def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        lq, gq = log_prob_and_grad(self.flow, x)
+        lp, gp = log_prob_and_grad(self.target, x)
+        lp, gp = lp.to(lq.dtype), gp.to(gq.dtype)
+        self.parts = (lq, gq, lp, gp)
+        return (1 - self.a) * lq + self.a * lp, (1 - self.a) * gq + self.a * gp
 
 
 class FAB:
@@ -119,8 +136,8 @@ class FAB:
         stage, log q(x_M)). Adapts the step sizes."""
         with torch.no_grad():
             x = flow.sample(n)
-        log_q, grad_q = _log_prob_and_grad(flow, x)
-        log_p, grad_p = _log_prob_and_grad(target, x)
+        log_q, grad_q = log_prob_and_grad(flow, x)
+        log_p, grad_p = log_prob_and_grad(target, x)
         log_p, grad_p = log_p.to(log_q.dtype), grad_p.to(grad_q.dtype)
         log_w0 = log_p - log_q
         scale = x.std(0).clamp_min(1e-6) if n > 1 else torch.ones_like(x[0])
@@ -130,28 +147,16 @@ class FAB:
             a = self.alpha * j / self.stages  # pi_j = q^(1 - a) p^a
             log_w = log_w + (self.alpha / self.stages) * (log_p - log_q)
             eps = math.exp(float(self.log_step[j - 1])) * scale
-            momentum = torch.randn_like(x)
-            h0 = (1 - a) * log_q + a * log_p - 0.5 * (momentum**2).sum(-1)
-            y, m = x, momentum
-            grad = (1 - a) * grad_q + a * grad_p
-            for _ in range(self.leapfrog):
-                m = m + 0.5 * eps * grad
-                y = y + eps * m
-                lq_y, gq_y = _log_prob_and_grad(flow, y)
-                lp_y, gp_y = _log_prob_and_grad(target, y)
-                lp_y, gp_y = lp_y.to(lq_y.dtype), gp_y.to(gq_y.dtype)
-                grad = (1 - a) * gq_y + a * gp_y
-                m = m + 0.5 * eps * grad
-            h1 = (1 - a) * lq_y + a * lp_y - 0.5 * (m**2).sum(-1)
-            log_acc = torch.nan_to_num(h1 - h0, nan=-math.inf).clamp(max=0.0)
-            ok = torch.isfinite(lq_y) & torch.isfinite(lp_y) & torch.isfinite(y).all(-1)
-            log_acc = torch.where(ok, log_acc, torch.full_like(log_acc, -math.inf))
-            take = torch.rand_like(log_acc).log() < log_acc
-            x = torch.where(take[:, None], y, x)
+            pi_j = _Annealed(flow, target, a)
+            start = HMCState(x, (1 - a) * log_q + a * log_p, (1 - a) * grad_q + a * grad_p)
+            moved, info = step(pi_j, start, eps, 1, self.leapfrog)
+            lq_y, gq_y, lp_y, gp_y = pi_j.parts
+            take = info.accepted
+            x = moved.x
             log_q, log_p = torch.where(take, lq_y, log_q), torch.where(take, lp_y, log_p)
             grad_q = torch.where(take[:, None], gq_y, grad_q)
             grad_p = torch.where(take[:, None], gp_y, grad_p)
-            rate = float(log_acc.exp().mean())
+            rate = float(info.accept_prob.mean())
             accept.append(rate)
             self.log_step[j - 1] += self.adapt_rate * (rate - self.target_accept)
         return x.detach(), torch.nan_to_num(log_w, nan=-math.inf), log_w0, accept, log_q.detach()

@@ -195,7 +195,7 @@ def summarize_draws(target, draws, n_plot: int = 4, thin_plot: int = 1, max_byte
     ``draws``), computed in float64 on ``device`` (default: that of torch ``draws``, else CPU) in blocks of
     ``max_bytes``."""
     from flowvi.diagnostics.mcmc import QUANTILES
-    from flowvi.studies.stability import coordinates
+    from flowvi.targets.base import coordinates
 
     draws = torch.as_tensor(draws)
     device = torch.device(device) if device is not None else draws.device

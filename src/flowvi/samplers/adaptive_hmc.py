@@ -4,7 +4,7 @@ All chains share one step size ``eps``, one diagonal inverse mass matrix ``m_inv
 and, per iteration, one number of leapfrog steps; a GPU evaluates the batched gradient of 512 chains at about
 the cost of one. What is implemented:
 
-* **Leapfrog HMC** with kinetic energy ``p^T M^{-1} p / 2``, ``p ~ N(0, M)``, ``M = diag(1 / m_inv)``;
+* **Leapfrog HMC** (:mod:`flowvi.samplers.hmc`, the one integrator and transition) with kinetic energy ``p^T M^{-1} p / 2``, ``p ~ N(0, M)``, ``M = diag(1 / m_inv)``;
   Metropolis accept/reject on the energy error ``dH = H(x', p') - H(x, p)``.
 * **Jittered trajectory length**: every iteration draws the number of leapfrog steps uniformly from
   ``{1, ..., max_leapfrog}`` (Neal 2011, *MCMC using Hamiltonian dynamics*, Sec. 5.4.4; fixed-length HMC is not
@@ -39,13 +39,7 @@ import time
 
 import torch
 
-
-def _log_prob_and_grad(target, x):
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        lp = target.log_prob(x)
-        (g,) = torch.autograd.grad(lp.sum(), x)
-    return lp.detach(), g.detach()
+from flowvi.samplers.hmc import GraphedLeapfrog, HMCState, kinetic_energy, leapfrog, log_prob_and_grad, step
 
 
 def warmup_windows(warmup: int) -> tuple[int, list[int]]:
@@ -95,64 +89,6 @@ class DualAveraging:
         return math.exp(self.log_eps_bar)
 
 
-def leapfrog(target, x, p, lp, g, eps, m_inv, n_steps):
-    """``n_steps`` leapfrog steps of size ``eps`` from (x, p); returns (x, p, log_prob, grad) at the end."""
-    p = p + 0.5 * eps * g
-    for i in range(n_steps):
-        x = x + eps * m_inv * p
-        lp, g = _log_prob_and_grad(target, x)
-        p = p + (eps if i < n_steps - 1 else 0.5 * eps) * g
-    return x, p, lp, g
-
-
-class GraphedLeapfrog:
-    """The leapfrog integrator with its inner step captured once in a CUDA graph and replayed.
-
-    One leapfrog step of a many-chain sampler is a few dozen small kernels (the target's ``log_prob``, its
-    backward, the updates); launching them from Python costs about 2 ms on an H100 whatever the number of chains,
-    far more than the arithmetic. The captured step is ``x += eps * m_inv * p; g = grad log p(x); p += eps * g``
-    on static buffers; a trajectory of n steps is a half kick, n replays, and ``p -= eps/2 * g`` (so the last
-    kick is a half kick): the same integrator as :func:`leapfrog`, up to rounding. ``eps`` and ``m_inv`` live in
-    device buffers, so the step size and the mass matrix can change between trajectories without a new capture.
-    The target's ``log_prob`` must not synchronise with the host (no ``.item()``, no data-dependent checks).
-    """
-
-    def __init__(self, target, x, m_inv):
-        if x.device.type != "cuda":
-            raise ValueError(f"GraphedLeapfrog needs CUDA tensors; got {x.device}")
-        self.target = target
-        self.x, self.p = x.detach().clone(), torch.zeros_like(x)
-        self.m_inv = m_inv.detach().clone()
-        self.eps = torch.zeros((), device=x.device, dtype=x.dtype)
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # warm-up outside the capture (autograd and library workspaces)
-            for _ in range(3):
-                self._step()
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.lp, self.g = self._step()
-
-    def _step(self):
-        self.x.add_(self.eps * self.m_inv * self.p)
-        lp, g = _log_prob_and_grad(self.target, self.x)
-        self.p.add_(self.eps * g)
-        return lp, g
-
-    def __call__(self, target, x, p, lp, g, eps, m_inv, n_steps):
-        """Same arguments and results as :func:`leapfrog` (``target`` must be the captured one)."""
-        if target is not self.target:
-            raise ValueError("GraphedLeapfrog was captured for another target")
-        self.eps.fill_(eps)
-        self.m_inv.copy_(m_inv)
-        self.x.copy_(x)
-        self.p.copy_(p + 0.5 * eps * g)
-        for _ in range(n_steps):
-            self.graph.replay()
-        return self.x.clone(), self.p - 0.5 * eps * self.g, self.lp.clone(), self.g.clone()
-
-
 def chain_device_dtype(target, x0=None, device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
     """Where the chains live: ``x0``'s device and dtype if given, else ``device``/``dtype``, by default those of the
     target's first buffer (floating dtypes only), else CPU float64."""
@@ -171,7 +107,7 @@ def _initial_step_size(target, x, lp, g, m_inv, eps, gen, integrator=leapfrog):
     for _ in range(50):
         p = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) / m_inv.sqrt()
         xn, pn, lpn, _ = integrator(target, x, p, lp, g, eps, m_inv, 1)
-        dh = (-lpn + 0.5 * (pn * pn * m_inv).sum(1)) - (-lp + 0.5 * (p * p * m_inv).sum(1))
+        dh = (-lpn + kinetic_energy(pn, m_inv)) - (-lp + kinetic_energy(p, m_inv))
         a = torch.where(torch.isfinite(dh), torch.exp(-dh.clamp(min=0)), torch.zeros_like(dh)).mean().item()
         if a < 0.5:
             eps *= 0.5
@@ -183,23 +119,13 @@ def _initial_step_size(target, x, lp, g, m_inv, eps, gen, integrator=leapfrog):
 
 
 def hmc_step(target, x, lp, g, eps, m_inv, max_leapfrog, gen, integrator=leapfrog):
-    """One lock-step HMC transition of all chains: ``n ~ uniform{1..max_leapfrog}`` leapfrog steps (one n for all
-    chains), momentum ``p ~ N(0, diag(1 / m_inv))``, Metropolis on the energy error; a divergent trajectory (energy
-    error > 1000 or not finite, or a non-finite gradient) is rejected. Returns ``(x, lp, g, accept_prob, divergent,
-    n)``: the new states, their log density and gradient, the per-chain acceptance probability ``min(1, exp(-dH))``
-    (0 when divergent), the divergence flags and the number of leapfrog steps (gradient evaluations per chain)."""
+    """One lock-step HMC transition of all chains (:func:`flowvi.samplers.hmc.step`) with ``n ~
+    uniform{1..max_leapfrog}`` leapfrog steps, one n for all chains. Returns ``(x, lp, g, accept_prob, divergent,
+    n)``: the new states, their log density and gradient, the per-chain acceptance probability ``min(1,
+    exp(-dH))`` (0 when divergent), the divergence flags and the number of leapfrog steps."""
     n_steps = int(torch.randint(1, max_leapfrog + 1, (1,), generator=gen, device=x.device).item())
-    p = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) / m_inv.sqrt()
-    xn, pn, lpn, gn = integrator(target, x, p, lp, g, eps, m_inv, n_steps)
-    dh = (-lpn + 0.5 * (pn * pn * m_inv).sum(1)) - (-lp + 0.5 * (p * p * m_inv).sum(1))
-    divergent = ~torch.isfinite(dh) | (dh > 1000) | ~torch.isfinite(gn).all(1)
-    a = torch.where(divergent, torch.zeros_like(dh), torch.exp(-dh.clamp(min=0)))
-    u = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype)
-    accept = (u < a) & ~divergent
-    x = torch.where(accept[:, None], xn, x)
-    lp = torch.where(accept, lpn, lp)
-    g = torch.where(accept[:, None], gn, g)
-    return x, lp, g, a, divergent, n_steps
+    state, info = step(target, HMCState(x, lp, g), eps, m_inv, n_steps, gen, integrator)
+    return state.x, state.log_prob, state.grad, info.accept_prob, info.divergent, n_steps
 
 
 @contextlib.contextmanager
@@ -271,7 +197,7 @@ def adaptive_hmc(
         x = (2 * torch.rand(chains, d, generator=gen, device=device, dtype=dtype) - 1) * init_radius
     else:
         x = x0.detach().clone()
-    lp, g = _log_prob_and_grad(target, x)
+    lp, g = log_prob_and_grad(target, x)
     bad = ~(torch.isfinite(lp) & torch.isfinite(g).all(1))
     if bad.any():
         raise ValueError(

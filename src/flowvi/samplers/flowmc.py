@@ -49,20 +49,14 @@ from __future__ import annotations
 import math
 import operator
 import time
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 from flowvi.core.bases import StandardNormal
-from flowvi.samplers.adaptive_hmc import (
-    GraphedLeapfrog,
-    _log_prob_and_grad,
-    adaptive_hmc,
-    chain_device_dtype,
-    flush_denormals,
-    hmc_step,
-    leapfrog,
-)
+from flowvi.samplers.adaptive_hmc import adaptive_hmc, chain_device_dtype, flush_denormals, hmc_step
+from flowvi.samplers.hmc import GraphedLeapfrog, leapfrog, log_prob_and_grad
 
 
 def _is_count(v, low: int) -> bool:
@@ -165,48 +159,257 @@ def global_move(proposal, target, x, lp, log_q, generator: torch.Generator):
     )
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long each phase runs: ``chains`` in lock-step, ``warmup`` adaptive-HMC iterations, ``rounds`` training
+    rounds of ``local_steps`` local moves, ``train_steps`` Adam steps and ``global_steps`` global moves, then
+    ``draws`` production iterations, every ``thin``-th kept. ``max_seconds`` bounds the wall time (module docstring)."""
+
+    chains: int = 64
+    warmup: int = 500
+    rounds: int = 20
+    local_steps: int = 20
+    global_steps: int = 20
+    train_steps: int = 50
+    draws: int = 1000
+    thin: int = 1
+    seed: int = 0
+    max_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class LocalMoves:
+    """The HMC of the warm-up and of the local moves (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`)."""
+
+    max_leapfrog: int = 32
+    target_accept: float = 0.8
+    step_size: float = 0.1
+    init_radius: float = 2.0
+    cuda_graph: bool | None = None
+
+
+@dataclass(frozen=True)
+class FlowTraining:
+    """Maximum likelihood on the chains' states: Adam with ``lr``, minibatches of ``batch_size`` from the newest
+    ``buffer_size`` states, gradient-norm clip ``clip``; ``standardize`` the states first (:class:`StandardizedFlow`)."""
+
+    batch_size: int = 256
+    lr: float = 1e-3
+    buffer_size: int = 20_000
+    clip: float = 50.0
+    standardize: bool = True
+
+
+_GROUPS = {"schedule": Schedule, "local": LocalMoves, "training": FlowTraining}
+
+
+def _grouped(flat: dict) -> dict:
+    parts = {name: {} for name in _GROUPS}
+    for key, value in flat.items():
+        group = next((g for g, kind in _GROUPS.items() if key in {f.name for f in fields(kind)}), None)
+        if group is None:
+            raise TypeError(f"flowmc got an unknown option {key!r}")
+        parts[group][key] = value
+    return {g: _GROUPS[g](**parts[g]) for g in _GROUPS}
+
+
+def _validate(target, flow, s: Schedule, t: FlowTraining, hmc: LocalMoves, x0) -> None:
+    counts = {
+        "rounds": s.rounds,
+        "local_steps": s.local_steps,
+        "global_steps": s.global_steps,
+        "train_steps": s.train_steps,
+        "draws": s.draws,
+        "thin": s.thin,
+        "max_leapfrog": hmc.max_leapfrog,
+        "batch_size": t.batch_size,
+        "buffer_size": t.buffer_size,
+    }
+    if s.chains < 2:
+        raise ValueError(f"flowmc needs chains >= 2 (the warm-up's metric and R-hat are across chains); got {s.chains}")
+    bad = {k: v for k, v in counts.items() if not _is_count(v, 1)}
+    if not _is_count(s.warmup, 0):
+        bad["warmup"] = s.warmup
+    if bad:
+        raise ValueError(
+            "flowmc needs positive integer counts (warmup >= 0); got " + ", ".join(f"{k}={v!r}" for k, v in bad.items())
+        )
+    if not t.lr > 0 or not t.clip > 0:
+        raise ValueError(f"lr and clip must be positive; got {t.lr}, {t.clip}")
+    if s.max_seconds is not None and not s.max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {s.max_seconds}")
+    d = target.dim
+    if getattr(flow, "dim", None) != d:
+        raise ValueError(f"the flow's dimension ({getattr(flow, 'dim', None)}) is not the target's ({d})")
+    if x0 is not None and (x0.ndim != 2 or x0.shape != (s.chains, d)):
+        raise ValueError(f"x0 must have shape (chains, d) = ({s.chains}, {d}); got {tuple(x0.shape)}")
+
+
+class _Chains:
+    """The chains after the warm-up, with their counters: local moves, global moves, training rounds."""
+
+    def __init__(self, target, warm: dict, s: Schedule, hmc: LocalMoves, device):
+        self.target, self.s, self.hmc = target, s, hmc
+        self.eps, self.m_inv, self.x = warm["step_size"], warm["inverse_metric"], warm["last"]
+        self.gen = torch.Generator(device=device).manual_seed(s.seed + 1)
+        self.lp, self.g = log_prob_and_grad(target, self.x)
+        self.integrator = GraphedLeapfrog(target, self.x, self.m_inv) if warm["cuda_graph"] else leapfrog
+        self.grads, self.log_probs = warm["leapfrogs"] + 1, 0
+        self.div = torch.zeros(s.chains, dtype=torch.long, device=device)
+        self.device, self.proposal = device, None
+
+    def local_block(self, n_moves: int, states: list | None = None) -> torch.Tensor:
+        acc = torch.zeros(self.s.chains, dtype=torch.float64, device=self.device)
+        for _ in range(n_moves):
+            self.x, self.lp, self.g, a, divergent, n_steps = hmc_step(
+                self.target, self.x, self.lp, self.g, self.eps, self.m_inv, self.hmc.max_leapfrog, self.gen,
+                self.integrator,
+            )  # fmt: skip
+            self.grads += n_steps
+            self.div += divergent
+            acc += a.to(torch.float64)
+            if states is not None:
+                states.append(self.x)
+        return acc
+
+    def global_block(self, n_moves: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_moves`` global moves of every chain, then the gradient at the states for the next local moves."""
+        acc = torch.zeros(self.s.chains, dtype=torch.float64, device=self.device)
+        jumps = torch.zeros(self.s.chains, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            log_q = self.proposal.log_prob(self.x)
+            for _ in range(n_moves):
+                self.x, self.lp, log_q, a, accepted = global_move(
+                    self.proposal, self.target, self.x, self.lp, log_q, self.gen
+                )
+                acc += a.to(torch.float64)
+                jumps += accepted
+        self.log_probs += n_moves
+        self.lp, self.g = log_prob_and_grad(self.target, self.x)
+        self.grads += 1
+        return acc, jumps
+
+
+def _train(chains: _Chains, flow, t: FlowTraining, deadline, progress: bool) -> dict:
+    """The training rounds: local moves fill the buffer, maximum likelihood on it, global moves with the flow."""
+    s, d = chains.s, chains.target.dim
+    buffer, opt = None, torch.optim.Adam(flow.parameters(), lr=t.lr)
+    out = {"local": [], "global": [], "nll": [], "skipped": 0, "rounds": 0, "stopped_early": False}
+    for r in range(s.rounds):
+        if r > 0 and deadline is not None and time.perf_counter() > deadline:
+            out["stopped_early"] = True
+            break
+        states = []
+        acc_local = chains.local_block(s.local_steps, states)
+        new = torch.cat(states)
+        buffer = new[-t.buffer_size :] if buffer is None else torch.cat([buffer, new])[-t.buffer_size :]
+        if chains.proposal is None:
+            loc, scale = (
+                torch.zeros(d, device=new.device, dtype=new.dtype),
+                torch.ones(d, device=new.device, dtype=new.dtype),
+            )
+            if t.standardize:
+                loc, sd = buffer.mean(0), buffer.std(0)
+                scale = torch.where(sd > 0, sd, torch.ones_like(sd))
+            chains.proposal = StandardizedFlow(flow, loc, scale)
+        out["nll"] += _fit_round(flow, chains.proposal, buffer, opt, t, s.train_steps, chains.gen, out)
+        acc_global, _ = chains.global_block(s.global_steps)
+        out["rounds"] += 1
+        out["local"].append(float(acc_local.mean()) / s.local_steps)
+        out["global"].append(float(acc_global.mean()) / s.global_steps)
+        if progress:
+            print(
+                f"flowmc round {r + 1}/{s.rounds}: local acceptance {out['local'][-1]:.3f}, global "
+                f"{out['global'][-1]:.3f}, NLL {out['nll'][-1]:.2f}",
+                flush=True,
+            )
+    return out
+
+
+def _fit_round(flow, proposal, buffer, opt, t: FlowTraining, steps: int, gen, out: dict) -> list[float]:
+    """``steps`` Adam steps of ``-mean log q`` on minibatches of the buffer; a non-finite step is skipped.
+    Returns the losses in nats per draw of x (the standardization's log-Jacobian added back)."""
+    log_scale_sum = float(proposal.scale.log().sum())
+    was_training = flow.training
+    flow.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(buffer), (t.batch_size,), generator=gen, device=buffer.device)
+        loss = -flow.log_prob(proposal.standardize(buffer[idx])).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), t.clip)
+        if torch.isfinite(loss) and torch.isfinite(norm):
+            opt.step()
+        else:
+            out["skipped"] += 1
+        losses.append(loss.detach())
+    flow.train(was_training)
+    return [v + log_scale_sum for v in torch.stack(losses).double().cpu().tolist()]
+
+
+def _produce(chains: _Chains, store: torch.Tensor, deadline, trace: dict) -> dict:
+    """Production with the flow frozen: a local move or a block of global moves is one iteration."""
+    s, dev, n = chains.s, chains.device, chains.s.chains
+    zeros = lambda dtype=torch.float64: torch.zeros(n, dtype=dtype, device=dev)  # noqa: E731
+    local_acc, global_acc, jumps, round_local, round_global = zeros(), zeros(), zeros(torch.long), zeros(), zeros()
+    n_local = n_global = kept = it = 0
+    stopped_early, period = False, s.local_steps + 1
+    while it < s.draws:
+        if deadline is not None and time.perf_counter() > deadline:
+            stopped_early = True
+            break
+        if it % period < s.local_steps:
+            a = chains.local_block(1)
+            local_acc += a
+            round_local += a
+            n_local += 1
+        else:
+            a, accepted = chains.global_block(s.global_steps)
+            global_acc += a
+            round_global += a
+            jumps += accepted
+            n_global += s.global_steps
+            trace["local"].append(float(round_local.mean()) / s.local_steps)
+            trace["global"].append(float(round_global.mean()) / s.global_steps)
+            round_local.zero_(), round_global.zero_()
+        if it % s.thin == s.thin - 1 and kept < len(store):
+            store[kept] = chains.x.to(store.dtype)
+            kept += 1
+        it += 1
+    return {
+        "draws": store[:kept].transpose(0, 1),
+        "local_accept": (local_acc / max(n_local, 1)).cpu(),
+        "global_accept": (global_acc / max(n_global, 1)).cpu(),
+        "global_jumps": jumps.cpu(),
+        "iterations": it,
+        "stopped_early": stopped_early,
+    }
+
+
 @flush_denormals()
 def flowmc(
     target,
     flow,
-    chains: int = 64,
-    warmup: int = 500,
-    rounds: int = 20,
-    local_steps: int = 20,
-    global_steps: int = 20,
-    train_steps: int = 50,
-    draws: int = 1000,
-    thin: int = 1,
-    max_leapfrog: int = 32,
-    target_accept: float = 0.8,
-    step_size: float = 0.1,
+    schedule: Schedule | None = None,
+    local: LocalMoves | None = None,
+    training: FlowTraining | None = None,
+    *,
     x0: torch.Tensor | None = None,
-    init_radius: float = 2.0,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    buffer_size: int = 20_000,
-    clip: float = 50.0,
-    standardize: bool = True,
-    seed: int = 0,
-    max_seconds: float | None = None,
-    store_dtype: torch.dtype | None = None,
     device=None,
     dtype: torch.dtype | None = None,
-    cuda_graph: bool | None = None,
+    store_dtype: torch.dtype | None = None,
     progress: bool = False,
+    **flat,
 ) -> dict:
     """Run the hybrid sampler (module docstring) on ``target`` with ``flow`` (trained in place) as the proposal.
 
-    Chains, warm-up and their options (``warmup``, ``max_leapfrog``, ``target_accept``, ``step_size``, ``x0``,
-    ``init_radius``, ``device``, ``dtype``, ``cuda_graph``) are those of
-    :func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`; ``flow`` must have the target's dimension and live on the
-    chains' device (any dtype). ``rounds`` training rounds of ``local_steps`` local moves, ``train_steps`` Adam
-    steps (``lr``, minibatches of ``batch_size`` from the newest ``buffer_size`` local states, gradient-norm clip
-    ``clip``; a step with a non-finite loss or gradient is skipped) and ``global_steps`` global moves; then
-    ``draws`` production iterations (a local move or a block of ``global_steps`` global moves is one; module
-    docstring), every ``thin``-th kept. ``max_seconds`` bounds the wall time: the warm-up, the training rounds (at
-    least one) and production get shares in proportion to their HMC iterations, each ends early when past its share
-    and what was done is kept.
+    Options come grouped (:class:`Schedule`, :class:`LocalMoves`, :class:`FlowTraining`) or as their flat
+    keywords (``chains=16, warmup=100, lr=1e-3``), which fill the groups not given. Chains start from ``x0``
+    (chains, d) or dispersed on ``device``/``dtype`` as in :func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`;
+    ``flow`` must have the target's dimension and live on the chains' device (any dtype). ``max_seconds`` bounds the
+    wall time: the warm-up, the training rounds (at least one) and production get shares in proportion to their HMC
+    iterations, each ends early when past its share, and what was done is kept.
 
     Returns a dict: ``draws`` (chains, n, d) in ``store_dtype`` (default the chains'), ``flow`` (the
     :class:`StandardizedFlow` around the trained flow, a density over x), ``step_size``, ``inverse_metric``,
@@ -214,219 +417,62 @@ def flowmc(
     ``global_jumps`` (per chain, global moves taken in production), ``local_accept_trace`` and
     ``global_accept_trace`` (per round, training rounds then production rounds, mean over chains),
     ``training_rounds``, ``nll_trace`` (per training step: the minibatch's mean -log q(x), nats per draw),
-    ``divergences`` (per chain, after warm-up) and ``warmup_divergences``, ``gradient_evaluations`` (per chain, all
-    phases; ``warmup_gradient_evaluations`` those of the warm-up), ``log_prob_evaluations`` (per chain, the global
-    proposals' target evaluations without gradient),
+    ``skipped_train_steps``, ``divergences`` (per chain, after warm-up) and ``warmup_divergences``,
+    ``gradient_evaluations`` (per chain, all phases; ``warmup_gradient_evaluations`` those of the warm-up),
+    ``log_prob_evaluations`` (per chain, the global proposals' target evaluations without gradient),
     ``warmup_iterations``, ``iterations`` (production), ``seconds_warmup``, ``seconds_training``,
     ``seconds_sampling``, ``stopped_early``, ``cuda_graph`` and ``last`` (the final states).
     """
-    counts = {
-        "rounds": rounds,
-        "local_steps": local_steps,
-        "global_steps": global_steps,
-        "train_steps": train_steps,
-        "draws": draws,
-        "thin": thin,
-        "max_leapfrog": max_leapfrog,
-        "batch_size": batch_size,
-        "buffer_size": buffer_size,
-    }
-    if chains < 2:
-        raise ValueError(f"flowmc needs chains >= 2 (the warm-up's metric and R-hat are across chains); got {chains}")
-    bad = {k: v for k, v in counts.items() if not _is_count(v, 1)}
-    if not _is_count(warmup, 0):
-        bad["warmup"] = warmup
-    if bad:
-        raise ValueError(
-            "flowmc needs positive integer counts (warmup >= 0); got " + ", ".join(f"{k}={v!r}" for k, v in bad.items())
-        )
-    if not lr > 0 or not clip > 0:
-        raise ValueError(f"lr and clip must be positive; got {lr}, {clip}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
-    d = target.dim
-    if getattr(flow, "dim", None) != d:
-        raise ValueError(f"the flow's dimension ({getattr(flow, 'dim', None)}) is not the target's ({d})")
-    if x0 is not None and (x0.ndim != 2 or x0.shape != (chains, d)):
-        raise ValueError(f"x0 must have shape (chains, d) = ({chains}, {d}); got {tuple(x0.shape)}")
+    given = _grouped(flat)
+    s, hmc, t = schedule or given["schedule"], local or given["local"], training or given["training"]
+    _validate(target, flow, s, t, hmc, x0)
     device, dtype = chain_device_dtype(target, x0, device, dtype)
     flow_device = _anchor(flow).device
     if not _same_device(flow_device, torch.device(device)):
         raise ValueError(f"the flow is on {flow_device}, the chains on {device}: move one of them (flow.to(...))")
 
     start = time.perf_counter()
-    # HMC iterations per phase: the shares of max_seconds
-    total_its = warmup + rounds * local_steps + draws * local_steps / (local_steps + 1)
+    total_its = s.warmup + s.rounds * s.local_steps + s.draws * s.local_steps / (s.local_steps + 1)
     warm_budget = deadline_train = deadline_all = None
-    if max_seconds is not None:
-        warm_budget = max_seconds * warmup / total_its if warmup > 0 else None
-        deadline_train = start + max_seconds * (warmup + rounds * local_steps) / total_its
-        deadline_all = start + max_seconds
-    # Phase 0: the warm-up of adaptive_hmc (raises ValueError if log_prob is not finite at the start)
-    warm = adaptive_hmc(
-        target,
-        chains=chains,
-        warmup=warmup,
-        draws=0,
-        max_leapfrog=max_leapfrog,
-        target_accept=target_accept,
-        step_size=step_size,
-        x0=x0,
-        init_radius=init_radius,
-        seed=seed,
-        max_seconds=warm_budget,
-        device=device,
-        dtype=dtype,
-        progress=progress,
-        cuda_graph=cuda_graph,
-    )
+    if s.max_seconds is not None:  # the phases' shares of max_seconds, by HMC iterations
+        warm_budget = s.max_seconds * s.warmup / total_its if s.warmup > 0 else None
+        deadline_train = start + s.max_seconds * (s.warmup + s.rounds * s.local_steps) / total_its
+        deadline_all = start + s.max_seconds
+    warm = adaptive_hmc(  # raises ValueError if log_prob is not finite at the start
+        target, chains=s.chains, warmup=s.warmup, draws=0, max_leapfrog=hmc.max_leapfrog,
+        target_accept=hmc.target_accept, step_size=hmc.step_size, x0=x0, init_radius=hmc.init_radius, seed=s.seed,
+        max_seconds=warm_budget, device=device, dtype=dtype, progress=progress, cuda_graph=hmc.cuda_graph,
+    )  # fmt: skip
     t_warm = time.perf_counter()
-    eps, m_inv, x = warm["step_size"], warm["inverse_metric"], warm["last"]
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    lp, g = _log_prob_and_grad(target, x)
-    integrator = GraphedLeapfrog(target, x, m_inv) if warm["cuda_graph"] else leapfrog
-    grads = warm["leapfrogs"] + 1
-    log_probs = 0
-    div = torch.zeros(chains, dtype=torch.long, device=device)
-    local_trace, global_trace, nll_trace = [], [], []
-    stopped_early = bool(warm["stopped_early"])
-
-    def local_block(n_moves, states=None):
-        nonlocal x, lp, g, grads, div
-        acc = torch.zeros(chains, dtype=torch.float64, device=device)
-        for _ in range(n_moves):
-            x, lp, g, a, divergent, n_steps = hmc_step(target, x, lp, g, eps, m_inv, max_leapfrog, gen, integrator)
-            grads += n_steps
-            div += divergent
-            acc += a.to(torch.float64)
-            if states is not None:
-                states.append(x)
-        return acc
-
-    def global_block(n_moves):
-        """``n_moves`` global moves of every chain, then the gradient at the states for the next local moves."""
-        nonlocal x, lp, g, grads, log_probs
-        acc = torch.zeros(chains, dtype=torch.float64, device=device)
-        jumps = torch.zeros(chains, dtype=torch.long, device=device)
-        with torch.no_grad():
-            log_q = proposal.log_prob(x)
-            for _ in range(n_moves):
-                x, lp, log_q, a, accepted = global_move(proposal, target, x, lp, log_q, gen)
-                acc += a.to(torch.float64)
-                jumps += accepted
-        log_probs += n_moves
-        lp, g = _log_prob_and_grad(target, x)
-        grads += 1
-        return acc, jumps
-
-    # Training rounds: local moves fill the buffer, maximum likelihood on it, global moves with the current flow
-    buffer, proposal = None, None
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
-    skipped, rounds_done = 0, 0
-    for r in range(rounds):
-        if r > 0 and deadline_train is not None and time.perf_counter() > deadline_train:
-            stopped_early = True
-            break
-        states = []
-        acc_local = local_block(local_steps, states)
-        new = torch.cat(states)
-        buffer = new[-buffer_size:] if buffer is None else torch.cat([buffer, new])[-buffer_size:]
-        if proposal is None:
-            if standardize:
-                loc, sd = buffer.mean(0), buffer.std(0)
-                scale = torch.where(sd > 0, sd, torch.ones_like(sd))
-            else:
-                loc, scale = torch.zeros(d, device=device, dtype=dtype), torch.ones(d, device=device, dtype=dtype)
-            proposal = StandardizedFlow(flow, loc, scale)
-        log_scale_sum = float(proposal.scale.log().sum())
-        was_training = flow.training
-        flow.train()
-        losses = []
-        for _ in range(train_steps):
-            idx = torch.randint(0, len(buffer), (batch_size,), generator=gen, device=device)
-            loss = -flow.log_prob(proposal.standardize(buffer[idx])).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), clip)
-            if torch.isfinite(loss) and torch.isfinite(norm):
-                opt.step()
-            else:
-                skipped += 1
-            losses.append(loss.detach())
-        flow.train(was_training)
-        nll_trace += [v + log_scale_sum for v in torch.stack(losses).double().cpu().tolist()]
-        acc_global, _ = global_block(global_steps)
-        rounds_done += 1
-        local_trace.append(float(acc_local.mean()) / local_steps)
-        global_trace.append(float(acc_global.mean()) / global_steps)
-        if progress:
-            print(
-                f"flowmc round {r + 1}/{rounds}: local acceptance {local_trace[-1]:.3f}, global "
-                f"{global_trace[-1]:.3f}, NLL {nll_trace[-1]:.2f}",
-                flush=True,
-            )
+    chains = _Chains(target, warm, s, hmc, device)
+    trained = _train(chains, flow, t, deadline_train, progress)
     t_train = time.perf_counter()
-
-    # Production: the flow frozen; a local move or a block of global moves is one iteration, every thin-th kept
-    n_keep = draws // thin
-    store = torch.empty(n_keep, chains, d, device=device, dtype=store_dtype or dtype)
-    local_acc = torch.zeros(chains, dtype=torch.float64, device=device)
-    global_acc = torch.zeros(chains, dtype=torch.float64, device=device)
-    jumps = torch.zeros(chains, dtype=torch.long, device=device)
-    n_local = n_global = kept = it = 0
-    period = local_steps + 1
-    round_local = torch.zeros(chains, dtype=torch.float64, device=device)
-    round_global = torch.zeros(chains, dtype=torch.float64, device=device)
-    while it < draws:
-        if deadline_all is not None and time.perf_counter() > deadline_all:
-            stopped_early = True
-            break
-        if it % period < local_steps:
-            a = local_block(1)
-            local_acc += a
-            round_local += a
-            n_local += 1
-        else:
-            a, accepted = global_block(global_steps)
-            global_acc += a
-            round_global += a
-            jumps += accepted
-            n_global += global_steps
-            local_trace.append(float(round_local.mean()) / local_steps)
-            global_trace.append(float(round_global.mean()) / global_steps)
-            round_local.zero_(), round_global.zero_()
-        if it % thin == thin - 1 and kept < n_keep:
-            store[kept] = x.to(store.dtype)
-            kept += 1
-        it += 1
+    store = torch.empty(s.draws // s.thin, s.chains, target.dim, device=device, dtype=store_dtype or dtype)
+    produced = _produce(chains, store, deadline_all, trained)
     end = time.perf_counter()
     return {
-        "draws": store[:kept].transpose(0, 1),
-        "flow": proposal,
-        "step_size": eps,
-        "inverse_metric": m_inv,
-        "local_accept": (local_acc / max(n_local, 1)).cpu(),
-        "global_accept": (global_acc / max(n_global, 1)).cpu(),
-        "global_jumps": jumps.cpu(),
-        "local_accept_trace": local_trace,
-        "global_accept_trace": global_trace,
-        "training_rounds": rounds_done,
-        "nll_trace": nll_trace,
-        "skipped_train_steps": skipped,
-        "divergences": div.cpu(),
+        **produced,
+        "flow": chains.proposal,
+        "step_size": chains.eps,
+        "inverse_metric": chains.m_inv,
+        "local_accept_trace": trained["local"],
+        "global_accept_trace": trained["global"],
+        "training_rounds": trained["rounds"],
+        "nll_trace": trained["nll"],
+        "skipped_train_steps": trained["skipped"],
+        "divergences": chains.div.cpu(),
         "warmup_divergences": warm["warmup_divergences"],
-        "gradient_evaluations": grads,
+        "gradient_evaluations": chains.grads,
         "warmup_gradient_evaluations": warm["leapfrogs"],
-        "log_prob_evaluations": log_probs,
+        "log_prob_evaluations": chains.log_probs,
         "warmup_iterations": warm["warmup_iterations"],
-        "iterations": it,
         "seconds_warmup": t_warm - start,
         "seconds_training": t_train - t_warm,
         "seconds_sampling": end - t_train,
-        "stopped_early": stopped_early,
+        "stopped_early": bool(warm["stopped_early"]) or trained["stopped_early"] or produced["stopped_early"],
         "cuda_graph": bool(warm["cuda_graph"]),
-        "last": x,
+        "last": chains.x,
     }
 
 
-__all__ = ["StandardizedFlow", "flowmc", "global_move", "sample_base"]
+__all__ = ["FlowTraining", "LocalMoves", "Schedule", "StandardizedFlow", "flowmc", "global_move", "sample_base"]

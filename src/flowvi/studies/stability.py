@@ -30,6 +30,7 @@ from flowvi.diagnostics.evaluate import evaluate
 from flowvi.runs.checkpoint import write_json_atomic
 from flowvi.runs.run_dir import build, resolve_device
 from flowvi.targets import TargetError, make_target
+from flowvi.targets.base import coordinates
 from flowvi.training.loop import TrainConfig, TrainingDiverged, fit
 from flowvi.transforms import PathGradientUnsupported
 
@@ -52,13 +53,6 @@ def grid(clamps, lofts, bases, estimators, splines=(False,), hierarchicals=(Fals
         {"clamp": c, "loft": bool(lo), "base": b, "estimator": e, "spline": bool(sp), "hierarchical": bool(h)}
         for h, sp, c, lo, b, e in itertools.product(hierarchicals, splines, clamps, lofts, bases, estimators)
     ]
-
-
-def coordinates(target, x: torch.Tensor) -> torch.Tensor:
-    """The quantities whose marginals are compared: regression coefficients where the target defines
-    ``coefficients(x)`` (e.g. the horseshoe's beta = tau * lambda * z), else the raw coordinates."""
-    f = getattr(target, "coefficients", None)
-    return f(x) if f is not None else x
 
 
 def reference_stats(target, reference, n_plot: int = 4) -> dict:

@@ -110,3 +110,24 @@ def checked_log_prob(target, x: Tensor) -> Tensor:
             f"(first at sample {i}); the target must be finite or -inf"
         )
     return out
+
+
+def log_prob_and_grad(target, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``log p(x)`` and ``d log p(x) / dx``, both detached, for any density with a batched ``log_prob`` (a target,
+    a flow). A density with its own ``log_prob_and_grad`` (an annealed density that keeps its parts, a model with
+    an analytic gradient) is asked for it."""
+    own = getattr(target, "log_prob_and_grad", None)
+    if own is not None:
+        return own(x)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        lp = target.log_prob(x)
+        (g,) = torch.autograd.grad(lp.sum(), x)
+    return lp.detach(), g.detach()
+
+
+def coordinates(target, x: Tensor) -> Tensor:
+    """The quantities whose marginals are compared with a reference: regression coefficients where the target
+    defines ``coefficients(x)`` (e.g. the horseshoe's beta = tau * lambda * z), else the raw coordinates."""
+    f = getattr(target, "coefficients", None)
+    return f(x) if f is not None else x

@@ -19,8 +19,6 @@ import time
 import torch
 import torch.distributed as td
 
-from flowvi.diagnostics.importance import summarize
-
 
 def is_initialized() -> bool:
     return td.is_available() and td.is_initialized()
@@ -198,20 +196,6 @@ def evaluate(flow, target, n: int = 100_000, batch_size: int = 10_000) -> dict:
     """:func:`flowvi.diagnostics.evaluate.evaluate` with the ``n`` draws shared out over the ranks: each rank
     computes its share of the importance log weights, and all of them are gathered (every rank
     returns the same summary)."""
-    from flowvi.diagnostics.evaluate import importance_log_weights
+    from flowvi.diagnostics.evaluate import evaluate as evaluate_flow
 
-    world, r = world_size(), rank()
-    share = n // world + (1 if r < n % world else 0)
-    was_training = flow.training
-    flow.eval()
-    try:
-        lw = importance_log_weights(flow, target, max(share, 2), batch_size)
-    finally:
-        flow.train(was_training)
-    parts = all_gather_objects(lw) if world > 1 else [lw]
-    stats = summarize(torch.cat(parts))
-    exact = getattr(target, "log_evidence", None)
-    if exact is not None:
-        stats["log_evidence"] = float(exact)
-        stats["log_z_error"] = stats["log_z"] - float(exact)
-    return stats
+    return evaluate_flow(flow, target, n, batch_size, shard=(rank(), world_size(), all_gather_objects))
