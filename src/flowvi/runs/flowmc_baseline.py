@@ -39,35 +39,41 @@ def load_flowmc_flow(path, device="cpu"):
     return StandardizedFlow(flow, state["loc"].to(device), state["scale"].to(device))
 
 
+def _options(args):
+    """The sampler's grouped options from the CLI's arguments."""
+    from flowvi.samplers.adaptive_hmc import HMCKernel
+    from flowvi.samplers.flowmc import FlowTraining, Schedule
+
+    schedule = Schedule(
+        chains=args.chains, warmup=args.warmup, rounds=args.rounds, local_steps=args.local_steps,
+        global_steps=args.global_steps, train_steps=args.train_steps, draws=args.samples, thin=args.thin,
+        seed=args.seed, max_seconds=args.max_seconds,
+    )  # fmt: skip
+    kernel = HMCKernel(
+        max_leapfrog=args.max_leapfrog, target_accept=args.target_accept, init_radius=args.init_radius,
+        cuda_graph={"auto": None, "true": True, "false": False}[args.cuda_graph],
+    )  # fmt: skip
+    training = FlowTraining(batch_size=args.batch_size, lr=args.lr, buffer_size=args.buffer_size)
+    return schedule, kernel, training
+
+
 def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None, dict]:
     """``flowvi baseline flowmc``: build the Real NVP (``--layers``, ``--hidden``, ``--spline``, ``--flow-dtype``; parameters
     initialised from ``--seed``), run the sampler with the CLI's ``args``, write ``config.json`` (``config`` plus a
     ``flowmc`` section) and ``flowmc_flow.pt``; return the draws to save as ``samples.npy`` ((chains * n, d),
     chain-major; None with ``--no-samples``) and the run summary."""
+    from dataclasses import asdict
+
     from flowvi.flows.realnvp import realnvp
     from flowvi.runs.run_dir import resolve_dtype
     from flowvi.samplers.adaptive_hmc import chain_device_dtype
     from flowvi.samplers.flowmc import flowmc
 
-    settings = {
-        "chains": args.chains,
-        "warmup": args.warmup,
-        "rounds": args.rounds,
-        "local_steps": args.local_steps,
-        "global_steps": args.global_steps,
-        "train_steps": args.train_steps,
-        "draws": args.samples,
-        "thin": args.thin,
-        "max_leapfrog": args.max_leapfrog,
-        "target_accept": args.target_accept,
-        "init_radius": args.init_radius,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "buffer_size": args.buffer_size,
-        "max_seconds": args.max_seconds,
-        "store_dtype": args.store_dtype or args.dtype,
-        "cuda_graph": args.cuda_graph,
-    }
+    schedule, kernel, training = _options(args)
+    settings = {**asdict(schedule), **asdict(kernel), **asdict(training)}
+    settings.update(draws=args.samples, store_dtype=args.store_dtype or args.dtype, cuda_graph=args.cuda_graph)
+    for unrecorded in ("seed", "step_size", "clip", "standardize"):
+        settings.pop(unrecorded)
     flow_options = {"layers": args.layers, "hidden": args.hidden, "spline": args.spline, "seed": args.seed}
     config["flowmc"] = settings
     config["flowmc_flow"] = {**flow_options, "dtype": args.flow_dtype}
@@ -76,31 +82,11 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     device, _ = chain_device_dtype(target)
     torch.manual_seed(args.seed)  # the flow's initial parameters
     flow = realnvp(target.dim, **flow_options).to(device, resolve_dtype(args.flow_dtype))
+    store_dtype = resolve_dtype(args.store_dtype) if args.store_dtype else None
     result = flowmc(
-        target,
-        flow,
-        chains=args.chains,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        local_steps=args.local_steps,
-        global_steps=args.global_steps,
-        train_steps=args.train_steps,
-        draws=args.samples,
-        thin=args.thin,
-        max_leapfrog=args.max_leapfrog,
-        target_accept=args.target_accept,
-        init_radius=args.init_radius,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        buffer_size=args.buffer_size,
-        seed=args.seed,
-        max_seconds=args.max_seconds,
-        store_dtype=resolve_dtype(args.store_dtype) if args.store_dtype else None,
-        device=device,
-        dtype=resolve_dtype(args.dtype),
-        cuda_graph={"auto": None, "true": True, "false": False}[args.cuda_graph],
-        progress=not args.quiet,
-    )
+        target, flow, schedule, kernel, training, store_dtype=store_dtype, device=device,
+        dtype=resolve_dtype(args.dtype), progress=not args.quiet,
+    )  # fmt: skip
     proposal = result["flow"]
     ckpt.save_atomic(
         {
@@ -116,14 +102,31 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     draws = result["draws"]
     t0 = time.perf_counter()
     stats = summarize_draws(target, draws)
+    summary = _summary(target, result, stats, time.perf_counter() - t0)
+    print(
+        f"  {summary['chains']} x {summary['num_samples']} draws after {summary['warmup']} warm-up iterations and "
+        f"{summary['training_rounds']} training rounds in {summary['seconds']:.1f} s"
+        f"{' (stopped at --max-seconds)' if summary['stopped_early'] else ''}\n"
+        f"  local acceptance {summary['local_accept']:.3f} (step size {summary['step_size']:.4g}, divergences "
+        f"{summary['divergences']}), global acceptance {summary['global_accept']:.3f}, flow NLL "
+        f"{summary['nll_first']:.2f} -> {summary['nll_last']:.2f}\n"
+        f"{format_convergence(summary)}; summary {summary['seconds_detail']['summary']:.1f} s"
+    )
+    samples = None if args.no_samples else draws.cpu().numpy().reshape(-1, target.dim)
+    return samples, summary
+
+
+def _summary(target, result: dict, stats: dict, summary_seconds: float) -> dict:
+    """The run's summary.json: sizes, times, acceptance, the flow's training and the draws' convergence."""
+    draws = result["draws"]
     seconds = {
         "warmup": result["seconds_warmup"],
         "training": result["seconds_training"],
         "sampling": result["seconds_sampling"],
-        "summary": time.perf_counter() - t0,
+        "summary": summary_seconds,
     }
     nll = result["nll_trace"]
-    summary = {
+    return {
         "method": "flowmc",
         "sampler": "hybrid NF-MCMC (FlowMC-style): many-chain HMC + flow independence proposals",
         "chains": int(draws.shape[0]),
@@ -151,17 +154,6 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
         "log_prob_evaluations_per_chain": int(result["log_prob_evaluations"]),
         **draws_convergence(target, stats),
     }
-    print(
-        f"  {summary['chains']} x {summary['num_samples']} draws after {summary['warmup']} warm-up iterations and "
-        f"{summary['training_rounds']} training rounds in {summary['seconds']:.1f} s"
-        f"{' (stopped at --max-seconds)' if summary['stopped_early'] else ''}\n"
-        f"  local acceptance {summary['local_accept']:.3f} (step size {summary['step_size']:.4g}, divergences "
-        f"{summary['divergences']}), global acceptance {summary['global_accept']:.3f}, flow NLL "
-        f"{summary['nll_first']:.2f} -> {summary['nll_last']:.2f}\n"
-        f"{format_convergence(summary)}; summary {seconds['summary']:.1f} s"
-    )
-    samples = None if args.no_samples else draws.cpu().numpy().reshape(-1, target.dim)
-    return samples, summary
 
 
 __all__ = ["FLOW_FILE", "load_flowmc_flow", "run_flowmc_baseline"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -142,163 +143,232 @@ def flush_denormals():
             torch.set_flush_denormal(False)
 
 
-@flush_denormals()
-def adaptive_hmc(
-    target,
-    chains: int = 256,
-    warmup: int = 1000,
-    draws: int = 1000,
-    max_leapfrog: int = 32,
-    target_accept: float = 0.8,
-    step_size: float = 0.1,
-    x0: torch.Tensor | None = None,
-    init_radius: float = 2.0,
-    seed: int = 0,
-    thin: int = 1,
-    max_seconds: float | None = None,
-    store_dtype: torch.dtype | None = None,
-    device=None,
-    dtype: torch.dtype | None = None,
-    progress: bool = False,
-    cuda_graph: bool | None = None,
-) -> dict:
-    """Run ``chains`` adaptive HMC chains on ``target`` (batched ``log_prob`` of x (chains, d)).
+@dataclass(frozen=True)
+class HMCKernel:
+    """The transition and its warm-up: at most ``max_leapfrog`` leapfrog steps per trajectory, dual averaging
+    towards ``target_accept`` from the initial guess ``step_size``, dispersed starts in ``[-init_radius,
+    init_radius]``, the leapfrog step replayed from a CUDA graph when ``cuda_graph`` (default: on CUDA)."""
 
-    ``step_size`` is the initial guess of the warm-up's search, or with ``warmup = 0`` the step size used.
-    Start from ``x0`` (chains, d) if given (device and dtype follow it), else ``uniform(-init_radius,
-    init_radius)`` on ``device``/``dtype`` (default: those of the target's first buffer, else CPU float64).
-    Returns a dict: ``draws`` (chains, n, d) on the device (n = kept draws; fewer than ``draws // thin`` when
-    ``max_seconds`` cut sampling short), ``step_size``, ``inverse_metric`` (d,), ``accept_prob`` (per chain, mean
-    over sampling), ``divergences`` and ``warmup_divergences`` (per chain), ``accept_trace`` and ``step_trace``
-    (warm-up), ``leapfrogs`` (total gradient evaluations per chain), ``warmup_iterations``, ``iterations``,
-    ``seconds_warmup``, ``seconds_sampling``, ``stopped_early`` and ``last`` (the chains' final states).
-    ``draws = 0`` runs the warm-up only (:func:`flowvi.samplers.flowmc.flowmc` starts from its ``last``).
-    ``cuda_graph``: replay the leapfrog step from a CUDA graph (:class:`GraphedLeapfrog`); default: on CUDA.
-    """
-    if chains < 2:
-        raise ValueError(f"adaptive HMC needs chains >= 2 (R-hat and the mass matrix are across chains); got {chains}")
-    if warmup < 0 or draws < 0 or max_leapfrog < 1 or thin < 1:
+    max_leapfrog: int = 32
+    target_accept: float = 0.8
+    step_size: float = 0.1
+    init_radius: float = 2.0
+    cuda_graph: bool | None = None
+
+
+@dataclass(frozen=True)
+class ChainSchedule:
+    """``chains`` in lock-step, ``warmup`` adaptation iterations, ``draws`` sampling iterations (every ``thin``-th
+    kept), seeded by ``seed``, within ``max_seconds`` of wall time if given."""
+
+    chains: int = 256
+    warmup: int = 1000
+    draws: int = 1000
+    thin: int = 1
+    seed: int = 0
+    max_seconds: float | None = None
+
+
+def split_options(flat: dict, *kinds) -> list:
+    """Sort flat keywords into instances of the dataclasses ``kinds`` (each key to the one that has it)."""
+    parts = [{} for _ in kinds]
+    for key, value in flat.items():
+        i = next((i for i, kind in enumerate(kinds) if key in {f.name for f in fields(kind)}), None)
+        if i is None:
+            raise TypeError(f"unknown option {key!r}")
+        parts[i][key] = value
+    return [kind(**part) for kind, part in zip(kinds, parts, strict=True)]
+
+
+def _check(target, s: ChainSchedule, k: HMCKernel, x0) -> None:
+    if s.chains < 2:
         raise ValueError(
-            f"need warmup >= 0, draws >= 0, max_leapfrog >= 1, thin >= 1; got {warmup}, {draws}, {max_leapfrog}, {thin}"
+            f"adaptive HMC needs chains >= 2 (R-hat and the mass matrix are across chains); got {s.chains}"
         )
-    if not 0 < target_accept < 1:
-        raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
-    if not step_size > 0 or not init_radius > 0:
-        raise ValueError(f"step_size and init_radius must be positive; got {step_size}, {init_radius}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    if s.warmup < 0 or s.draws < 0 or k.max_leapfrog < 1 or s.thin < 1:
+        raise ValueError(
+            f"need warmup >= 0, draws >= 0, max_leapfrog >= 1, thin >= 1; got {s.warmup}, {s.draws}, "
+            f"{k.max_leapfrog}, {s.thin}"
+        )
+    if not 0 < k.target_accept < 1:
+        raise ValueError(f"target_accept must be in (0, 1), got {k.target_accept}")
+    if not k.step_size > 0 or not k.init_radius > 0:
+        raise ValueError(f"step_size and init_radius must be positive; got {k.step_size}, {k.init_radius}")
+    if s.max_seconds is not None and not s.max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {s.max_seconds}")
     d = target.dim
-    if x0 is not None:
-        if x0.ndim != 2 or x0.shape != (chains, d):
-            raise ValueError(f"x0 must have shape (chains, d) = ({chains}, {d}); got {tuple(x0.shape)}")
-    device, dtype = chain_device_dtype(target, x0, device, dtype)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    if x0 is not None and (x0.ndim != 2 or x0.shape != (s.chains, d)):
+        raise ValueError(f"x0 must have shape (chains, d) = ({s.chains}, {d}); got {tuple(x0.shape)}")
+
+
+def _start(target, s: ChainSchedule, k: HMCKernel, x0, gen, device, dtype):
+    """The chains' first states: ``x0``, or uniform in ``[-init_radius, init_radius]``; refused if not finite."""
     if x0 is None:
-        x = (2 * torch.rand(chains, d, generator=gen, device=device, dtype=dtype) - 1) * init_radius
+        x = (2 * torch.rand(s.chains, target.dim, generator=gen, device=device, dtype=dtype) - 1) * k.init_radius
     else:
         x = x0.detach().clone()
     lp, g = log_prob_and_grad(target, x)
     bad = ~(torch.isfinite(lp) & torch.isfinite(g).all(1))
     if bad.any():
         raise ValueError(
-            f"log_prob or its gradient is not finite at the initial point of {int(bad.sum())} of {chains} chains"
+            f"log_prob or its gradient is not finite at the initial point of {int(bad.sum())} of {s.chains} chains"
             + ("; pass a finite x0 or a smaller init_radius" if x0 is None else "")
         )
+    return x, lp, g
 
-    m_inv = torch.ones(d, device=device, dtype=dtype)
-    if cuda_graph is None:
-        cuda_graph = x.device.type == "cuda"
-    integrator = GraphedLeapfrog(target, x, m_inv) if cuda_graph else leapfrog
-    eps = _initial_step_size(target, x, lp, g, m_inv, step_size, gen, integrator) if warmup > 0 else step_size
-    adapt = DualAveraging(eps, target_accept)
-    init_end, slow_ends = warmup_windows(warmup)
-    window_sum = torch.zeros(d, device=device, dtype=torch.float64)
-    window_sq = torch.zeros(d, device=device, dtype=torch.float64)
-    window_n = 0
-    n_keep = draws // thin
-    store = torch.empty(n_keep, chains, d, device=device, dtype=store_dtype or dtype)
-    div_warm = torch.zeros(chains, dtype=torch.long, device=device)
-    div = torch.zeros(chains, dtype=torch.long, device=device)
-    acc_sum = torch.zeros(chains, dtype=torch.float64, device=device)
-    accept_trace, step_trace = [], []
-    leapfrogs, kept, it_sampling = 0, 0, 0
+
+class _Adaptation:
+    """Stan's windowed warm-up: dual averaging of the step size every iteration, and at the end of each slow window
+    the diagonal metric from the window's draws (pooled over chains), shrunk, with a new step-size search."""
+
+    def __init__(self, warmup: int, eps: float, target_accept: float, d: int, chains: int, device, dtype):
+        self.target_accept, self.chains, self.dtype = target_accept, chains, dtype
+        self.dual = DualAveraging(eps, target_accept)
+        self.init_end, self.slow_ends = warmup_windows(warmup)
+        self.sum = torch.zeros(d, device=device, dtype=torch.float64)
+        self.sq = torch.zeros(d, device=device, dtype=torch.float64)
+        self.n = 0
+
+    def update(self, it: int, x, lp, g, eps, m_inv, mean_accept: float, target, gen, integrator):
+        """Returns the next (eps, m_inv)."""
+        eps = self.dual.update(mean_accept)
+        if self.init_end <= it < (self.slow_ends[-1] if self.slow_ends else 0):
+            xd = x.to(torch.float64)
+            self.sum += xd.sum(0)
+            self.sq += (xd * xd).sum(0)
+            self.n += self.chains
+            if it + 1 in self.slow_ends:
+                var = (self.sq - self.sum**2 / self.n) / (self.n - 1)
+                n_w = self.n / self.chains  # iterations in the window: Stan's shrinkage in draws per chain
+                m_inv = (n_w / (n_w + 5) * var + 1e-3 * 5 / (n_w + 5)).to(self.dtype)
+                self.sum.zero_(), self.sq.zero_()
+                self.n = 0
+                eps = _initial_step_size(target, x, lp, g, m_inv, eps, gen, integrator)
+                self.dual = DualAveraging(eps, self.target_accept)
+        return eps, m_inv
+
+
+class _Record:
+    """What sampling keeps: every ``thin``-th state, divergences, acceptance, the warm-up's traces."""
+
+    def __init__(self, s: ChainSchedule, d: int, device, dtype):
+        self.thin, self.store = s.thin, torch.empty(s.draws // s.thin, s.chains, d, device=device, dtype=dtype)
+        self.div_warm = torch.zeros(s.chains, dtype=torch.long, device=device)
+        self.div = torch.zeros(s.chains, dtype=torch.long, device=device)
+        self.acc_sum = torch.zeros(s.chains, dtype=torch.float64, device=device)
+        self.accept_trace, self.step_trace = [], []
+        self.kept = self.iterations = self.leapfrogs = 0
+
+    def sampled(self, x, a, divergent) -> None:
+        self.div += divergent
+        self.acc_sum += a.to(torch.float64)
+        if self.iterations % self.thin == self.thin - 1 and self.kept < len(self.store):
+            self.store[self.kept] = x.to(self.store.dtype)
+            self.kept += 1
+        self.iterations += 1
+
+
+def _run(target, s: ChainSchedule, k: HMCKernel, state, gen, integrator, rec: _Record, bar) -> dict:
+    """Warm-up, then sampling, within the time budget; returns the final step size, metric, state and timing."""
+    x, lp, g = state
+    m_inv = torch.ones(target.dim, device=x.device, dtype=x.dtype)
+    if isinstance(integrator, type):
+        integrator = integrator(target, x, m_inv)
+    eps = _initial_step_size(target, x, lp, g, m_inv, k.step_size, gen, integrator) if s.warmup > 0 else k.step_size
+    adapt = _Adaptation(s.warmup, eps, k.target_accept, target.dim, s.chains, x.device, x.dtype)
     start = time.perf_counter()
-    warm_budget = None if max_seconds is None else max_seconds * warmup / max(warmup + draws, 1)
-    stopped_early, t_warm_end = False, None
-    total = warmup + draws
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="warm-up", unit="it", dynamic_ncols=True)
-
-    it, phase_warm = 0, warmup > 0
+    warm_budget = None if s.max_seconds is None else s.max_seconds * s.warmup / max(s.warmup + s.draws, 1)
+    stopped_early, t_warm_end, warm_its, it, phase_warm = False, None, 0, 0, s.warmup > 0
     while True:
-        if phase_warm and (it >= warmup or (warm_budget is not None and time.perf_counter() - start > warm_budget)):
-            stopped_early |= it < warmup
-            eps, phase_warm, t_warm_end, warm_its = adapt.final, False, time.perf_counter(), it
-            if bar is not None and draws > 0:
+        if phase_warm and (it >= s.warmup or (warm_budget is not None and time.perf_counter() - start > warm_budget)):
+            stopped_early |= it < s.warmup
+            eps, phase_warm, t_warm_end, warm_its = adapt.dual.final, False, time.perf_counter(), it
+            if bar is not None and s.draws > 0:
                 bar.set_description("sampling")
-                bar.n = warmup
+                bar.n = s.warmup
         if not phase_warm:
-            if t_warm_end is None:
-                t_warm_end, warm_its = time.perf_counter(), 0
-            if it_sampling >= draws:
+            t_warm_end = t_warm_end or time.perf_counter()
+            if rec.iterations >= s.draws:
                 break
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            if s.max_seconds is not None and time.perf_counter() - start > s.max_seconds:
                 stopped_early = True
                 break
-        x, lp, g, a, divergent, n_steps = hmc_step(target, x, lp, g, eps, m_inv, max_leapfrog, gen, integrator)
-        leapfrogs += n_steps
+        x, lp, g, a, divergent, n_steps = hmc_step(target, x, lp, g, eps, m_inv, k.max_leapfrog, gen, integrator)
+        rec.leapfrogs += n_steps
         if phase_warm:
-            div_warm += divergent
+            rec.div_warm += divergent
             mean_a = a.mean().item()
-            accept_trace.append(mean_a)
-            step_trace.append(eps)
-            eps = adapt.update(mean_a)
-            if init_end <= it < (slow_ends[-1] if slow_ends else 0):
-                xd = x.to(torch.float64)
-                window_sum += xd.sum(0)
-                window_sq += (xd * xd).sum(0)
-                window_n += chains
-                if it + 1 in slow_ends:
-                    var = (window_sq - window_sum**2 / window_n) / (window_n - 1)
-                    n_w = window_n / chains  # iterations in the window: Stan's shrinkage in draws per chain
-                    m_inv = (n_w / (n_w + 5) * var + 1e-3 * 5 / (n_w + 5)).to(dtype)
-                    window_sum.zero_(), window_sq.zero_()
-                    window_n = 0
-                    eps = _initial_step_size(target, x, lp, g, m_inv, eps, gen, integrator)
-                    adapt = DualAveraging(eps, target_accept)
+            rec.accept_trace.append(mean_a)
+            rec.step_trace.append(eps)
+            eps, m_inv = adapt.update(it, x, lp, g, eps, m_inv, mean_a, target, gen, integrator)
         else:
-            div += divergent
-            acc_sum += a.to(torch.float64)
-            if it_sampling % thin == thin - 1 and kept < n_keep:
-                store[kept] = x.to(store.dtype)
-                kept += 1
-            it_sampling += 1
+            rec.sampled(x, a, divergent)
         it += 1
         if bar is not None:
             bar.update(1)
             if it % 20 == 0:
-                bar.set_postfix(eps=f"{eps:.3g}", acc=f"{a.mean().item():.2f}", div=int((div + div_warm).sum()))
-    if bar is not None:
-        bar.close()
+                bar.set_postfix(eps=f"{eps:.3g}", acc=f"{a.mean().item():.2f}", div=int((rec.div + rec.div_warm).sum()))
     end = time.perf_counter()
+    return {"step_size": eps, "inverse_metric": m_inv, "last": x, "warmup_iterations": warm_its,
+            "seconds_warmup": t_warm_end - start, "seconds_sampling": end - t_warm_end,
+            "stopped_early": stopped_early}  # fmt: skip
+
+
+@flush_denormals()
+def adaptive_hmc(
+    target,
+    schedule: ChainSchedule | None = None,
+    kernel: HMCKernel | None = None,
+    *,
+    x0: torch.Tensor | None = None,
+    device=None,
+    dtype: torch.dtype | None = None,
+    store_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    **flat,
+) -> dict:
+    """Run many adaptive HMC chains on ``target`` (batched ``log_prob`` of x (chains, d)).
+
+    Options come grouped (:class:`ChainSchedule`, :class:`HMCKernel`) or as their flat keywords (``chains=64,
+    warmup=500, max_leapfrog=16``), which fill the groups not given. ``step_size`` is the initial guess of the
+    warm-up's search, or with ``warmup = 0`` the step size used. Start from ``x0`` (chains, d) if given (device and
+    dtype follow it), else ``uniform(-init_radius, init_radius)`` on ``device``/``dtype`` (default: those of the
+    target's first buffer, else CPU float64).
+
+    Returns a dict: ``draws`` (chains, n, d) on the device (n = kept draws; fewer than ``draws // thin`` when
+    ``max_seconds`` cut sampling short), ``step_size``, ``inverse_metric`` (d,), ``accept_prob`` (per chain, mean
+    over sampling), ``divergences`` and ``warmup_divergences`` (per chain), ``accept_trace`` and ``step_trace``
+    (warm-up), ``leapfrogs`` (total gradient evaluations per chain), ``warmup_iterations``, ``iterations``,
+    ``seconds_warmup``, ``seconds_sampling``, ``stopped_early``, ``cuda_graph`` and ``last`` (the chains' final
+    states). ``draws = 0`` runs the warm-up only (:func:`flowvi.samplers.flowmc.flowmc` starts from its ``last``).
+    """
+    given_s, given_k = split_options(flat, ChainSchedule, HMCKernel)
+    s, k = schedule or given_s, kernel or given_k
+    _check(target, s, k, x0)
+    device, dtype = chain_device_dtype(target, x0, device, dtype)
+    gen = torch.Generator(device=device).manual_seed(s.seed)
+    state = _start(target, s, k, x0, gen, device, dtype)
+    cuda_graph = state[0].device.type == "cuda" if k.cuda_graph is None else k.cuda_graph
+    rec = _Record(s, target.dim, device, store_dtype or dtype)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=s.warmup + s.draws, desc="warm-up", unit="it", dynamic_ncols=True)
+    try:
+        out = _run(target, s, k, state, gen, GraphedLeapfrog if cuda_graph else leapfrog, rec, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     return {
-        "draws": store[:kept].transpose(0, 1),
-        "step_size": eps,
-        "inverse_metric": m_inv,
-        "accept_prob": (acc_sum / max(it_sampling, 1)).cpu(),
-        "divergences": div.cpu(),
-        "warmup_divergences": div_warm.cpu(),
-        "accept_trace": accept_trace,
-        "step_trace": step_trace,
-        "leapfrogs": leapfrogs,
-        "warmup_iterations": warm_its,
-        "iterations": it_sampling,
-        "seconds_warmup": t_warm_end - start,
-        "seconds_sampling": end - t_warm_end,
-        "stopped_early": stopped_early,
+        **out,
+        "draws": rec.store[: rec.kept].transpose(0, 1),
+        "accept_prob": (rec.acc_sum / max(rec.iterations, 1)).cpu(),
+        "divergences": rec.div.cpu(),
+        "warmup_divergences": rec.div_warm.cpu(),
+        "accept_trace": rec.accept_trace,
+        "step_trace": rec.step_trace,
+        "leapfrogs": rec.leapfrogs,
+        "iterations": rec.iterations,
         "cuda_graph": bool(cuda_graph),
-        "last": x,
     }

@@ -49,13 +49,21 @@ from __future__ import annotations
 import math
 import operator
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from flowvi.core.bases import StandardNormal
-from flowvi.samplers.adaptive_hmc import adaptive_hmc, chain_device_dtype, flush_denormals, hmc_step
+from flowvi.samplers.adaptive_hmc import (
+    ChainSchedule,
+    HMCKernel,
+    adaptive_hmc,
+    chain_device_dtype,
+    flush_denormals,
+    hmc_step,
+    split_options,
+)
 from flowvi.samplers.hmc import GraphedLeapfrog, leapfrog, log_prob_and_grad
 
 
@@ -178,17 +186,6 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class LocalMoves:
-    """The HMC of the warm-up and of the local moves (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`)."""
-
-    max_leapfrog: int = 32
-    target_accept: float = 0.8
-    step_size: float = 0.1
-    init_radius: float = 2.0
-    cuda_graph: bool | None = None
-
-
-@dataclass(frozen=True)
 class FlowTraining:
     """Maximum likelihood on the chains' states: Adam with ``lr``, minibatches of ``batch_size`` from the newest
     ``buffer_size`` states, gradient-norm clip ``clip``; ``standardize`` the states first (:class:`StandardizedFlow`)."""
@@ -200,20 +197,7 @@ class FlowTraining:
     standardize: bool = True
 
 
-_GROUPS = {"schedule": Schedule, "local": LocalMoves, "training": FlowTraining}
-
-
-def _grouped(flat: dict) -> dict:
-    parts = {name: {} for name in _GROUPS}
-    for key, value in flat.items():
-        group = next((g for g, kind in _GROUPS.items() if key in {f.name for f in fields(kind)}), None)
-        if group is None:
-            raise TypeError(f"flowmc got an unknown option {key!r}")
-        parts[group][key] = value
-    return {g: _GROUPS[g](**parts[g]) for g in _GROUPS}
-
-
-def _validate(target, flow, s: Schedule, t: FlowTraining, hmc: LocalMoves, x0) -> None:
+def _validate(target, flow, s: Schedule, t: FlowTraining, hmc: HMCKernel, x0) -> None:
     counts = {
         "rounds": s.rounds,
         "local_steps": s.local_steps,
@@ -248,7 +232,7 @@ def _validate(target, flow, s: Schedule, t: FlowTraining, hmc: LocalMoves, x0) -
 class _Chains:
     """The chains after the warm-up, with their counters: local moves, global moves, training rounds."""
 
-    def __init__(self, target, warm: dict, s: Schedule, hmc: LocalMoves, device):
+    def __init__(self, target, warm: dict, s: Schedule, hmc: HMCKernel, device):
         self.target, self.s, self.hmc = target, s, hmc
         self.eps, self.m_inv, self.x = warm["step_size"], warm["inverse_metric"], warm["last"]
         self.gen = torch.Generator(device=device).manual_seed(s.seed + 1)
@@ -392,7 +376,7 @@ def flowmc(
     target,
     flow,
     schedule: Schedule | None = None,
-    local: LocalMoves | None = None,
+    local: HMCKernel | None = None,
     training: FlowTraining | None = None,
     *,
     x0: torch.Tensor | None = None,
@@ -404,7 +388,8 @@ def flowmc(
 ) -> dict:
     """Run the hybrid sampler (module docstring) on ``target`` with ``flow`` (trained in place) as the proposal.
 
-    Options come grouped (:class:`Schedule`, :class:`LocalMoves`, :class:`FlowTraining`) or as their flat
+    Options come grouped (:class:`Schedule`, :class:`~flowvi.samplers.adaptive_hmc.HMCKernel` for the warm-up and
+    the local moves, :class:`FlowTraining`) or as their flat
     keywords (``chains=16, warmup=100, lr=1e-3``), which fill the groups not given. Chains start from ``x0``
     (chains, d) or dispersed on ``device``/``dtype`` as in :func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`;
     ``flow`` must have the target's dimension and live on the chains' device (any dtype). ``max_seconds`` bounds the
@@ -423,8 +408,8 @@ def flowmc(
     ``warmup_iterations``, ``iterations`` (production), ``seconds_warmup``, ``seconds_training``,
     ``seconds_sampling``, ``stopped_early``, ``cuda_graph`` and ``last`` (the final states).
     """
-    given = _grouped(flat)
-    s, hmc, t = schedule or given["schedule"], local or given["local"], training or given["training"]
+    given_s, given_k, given_t = split_options(flat, Schedule, HMCKernel, FlowTraining)
+    s, hmc, t = schedule or given_s, local or given_k, training or given_t
     _validate(target, flow, s, t, hmc, x0)
     device, dtype = chain_device_dtype(target, x0, device, dtype)
     flow_device = _anchor(flow).device
@@ -438,11 +423,9 @@ def flowmc(
         warm_budget = s.max_seconds * s.warmup / total_its if s.warmup > 0 else None
         deadline_train = start + s.max_seconds * (s.warmup + s.rounds * s.local_steps) / total_its
         deadline_all = start + s.max_seconds
-    warm = adaptive_hmc(  # raises ValueError if log_prob is not finite at the start
-        target, chains=s.chains, warmup=s.warmup, draws=0, max_leapfrog=hmc.max_leapfrog,
-        target_accept=hmc.target_accept, step_size=hmc.step_size, x0=x0, init_radius=hmc.init_radius, seed=s.seed,
-        max_seconds=warm_budget, device=device, dtype=dtype, progress=progress, cuda_graph=hmc.cuda_graph,
-    )  # fmt: skip
+    warm_up = ChainSchedule(chains=s.chains, warmup=s.warmup, draws=0, seed=s.seed, max_seconds=warm_budget)
+    # raises ValueError if log_prob is not finite at the start
+    warm = adaptive_hmc(target, warm_up, hmc, x0=x0, device=device, dtype=dtype, progress=progress)
     t_warm = time.perf_counter()
     chains = _Chains(target, warm, s, hmc, device)
     trained = _train(chains, flow, t, deadline_train, progress)
@@ -475,4 +458,4 @@ def flowmc(
     }
 
 
-__all__ = ["FlowTraining", "LocalMoves", "Schedule", "StandardizedFlow", "flowmc", "global_move", "sample_base"]
+__all__ = ["FlowTraining", "Schedule", "StandardizedFlow", "flowmc", "global_move", "sample_base"]
