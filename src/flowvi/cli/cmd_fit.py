@@ -34,14 +34,14 @@ def register(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     add_device_options(p)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, training and sampling")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=2000)
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
-    g.add_argument("--warmup", type=int, default=0)
+    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=256, help="flow samples per step")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule")
+    g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
     g.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0 turns it off)")
     g.add_argument(
         "--estimator",
@@ -59,7 +59,7 @@ def register(sub):
     g.add_argument(
         "--fab-replay", type=int, default=4, help="--estimator fab with a buffer: training steps per AIS run"
     )
-    g.add_argument("--checkpoint-every", type=int, default=200)
+    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     g = p.add_argument_group("speed (docs/performance.md)")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision of the networks")
     g.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="torch.compile the step")
@@ -89,20 +89,22 @@ def register(sub):
     g.add_argument("--hidden", type=int, default=None, help="conditioner width or channels (" + arch.format(256) + ")")
     g.add_argument("--depth", type=int, default=None, help="conditioner hidden layers (" + arch.format(2) + ")")
     g.add_argument("--clamp", default="asymmetric", help=f"scale clamp: {', '.join(CLAMPS)}")
-    g.add_argument("--alpha-pos", type=float, default=0.1)
-    g.add_argument("--alpha-neg", type=float, default=2.0)
+    g.add_argument("--alpha-pos", type=float, default=0.1, help="asymmetric clamp bound of positive log-scales")
+    g.add_argument("--alpha-neg", type=float, default=2.0, help="asymmetric clamp bound of negative log-scales")
     g.add_argument("--loft", action="store_true", default=True, help="LOFT as last layer (default)")
     g.add_argument("--no-loft", dest="loft", action="store_false")
     g.add_argument("--tau", type=float, default=100.0, help="LOFT threshold")
     g.add_argument("--base", default="gaussian", help="gaussian or student_t")
     g.add_argument("--df", type=float, default=5.0, help="Student-t base degrees of freedom")
-    g.add_argument("--permute", default="alternate", choices=["alternate", "random"])
+    g.add_argument(
+        "--permute", default="alternate", choices=["alternate", "random"], help="coordinate order between couplings"
+    )
     g.add_argument(
         "--spline",
         action="store_true",
         help="a monotone spline per coordinate after the couplings (marginals can change shape)",
     )
-    g.add_argument("--spline-bins", type=int, default=8)
+    g.add_argument("--spline-bins", type=int, default=8, help="bins of each --spline")
     g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
     g.add_argument(
         "--hierarchical",
@@ -141,7 +143,7 @@ def register(sub):
         help="do not set the flow's elementwise affine layer to the draws' mean and sd before pre-training",
     )
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-samples", type=int, default=100_000)
+    g.add_argument("--eval-samples", type=int, default=100_000, help="importance samples of the final evaluation")
     g.add_argument("--n-samples", type=int, default=10_000, help="draws saved to samples.npy")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -44,6 +44,9 @@ class Phi4(Target):
     as a target parameter it is stored with a run (``flowvi fit phi4 -p z2=equivariant``).
     """
 
+    #: the values of L, kappa and lam when neither they nor a preset are given (shown by ``flowvi targets``)
+    DEFAULTS = {"L": 8, "kappa": 0.3, "lam": 0.022}
+
     def __init__(
         self,
         L: int | None = None,
@@ -63,9 +66,9 @@ class Phi4(Target):
             L = pL if L is None else L
             kappa = pk if kappa is None else kappa
             lam = pl if lam is None else lam
-        L = 8 if L is None else int(L)
-        kappa = 0.3 if kappa is None else float(kappa)
-        lam = 0.022 if lam is None else float(lam)
+        L = self.DEFAULTS["L"] if L is None else int(L)
+        kappa = self.DEFAULTS["kappa"] if kappa is None else float(kappa)
+        lam = self.DEFAULTS["lam"] if lam is None else float(lam)
         if L < 2:
             raise TargetError(f"phi4 lattice size L must be >= 2, got {L}")
         if lam < 0:
