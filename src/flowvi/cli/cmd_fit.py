@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flowvi.cli.common import add_device_options, format_summary, parse_params
 from flowvi.diagnostics.evaluate import evaluate
+from flowvi.flows.phi4 import z2_proposal
 from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config, write_samples
@@ -352,7 +353,7 @@ def _run(args):
     if init is not None and (out / "pretrain.json").exists():
         summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
     ckpt.write_json_atomic(summary, out / "summary.json")
-    write_samples(flow, out / "samples.npy", args.n_samples)
+    write_samples(z2_proposal(flow), out / "samples.npy", args.n_samples)  # phi^4: its Z2 mixture
     plot_training_curve(out, summary)
     print(format_summary(summary))
     print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")
