@@ -42,7 +42,15 @@ def realnvp(
     hierarchy: list | None = None,
     hierarchy_hidden: int = 8,
 ) -> Flow:
-    """Build a Real NVP for ``(batch, dim)`` samples.
+    """Build a stabilised Real NVP (Dinh et al. 2017, arXiv 1605.08803; stabilised as in Andrade 2024, arXiv
+    2402.16408) for ``(batch, dim)`` samples, starting at the identity map.
+
+    Each affine coupling keeps half the coordinates ``x_a`` and maps the other half,
+    ``y_b = x_b * exp(c(s(x_a))) + t(x_a)``, with ``s``, ``t`` an MLP of ``depth`` hidden layers of width
+    ``hidden``; ``clamp`` bounds the log-scale: ``asymmetric`` ``c(s) = (2/pi) alpha_pm arctan(s / alpha_pm)``
+    (``alpha_pos`` for s > 0, ``alpha_neg`` for s < 0), ``symmetric`` ``alpha tanh(s/alpha)``, or ``none``. The
+    LOFT layer ``g(z) = sign(z) (min(|z|, tau) + log(1 + max(|z| - tau, 0)))`` (Andrade 2024) keeps samples from
+    blowing up. ``base``: ``gaussian`` or ``student_t`` with ``df`` degrees of freedom.
 
     ``layers`` coupling layers alternate which half they transform; ``permute='random'`` also puts
     a fixed random permutation (drawn from ``seed``) before every coupling layer. ``spline`` adds a
