@@ -15,7 +15,7 @@ BASES = ("gaussian", "student_t")
 
 
 class _Base(nn.Module):
-    def __init__(self, event_shape):
+    def __init__(self, event_shape: int | tuple[int, ...]):
         super().__init__()
         self.event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
@@ -56,7 +56,7 @@ class StudentT(_Base):
     score ``-(nu+1) z / (nu + z^2)``. Samples ``(n, *event_shape)`` drawn as ``N / sqrt(V/nu)``, ``V ~ chi^2_nu``.
     """
 
-    def __init__(self, event_shape, df: float = 5.0):
+    def __init__(self, event_shape: int | tuple[int, ...], df: float = 5.0):
         super().__init__(event_shape)
         if df <= 0:
             raise ValueError(f"Student-t base needs df > 0, got {df}")

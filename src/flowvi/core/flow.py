@@ -35,7 +35,7 @@ class Flow(nn.Module):
         (torch.Size([5, 3]), torch.Size([5]))
     """
 
-    def __init__(self, base: nn.Module, transforms):
+    def __init__(self, base: nn.Module, transforms: list | Compose):
         super().__init__()
         self.base = base
         self.transform = transforms if isinstance(transforms, Compose) else Compose(list(transforms))
