@@ -47,7 +47,7 @@ def register(sub):
     g.add_argument(
         "--estimator",
         default="reparam",
-        help=f"gradient estimator: {', '.join(ESTIMATOR_NAMES)} (fab: mass-covering, by AIS; see docs/high_dimensional.md)",
+        help=f"gradient estimator: {', '.join(ESTIMATOR_NAMES)} (fab: mass-covering, by AIS; see docs/howto/fab.md)",
     )
     g.add_argument("--fab-stages", type=int, default=8, help="--estimator fab: annealing stages of the AIS")
     g.add_argument("--fab-leapfrog", type=int, default=3, help="--estimator fab: leapfrog steps per HMC transition")
@@ -119,7 +119,7 @@ def register(sub):
         "--init-draws",
         metavar="PATH",
         help="pre-train the flow by maximum likelihood on draws of the target first: a .npy (N, d) array, a .npz "
-        "(choose the array with --init-key) or a 'flowvi baseline smc|hmc|nuts' run directory (its samples.npy)",
+        "(choose the array with --init-key) or a 'flowvi baseline smc|hmc|nuts|flowmc' run directory (its samples.npy)",
     )
     g.add_argument(
         "--init-flow",

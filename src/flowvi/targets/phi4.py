@@ -1,7 +1,7 @@
 """Real scalar phi^4 theory on an L x L periodic lattice.
 
 Action in the hopping-parameter form of Nicoli et al. 2021 (PRL 126, 032001), the parameterization the
-path-gradient work of Vaitl et al. (arXiv 2403.15881) is said to use (provenance: docs/lattice.md):
+path-gradient work of Vaitl et al. (arXiv 2403.15881) is said to use (provenance: docs/notes/lattice.md):
 
     S(phi) = sum_x [ -2 kappa sum_{mu=1,2} phi_x phi_{x+mu} + (1 - 2 lambda) phi_x^2 + lambda phi_x^4 ]
 
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from flowvi.targets.base import Target, TargetError
 
-#: name -> (L, kappa, lambda); provenance in docs/lattice.md. ``nicoli``: lambda = 0.022 of Nicoli et al.
+#: name -> (L, kappa, lambda); provenance in docs/notes/lattice.md. ``nicoli``: lambda = 0.022 of Nicoli et al.
 #: 2021 at kappa = 0.3 (broken phase: kappa_c is about 0.27 at this lambda) on 16 x 16; ``small``: the same
 #: couplings on 4 x 4 for quick CPU runs; ``upg-default``: the defaults of the phi^4 options (--lat-shape 8x8,
 #: --kappa 0.21, --lam 1.0) of script/train.py in the path-gradient authors' repository
