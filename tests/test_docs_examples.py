@@ -80,7 +80,9 @@ def small_command(line: str) -> list[str]:
 
 def small_python(code: str) -> str:
     code = re.sub(r"\bsteps=[\d_]+", "steps=20", code)
-    return re.sub(r"(?<![\w.])(\d[\d_]{3,})(?![\w.])", lambda m: "500" if int(m[1].replace("_", "")) >= 1000 else m[1], code)
+    return re.sub(
+        r"(?<![\w.])(\d[\d_]{3,})(?![\w.])", lambda m: "500" if int(m[1].replace("_", "")) >= 1000 else m[1], code
+    )
 
 
 def run_examples(items, workdir: Path, monkeypatch, capsys) -> None:

@@ -87,3 +87,15 @@ def test_save_configs_npy_and_bad_paths(tmp_path, capsys):
         assert main(["nmcmc", str(run), "--steps", "50", "--save-configs", str(bad)]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_nmcmc_on_a_plain_target_reports_every_coordinate(tmp_path, capsys):
+    """Any target: every coordinate's chain mean with its error (the chain is exact, so the means are 0 here)."""
+    run = tmp_path / "g"
+    assert main(["fit", "gaussian", "--dim", "3", "-p", "condition=2", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["nmcmc", str(run), "--steps", "4000", "--bins", "20"]) == 0
+    chain = json.loads((run / "nmcmc.json").read_text())["chain"]
+    assert set(chain) == {"x0", "x1", "x2"}
+    for est in chain.values():
+        assert abs(est["mean"]) < 4 * est["se"] and est["tau_int"] >= 0.5
