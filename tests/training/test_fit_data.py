@@ -25,7 +25,7 @@ def run(argv, capsys):
 
 
 def test_digits_by_parts_writes_the_run_directory(tmp_path, capsys):
-    common = ["fit-data", "digits", "--schedule", "alternate_then_finetune", "--checkpoint-every", "10", *TINY]
+    common = ["fit-data", "digits", "--parts-schedule", "alternate_then_finetune", "--checkpoint-every", "10", *TINY]
     full = tmp_path / "full"
     rc, stdout, _ = run([*common, "--steps", "20", "--out", str(full)], capsys)
     assert rc == 0, stdout
@@ -52,7 +52,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path, capsys, monkeypatch):
     import flowvi.training.parts as parts
 
     out = tmp_path / "run"
-    common = ["fit-data", "digits", "--schedule", "alternate", "--steps", "20", "--checkpoint-every", "10", *TINY]
+    common = ["fit-data", "digits", "--parts-schedule", "alternate", "--steps", "20", "--checkpoint-every", "10", *TINY]
     original = parts.PartsTrainer.step
     calls = {"n": 0}
 
@@ -101,13 +101,13 @@ def test_vectors_from_a_user_file_report_nats_per_dim(tmp_path, capsys):
         (lambda p: np.savez(p / "a.npz", a=np.zeros((5, 2)), b=np.zeros(3)), [], "choose one with --key"),
         (
             lambda p: np.save(p / "a.npy", np.zeros((9, 1, 8, 8), np.uint8)),
-            ["--schedule", "greedy"],
+            ["--parts-schedule", "greedy"],
             "unknown schedule",
         ),
         (lambda p: np.save(p / "a.npy", np.zeros((9, 1, 8, 8), np.uint8)), ["--estimator", "path"], "target density"),
         (
             lambda p: np.save(p / "a.npy", np.zeros((9, 1, 8, 8), np.uint8)),
-            ["--schedule", "alternate", "--part-devices", "cpu,cpu,cpu"],
+            ["--parts-schedule", "alternate", "--part-devices", "cpu,cpu,cpu"],
             "names 3 devices for 2 parts",
         ),
     ],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import pkgutil
 import sys
@@ -14,7 +15,32 @@ from flowvi.training.loop import TrainingDiverged
 USER_ERRORS = (TargetError, TrainingDiverged, ValueError, FileNotFoundError, FileExistsError, KeyError)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: ``(default: X)`` is appended to each option that has a value
+    default and whose help does not already state one; an option without help text gets ``default: X``."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not _shows_default(action):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _shows_default(action) -> bool:
+    """Options that take a value and have one by default (flags such as ``--resume`` have nothing to show)."""
+    return action.nargs != 0 and action.default not in (None, argparse.SUPPRESS) and bool(action.option_strings)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 

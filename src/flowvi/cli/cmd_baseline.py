@@ -22,7 +22,7 @@ from flowvi.targets import make_target
 def register(sub):
     p = sub.add_parser(
         "baseline",
-        help="NUTS reference draws or SMC log Z for a target (writes a run directory)",
+        help="MCMC reference draws (nuts, hmc, flowmc) or SMC log Z for a target (writes a run directory)",
         description="Run a classical baseline on TARGET: 'nuts' (Pyro's No-U-Turn sampler; needs pyro-ppl) "
         "for reference posterior draws, 'hmc' (many-chain adaptive HMC), 'flowmc' (many-chain HMC plus global "
         "moves proposed by a flow trained on the chains, FlowMC-style), or 'smc' (adaptive tempering + MALA moves) "

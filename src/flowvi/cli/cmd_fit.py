@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flowvi.cli.common import add_device_options, format_summary, parse_params
 from flowvi.diagnostics.evaluate import evaluate
+from flowvi.flows.phi4 import z2_proposal
 from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config, write_samples
@@ -34,19 +35,19 @@ def register(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     add_device_options(p)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, training and sampling")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=2000)
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
-    g.add_argument("--warmup", type=int, default=0)
+    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=256, help="flow samples per step")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule")
+    g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
     g.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0 turns it off)")
     g.add_argument(
         "--estimator",
         default="reparam",
-        help=f"gradient estimator: {', '.join(ESTIMATOR_NAMES)} (fab: mass-covering, by AIS; see docs/high_dimensional.md)",
+        help=f"gradient estimator: {', '.join(ESTIMATOR_NAMES)} (fab: mass-covering, by AIS; see docs/howto/fab.md)",
     )
     g.add_argument("--fab-stages", type=int, default=8, help="--estimator fab: annealing stages of the AIS")
     g.add_argument("--fab-leapfrog", type=int, default=3, help="--estimator fab: leapfrog steps per HMC transition")
@@ -59,7 +60,7 @@ def register(sub):
     g.add_argument(
         "--fab-replay", type=int, default=4, help="--estimator fab with a buffer: training steps per AIS run"
     )
-    g.add_argument("--checkpoint-every", type=int, default=200)
+    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     g = p.add_argument_group("speed (docs/performance.md)")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision of the networks")
     g.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="torch.compile the step")
@@ -89,20 +90,22 @@ def register(sub):
     g.add_argument("--hidden", type=int, default=None, help="conditioner width or channels (" + arch.format(256) + ")")
     g.add_argument("--depth", type=int, default=None, help="conditioner hidden layers (" + arch.format(2) + ")")
     g.add_argument("--clamp", default="asymmetric", help=f"scale clamp: {', '.join(CLAMPS)}")
-    g.add_argument("--alpha-pos", type=float, default=0.1)
-    g.add_argument("--alpha-neg", type=float, default=2.0)
+    g.add_argument("--alpha-pos", type=float, default=0.1, help="asymmetric clamp bound of positive log-scales")
+    g.add_argument("--alpha-neg", type=float, default=2.0, help="asymmetric clamp bound of negative log-scales")
     g.add_argument("--loft", action="store_true", default=True, help="LOFT as last layer (default)")
     g.add_argument("--no-loft", dest="loft", action="store_false")
     g.add_argument("--tau", type=float, default=100.0, help="LOFT threshold")
     g.add_argument("--base", default="gaussian", help="gaussian or student_t")
     g.add_argument("--df", type=float, default=5.0, help="Student-t base degrees of freedom")
-    g.add_argument("--permute", default="alternate", choices=["alternate", "random"])
+    g.add_argument(
+        "--permute", default="alternate", choices=["alternate", "random"], help="coordinate order between couplings"
+    )
     g.add_argument(
         "--spline",
         action="store_true",
         help="a monotone spline per coordinate after the couplings (marginals can change shape)",
     )
-    g.add_argument("--spline-bins", type=int, default=8)
+    g.add_argument("--spline-bins", type=int, default=8, help="bins of each --spline")
     g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
     g.add_argument(
         "--hierarchical",
@@ -116,7 +119,7 @@ def register(sub):
         "--init-draws",
         metavar="PATH",
         help="pre-train the flow by maximum likelihood on draws of the target first: a .npy (N, d) array, a .npz "
-        "(choose the array with --init-key) or a 'flowvi baseline smc|hmc|nuts' run directory (its samples.npy)",
+        "(choose the array with --init-key) or a 'flowvi baseline smc|hmc|nuts|flowmc' run directory (its samples.npy)",
     )
     g.add_argument(
         "--init-flow",
@@ -141,7 +144,7 @@ def register(sub):
         help="do not set the flow's elementwise affine layer to the draws' mean and sd before pre-training",
     )
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-samples", type=int, default=100_000)
+    g.add_argument("--eval-samples", type=int, default=100_000, help="importance samples of the final evaluation")
     g.add_argument("--n-samples", type=int, default=10_000, help="draws saved to samples.npy")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -350,7 +353,7 @@ def _run(args):
     if init is not None and (out / "pretrain.json").exists():
         summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
     ckpt.write_json_atomic(summary, out / "summary.json")
-    write_samples(flow, out / "samples.npy", args.n_samples)
+    write_samples(z2_proposal(flow), out / "samples.npy", args.n_samples)  # phi^4: its Z2 mixture
     plot_training_curve(out, summary)
     print(format_summary(summary))
     print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -49,7 +51,15 @@ def register(sub):
     g.add_argument("--eval-every", type=int, default=100)
     g.add_argument("--checkpoint-every", type=int, default=500)
     g = p.add_argument_group("training by parts (docs/parts.md)")
-    g.add_argument("--schedule", default="end_to_end", help=f"one of {', '.join(SCHEDULES)}")
+    g.add_argument("--parts-schedule", dest="schedule", default="end_to_end", help=f"one of {', '.join(SCHEDULES)}")
+    g.add_argument(
+        "--schedule",
+        dest="schedule",
+        action=DeprecatedAlias,
+        new="--parts-schedule",
+        default=argparse.SUPPRESS,
+        help="deprecated alias of --parts-schedule (removed in the next release)",
+    )
     g.add_argument("--parts", type=int, default=2, help="number of parts with equal flow steps (default 2)")
     g.add_argument("--layers-per-part", type=int, help="cut after every N flow steps instead of --parts")
     g.add_argument("--cut-at-blocks", action="store_true", help="one part per scale (cut after each split)")
@@ -70,6 +80,18 @@ def register(sub):
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An option's old name: stores like the new one and warns on stderr that the name is going."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def config_from_args(args) -> dict:

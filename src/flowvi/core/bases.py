@@ -15,7 +15,7 @@ BASES = ("gaussian", "student_t")
 
 
 class _Base(nn.Module):
-    def __init__(self, event_shape):
+    def __init__(self, event_shape: int | tuple[int, ...]):
         super().__init__()
         self.event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
@@ -29,7 +29,11 @@ class _Base(nn.Module):
 
 
 class StandardNormal(_Base):
-    """``N(0, I)`` over ``event_shape``."""
+    """``N(0, I)`` over ``event_shape``: ``log q0(z) = -|z|^2/2 - (d/2) log(2 pi)``, score ``-z``.
+
+    Args:
+        event_shape: an int ``d`` or a shape such as ``(L, L)``; samples are ``(n, *event_shape)``.
+    """
 
     def log_prob(self, z: Tensor) -> Tensor:
         z = self._flat(z)
@@ -44,10 +48,15 @@ class StandardNormal(_Base):
 
 
 class StudentT(_Base):
-    """Independent Student-t with ``df`` degrees of freedom in each coordinate (heavy-tailed base,
-    as recommended for high-dimensional VI by Jaini et al. 2020 and Andrade 2024)."""
+    """Independent Student-t with ``df`` degrees of freedom in each coordinate, a heavy-tailed base (Jaini et
+    al. 2020, "Tails of Lipschitz triangular flows", ICML; Andrade 2024, arXiv 2402.16408):
 
-    def __init__(self, event_shape, df: float = 5.0):
+        log q0(z) = sum_i [ log G((nu+1)/2) - log G(nu/2) - (1/2) log(nu pi) - ((nu+1)/2) log(1 + z_i^2/nu) ],
+
+    score ``-(nu+1) z / (nu + z^2)``. Samples ``(n, *event_shape)`` drawn as ``N / sqrt(V/nu)``, ``V ~ chi^2_nu``.
+    """
+
+    def __init__(self, event_shape: int | tuple[int, ...], df: float = 5.0):
         super().__init__(event_shape)
         if df <= 0:
             raise ValueError(f"Student-t base needs df > 0, got {df}")
@@ -75,7 +84,8 @@ class StudentT(_Base):
 
 
 def make_base(kind: str, event_shape, df: float = 5.0) -> _Base:
-    """``gaussian`` or ``student_t`` (with ``df``)."""
+    """The base distribution named ``kind``: ``gaussian`` (:class:`StandardNormal`) or ``student_t``
+    (:class:`StudentT` with ``df``), over ``event_shape`` (an int ``d`` or a shape)."""
     if kind == "gaussian":
         return StandardNormal(event_shape)
     if kind in ("student_t", "student-t", "t"):

@@ -30,6 +30,7 @@ def _logsumexp(a: np.ndarray) -> float:
 
 
 def log_mean_exp(log_w) -> float:
+    """``log((1/n) sum_i exp(log_w_i))``, computed stably: the IS estimate of log Z from log weights."""
     a = _as_numpy(log_w)
     return _logsumexp(a) - math.log(len(a))
 
@@ -47,6 +48,7 @@ def log_evidence(log_w) -> tuple[float, float]:
 
 
 def normalized_ess(log_w) -> float:
+    """Kish's normalized effective sample size ``(sum w)^2 / (n sum w^2)`` in (0, 1], from log weights."""
     a = _as_numpy(log_w)
     s1, s2 = _logsumexp(a), _logsumexp(2 * a)
     if not np.isfinite(s1):

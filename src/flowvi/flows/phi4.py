@@ -11,7 +11,7 @@ commutes with lattice translations by two sites. Scales pass through a soft clam
 * ``z2="equivariant"``: the shift network is odd (tanh activations, no biases) and the scale network is
   even (it sees |m z|), so f(-z) = -f(z) and q(-x) = q(x) by construction. In the broken phase this flow
   is hard to train: f(0) = 0 forces mass between the two vacua, and its importance weights stay
-  heavy-tailed (Pareto k-hat about 0.8 after 300 steps on 4 x 4 at kappa = 0.3; docs/lattice.md).
+  heavy-tailed (Pareto k-hat about 0.8 after 300 steps on 4 x 4 at kappa = 0.3; docs/notes/lattice.md).
 * ``z2="symmetrize"`` (default): the coupling nets have biases and see the signed field, reverse-KL
   training lets the flow settle in one vacuum, and sampling uses the symmetrized mixture
   q_Z2(x) = (q(x) + q(-x)) / 2 (:class:`Z2Symmetrized`: draw x ~ q, flip its sign with probability 1/2).

@@ -102,9 +102,16 @@ class RealNVPOptions:
 
 
 def realnvp(dim: int, options: RealNVPOptions | None = None, *, hierarchy: list | None = None, **flat) -> Flow:
-    """Build a Real NVP for ``(batch, dim)`` samples: couplings, then the per-coordinate layers, then one
+    """Build a stabilised Real NVP (Dinh et al. 2017, arXiv 1605.08803; stabilised as in Andrade 2024, arXiv
+    2402.16408) for ``(batch, dim)`` samples, starting at the identity map.
+
+    Each affine coupling keeps half the coordinates ``x_a`` and maps the other half,
+    ``y_b = x_b * exp(c(s(x_a))) + t(x_a)``, with ``s``, ``t`` an MLP (:class:`Couplings`); the clamp ``c`` bounds
+    the log-scale (:class:`Clamp`). Then the per-coordinate layers (:class:`Marginals`), one
     :class:`~flowvi.transforms.HierarchicalAffine` per ``(children, parents)`` pair of ``hierarchy`` (a target's
-    ``hierarchy()``; each child its own network of width ``hierarchy_hidden`` besides a linear part), then LOFT.
+    ``hierarchy()``; each child its own network of width ``hierarchy_hidden`` besides a linear part), and last
+    the LOFT layer ``g(z) = sign(z) (min(|z|, tau) + log(1 + max(|z| - tau, 0)))`` that keeps samples from blowing
+    up, over a Gaussian or Student-t base (:class:`Tails`).
 
     Options come grouped (``realnvp(d, RealNVPOptions(couplings=Couplings(layers=4)))``) or as flat keywords
     (``realnvp(d, layers=4, clamp="none")``), not both.

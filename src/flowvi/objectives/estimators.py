@@ -43,6 +43,9 @@ from flowvi.targets import checked_log_prob
 
 @dataclass
 class Estimate:
+    """One batch's estimate: ``loss`` (a scalar surrogate whose gradient is the estimator's, whose value is the
+    Monte Carlo objective) and the detached ``log_weights`` ``log p(x) - log q(x)`` (batch,) of its samples."""
+
     loss: Tensor
     log_weights: Tensor
 
@@ -70,6 +73,8 @@ def _target_log_prob_and_grad(target, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def reparam(flow, target, batch_size: int) -> Estimate:
+    """Reparameterization gradient of reverse KL: ``loss = mean(log q(x) - log p(x))``, ``x = f_theta(z)``
+    differentiated through the sample path and the parameters (Kingma & Welling 2014)."""
     x, log_q = flow.sample_and_log_prob(batch_size)
     log_w = target.log_prob(x) - log_q
     return Estimate(loss=-log_w.mean(), log_weights=log_w.detach())
@@ -159,6 +164,8 @@ def reinforce_estimator(baseline: str = "loo"):
 
 #: estimator name -> function. Each takes (flow, target, batch_size) and returns an Estimate.
 #: ``reinforce`` uses the leave-one-out baseline (unbiased); ``reinforce_mean`` the batch mean.
+#: reverse-KL gradient estimators by name, each ``(flow, target, batch_size) -> Estimate`` (module docstring);
+#: ``fab`` is built by :func:`get_estimator` since it keeps state (the AIS sampler and its replay buffer)
 ESTIMATORS = {
     "reparam": reparam,
     "path": path,
@@ -231,6 +238,7 @@ FORWARD_ESTIMATORS = {"ml": forward_ml, "path": forward_path}
 
 
 def get_forward_estimator(name: str):
+    """The forward-KL estimator ``(flow, x, target=None) -> Estimate`` named ``name`` (``ml`` or ``path``)."""
     if name not in FORWARD_ESTIMATORS:
         raise ValueError(f"unknown forward-KL estimator {name!r}; choose one of {', '.join(FORWARD_ESTIMATORS)}")
     return FORWARD_ESTIMATORS[name]

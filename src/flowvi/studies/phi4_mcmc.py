@@ -47,10 +47,13 @@ def nmcmc_phi4(
     batch_size: int = 1024,
     seed: int | None = None,
     reweighted_errors: str = "jackknife",
+    return_chain: bool = False,
 ) -> dict:
     """IMH chain of ``n`` steps with ``flow`` as proposal (its Z2-symmetrized mixture for flows built with
-    ``z2="symmetrize"``, see :func:`.flows_phi4.z2_proposal`), and the reweighted estimates of its proposals
-    (independent draws, so their errors may also come from the bootstrap: ``reweighted_errors``)."""
+    ``z2="symmetrize"``, see :func:`flowvi.flows.phi4.z2_proposal`), and the reweighted estimates of its proposals
+    (independent draws, so their errors may also come from the bootstrap: ``reweighted_errors``). With
+    ``return_chain`` the result also holds ``chain_states`` (n, L, L), ``accepted`` (n,) and ``log_weight`` (n,)
+    (tensors; drop them before writing JSON)."""
     if seed is not None:
         torch.manual_seed(seed)
     x, logw = flow_proposals(z2_proposal(flow), target, n, batch_size)
@@ -59,7 +62,12 @@ def nmcmc_phi4(
     rew = phi4_estimates(measurements(x), log_w=logw, method=reweighted_errors, bins=bins, seed=seed or 0)
     rew["ess"] = normalized_ess(logw)
     rew["pareto_k"] = pareto_k(logw)
-    return {"steps": n, "acceptance": acc, "chain": chain, "reweighted": rew}
+    result = {"steps": n, "acceptance": acc, "chain": chain, "reweighted": rew}
+    if return_chain:
+        from flowvi.runs.ensemble import chain_record
+
+        result.update(chain_record(x[idx.to(x.device)], idx, logw))
+    return result
 
 
 def hmc_phi4(

@@ -50,16 +50,21 @@ TARGETS = {
     ),
     "u1": (U1Gauge, "2D compact U(1) lattice gauge theory, Wilson action; link angles (2, L, L)"),
     "schwinger": (Schwinger, "2D Schwinger model, 2 Wilson fermion flavours (S_g - 2 log|det D|); links (2, L, L)"),
-    "phi4": (Phi4, "real scalar phi^4 on an L x L periodic lattice (hopping form; params L, kappa, lam, preset)"),
+    "phi4": (
+        Phi4,
+        "real scalar phi^4 on an L x L periodic lattice (hopping form; -p preset=nicoli|small|upg-default sets L, kappa, lam)",
+    ),
 }
 
 
 def target_parameters(name: str) -> dict:
-    """The constructor parameters of a built-in target with their defaults."""
+    """The constructor parameters of a built-in target with their defaults: the signature's, where a class
+    resolves ``None`` itself to a fixed value its ``DEFAULTS`` dict gives that value."""
     cls = TARGETS[name][0]
     sig = inspect.signature(cls.__init__)
+    fixed = getattr(cls, "DEFAULTS", {})
     return {
-        k: (None if v.default is inspect.Parameter.empty else v.default)
+        k: fixed.get(k, None if v.default is inspect.Parameter.empty else v.default)
         for k, v in sig.parameters.items()
         if k != "self"
     }

@@ -30,9 +30,12 @@ class Target(nn.Module):
 
     @property
     def dim(self) -> int:
+        """``prod(event_shape)``."""
         return math.prod(self.event_shape)
 
     def log_prob(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        """Unnormalized log density ``log p(x)`` (batch,) of points ``x`` (batch, *event_shape) on all of
+        R^d: a constrained parameter enters through an unconstrained transform and its log-Jacobian."""
         raise TypeError(f"{type(self).__name__} must define log_prob")
 
     def forward(self, x):

@@ -13,6 +13,10 @@ from flowvi.targets.base import Target
 
 
 class Funnel(Target):
+    """Neal's funnel in ``dim`` dimensions (module docstring): ``x = (v, x_1..x_{d-1})``,
+    ``log p(x) = log N(v; 0, sigma^2) + sum_i log N(x_i; 0, exp(v))``, normalized (``log_evidence = 0``).
+    Input (batch, dim), output (batch,)."""
+
     def __init__(self, dim: int = 10, sigma: float = 3.0):
         super().__init__()
         if dim < 2:

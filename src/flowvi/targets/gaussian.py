@@ -11,6 +11,10 @@ from flowvi.targets.base import Target
 
 
 class CorrelatedGaussian(Target):
+    """``N(0, Sigma)`` in ``dim`` dimensions with AR(1) correlation ``rho`` and scales log-spaced so that the
+    covariance's scale ratio is ``condition`` (module docstring); normalized, ``log_evidence = 0``.
+    Input (batch, dim), output (batch,)."""
+
     def __init__(self, dim: int = 10, rho: float = 0.9, condition: float = 100.0):
         super().__init__()
         if dim < 1 or not -1 < rho < 1 or condition < 1:

@@ -1,7 +1,7 @@
 """Real scalar phi^4 theory on an L x L periodic lattice.
 
 Action in the hopping-parameter form of Nicoli et al. 2021 (PRL 126, 032001), the parameterization the
-path-gradient work of Vaitl et al. (arXiv 2403.15881) is said to use (provenance: docs/lattice.md):
+path-gradient work of Vaitl et al. (arXiv 2403.15881) is said to use (provenance: docs/notes/lattice.md):
 
     S(phi) = sum_x [ -2 kappa sum_{mu=1,2} phi_x phi_{x+mu} + (1 - 2 lambda) phi_x^2 + lambda phi_x^4 ]
 
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from flowvi.targets.base import Target, TargetError
 
-#: name -> (L, kappa, lambda); provenance in docs/lattice.md. ``nicoli``: lambda = 0.022 of Nicoli et al.
+#: name -> (L, kappa, lambda); provenance in docs/notes/lattice.md. ``nicoli``: lambda = 0.022 of Nicoli et al.
 #: 2021 at kappa = 0.3 (broken phase: kappa_c is about 0.27 at this lambda) on 16 x 16; ``small``: the same
 #: couplings on 4 x 4 for quick CPU runs; ``upg-default``: the defaults of the phi^4 options (--lat-shape 8x8,
 #: --kappa 0.21, --lam 1.0) of script/train.py in the path-gradient authors' repository
@@ -44,6 +44,9 @@ class Phi4(Target):
     as a target parameter it is stored with a run (``flowvi fit phi4 -p z2=equivariant``).
     """
 
+    #: the values of L, kappa and lam when neither they nor a preset are given (shown by ``flowvi targets``)
+    DEFAULTS = {"L": 8, "kappa": 0.3, "lam": 0.022}
+
     def __init__(
         self,
         L: int | None = None,
@@ -63,9 +66,9 @@ class Phi4(Target):
             L = pL if L is None else L
             kappa = pk if kappa is None else kappa
             lam = pl if lam is None else lam
-        L = 8 if L is None else int(L)
-        kappa = 0.3 if kappa is None else float(kappa)
-        lam = 0.022 if lam is None else float(lam)
+        L = self.DEFAULTS["L"] if L is None else int(L)
+        kappa = self.DEFAULTS["kappa"] if kappa is None else float(kappa)
+        lam = self.DEFAULTS["lam"] if lam is None else float(lam)
         if L < 2:
             raise TargetError(f"phi4 lattice size L must be >= 2, got {L}")
         if lam < 0:

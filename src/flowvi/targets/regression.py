@@ -21,6 +21,10 @@ from flowvi.targets.base import Target
 
 
 class ConjugateLinearRegression(Target):
+    """Conjugate Bayesian linear regression (module docstring) over ``theta = (beta, log sigma^2)``,
+    ``d = p + 1`` (or give ``dim``), with ``n`` simulated observations; ``log_evidence`` is the exact log
+    marginal likelihood. Input (batch, p + 1), output (batch,)."""
+
     def __init__(
         self,
         p: int = 9,

@@ -14,6 +14,10 @@ from flowvi.targets.base import Target
 
 
 class MultivariateStudentT(Target):
+    """Multivariate Student-t ``t_df(loc, scale^2 I)`` in ``dim`` dimensions (normalized, ``log_evidence = 0``):
+    ``log p(x) = log G((nu+d)/2) - log G(nu/2) - (d/2) log(nu pi scale^2) - ((nu+d)/2) log(1 + |x-loc|^2/(nu scale^2))``.
+    Input (batch, dim), output (batch,)."""
+
     def __init__(self, dim: int = 10, df: float = 3.0, loc: float = 0.0, scale: float = 1.0):
         super().__init__()
         if dim < 1 or df <= 0 or scale <= 0:

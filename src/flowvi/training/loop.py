@@ -20,11 +20,36 @@ from flowvi.training.fast_step import load_optimizer_state, make_optimizer, make
 
 
 class TrainingDiverged(RuntimeError):
-    """Most steps so far had a non-finite loss or gradient."""
+    """Raised by :func:`fit` when more than ``TrainConfig.max_skip_fraction`` of the steps so far (after
+    ``min_steps_before_stop`` steps) had a non-finite loss or gradient; the message says what to try."""
 
 
 @dataclass
 class TrainConfig:
+    """Settings of :func:`fit` (the fields of ``flowvi fit``'s options; stored in a run's ``config.json``).
+
+    Optimisation: Adam (Kingma & Ba 2015) for ``steps`` steps on batches of ``batch_size`` flow samples, at
+    learning rate ``lr`` with a linear warm-up over ``warmup`` steps followed by a ``cosine`` decay,
+    ``lr_t = lr (1 + cos(pi t / steps)) / 2`` (Loshchilov & Hutter 2017), or a ``constant`` rate; gradients are
+    clipped to norm ``clip`` (``None``: no clipping). A step whose loss or gradient is not finite is skipped and
+    counted; more than ``max_skip_fraction`` skipped after ``min_steps_before_stop`` steps raises
+    :class:`TrainingDiverged`.
+
+    Objective: ``estimator`` names the gradient of reverse KL, ``KL(q||p) = E_q[log q(x) - log p(x)]``
+    (``reparam``, ``path``, ``path_naive``, ``reinforce``, ``reinforce_mean``; :mod:`flowvi.objectives.estimators`),
+    or ``fab``, the alpha = 2 divergence by annealed importance sampling with ``fab_stages`` stages of
+    ``fab_leapfrog``-step HMC and a prioritized replay buffer of ``fab_buffer`` draws reused for ``fab_replay``
+    steps per AIS run (Midgley et al. 2023, arXiv 2208.01893; :mod:`flowvi.objectives.fab`).
+
+    Logging and checkpoints: a metrics line every ``log_every`` steps, a checkpoint every ``checkpoint_every``.
+
+    Speed (CUDA only; ``"auto"`` turns each on for CUDA devices): ``compile`` (``torch.compile`` the step),
+    ``cuda_graph`` (capture the whole step in a CUDA graph), ``precision`` (``fp32``, or ``bf16``/``fp16``
+    autocast with log densities and the loss kept in float32), ``tf32``; under torchrun, ``overlap`` (compile in
+    regions of ``overlap_layers`` layers so the gradient all-reduce overlaps the backward pass) and ``grad_comm``
+    (the all-reduce's dtype).
+    """
+
     steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
@@ -104,7 +129,14 @@ def fit(
     callback=None,
     **overrides,
 ) -> TrainState:
-    """Train ``flow`` towards ``target`` by reverse KL with ``config.estimator``.
+    """Train ``flow`` towards ``target`` by reverse KL with ``config.estimator``, in place.
+
+    Minimises ``KL(q||p) = E_q[log q(x) - log p(x)] = log Z - ELBO`` over the flow's parameters (variational
+    inference with normalizing flows: Rezende & Mohamed 2015, arXiv 1505.05770), with the stabilised Real NVP of
+    Andrade 2024 (arXiv 2402.16408) in mind. ``target`` is any object with ``log_prob(x)`` mapping
+    ``(batch, *event_shape)`` to ``(batch,)`` unnormalized log densities (a :class:`flowvi.targets.Target`, or a
+    function wrapped in :class:`flowvi.targets.CallableTarget`); ``config`` a :class:`TrainConfig`, whose fields
+    can also be given as keyword ``overrides`` (``fit(flow, target, steps=500, lr=3e-4)``).
 
     With ``run_dir``, metrics go to ``run_dir/metrics.jsonl`` every ``log_every`` steps and a
     checkpoint (parameters, optimizer, scheduler, RNG state, counters) to ``run_dir/checkpoint.pt``

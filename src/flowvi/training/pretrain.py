@@ -61,7 +61,7 @@ def check_draws(draws, dim: int, name: str = "draws") -> np.ndarray | Tensor:
 
 def load_draws(path, key: str | None = None, dim: int | None = None) -> np.ndarray:
     """Draws from ``path``: a ``.npy`` array, an array ``key`` of a ``.npz`` file (the only one when ``key`` is
-    None), or a run directory of ``flowvi baseline smc|hmc|nuts`` (its ``samples.npy``). Checked to be
+    None), or a run directory of ``flowvi baseline smc|hmc|nuts|flowmc`` (its ``samples.npy``). Checked to be
     (N, ``dim``) and finite; returned as float64.
 
     A reference file written by ``flowvi baseline hmc --reference-out`` holds summaries of the compared

@@ -34,15 +34,23 @@ class PathGradientUnsupported(TypeError):
 
 
 class Transform(nn.Module):
-    """Base class of all bijections (``forward`` maps base space to sample space)."""
+    """Base class of all bijections (``forward`` maps base space to sample space).
+
+    A subclass defines ``forward(z) -> (x, log|det dx/dz|)`` and ``inverse(x) -> (z, log|det dz/dx|)`` on
+    batches (batch, *event_shape), the log-determinants of shape (batch,); optionally ``forward_with_score``.
+    """
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """``(x, log|det J_f(z)|)``: ``x = f(z)`` of the same shape as ``z``, the log-determinant (batch,)."""
         raise PathGradientUnsupported  # replaced by every subclass
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """``(z, log|det J_{f^-1}(x)|)``: ``z = f^-1(x)``, the log-determinant (batch,)."""
         raise PathGradientUnsupported
 
     def forward_with_score(self, z: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, log|det J|, score_x)`` where ``score_x = J^-T (score - d log|det J|/dz)`` is ``d log q(x)/dx``
+        given ``score = d log q(z)/dz`` (the fast path gradient, Vaitl et al. 2024, arXiv 2403.15881)."""
         raise PathGradientUnsupported(
             f"{type(self).__name__} does not implement the fast path gradient "
             "(forward_with_score); use estimator='reparam' or 'reinforce'"

@@ -24,6 +24,8 @@ CLAMPS = ("none", "symmetric", "asymmetric")
 
 
 class NoClamp(nn.Module):
+    """The identity ``c(s) = s`` (an unclamped log-scale, as in the original Real NVP)."""
+
     def forward(self, s: Tensor) -> Tensor:
         return s
 

@@ -70,7 +70,9 @@ class AffineCoupling(Transform):
     Args:
         dim: event size.
         flip: transform the first ``dim // 2`` coordinates instead of the last ``dim - dim // 2``.
-        hidden, depth, activation: conditioner MLP.
+        hidden: conditioner MLP width.
+        depth: conditioner MLP hidden layers.
+        activation: conditioner MLP activation.
         clamp: ``none``, ``symmetric`` or ``asymmetric`` (keyword arguments in ``clamp_kwargs``).
     """
 

@@ -24,6 +24,7 @@ finite.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,7 @@ class HierarchicalAffine(Transform):
         bound: the log-scale is the identity on ``[-bound, bound]`` and grows logarithmically beyond.
     """
 
-    def __init__(self, dim: int, children, parents, hidden: int = 8, bound: float = 10.0):
+    def __init__(self, dim: int, children: Sequence[int], parents: Sequence, hidden: int = 8, bound: float = 10.0):
         super().__init__()
         children, parents = _index(children, "children"), _index(parents, "parents")
         if parents.ndim == 1:

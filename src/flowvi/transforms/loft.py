@@ -29,6 +29,10 @@ def loft(z, tau: float):
 
 
 class LOFT(Transform):
+    """The LOFT layer ``g(z) = sign(z) (min(|z|, tau) + log(1 + max(|z| - tau, 0)))`` elementwise (module
+    docstring; Andrade 2024, arXiv 2402.16408), ``log|det J| = -sum log(1 + max(|z| - tau, 0))``.
+    Any shape (batch, ...)."""
+
     def __init__(self, tau: float = 100.0):
         super().__init__()
         if tau <= 0:
