@@ -70,6 +70,7 @@ IN_PROCESS = set()
 
 def run_worker(kind: str, cfg: dict, timeout: float, cwd=None, paths=()) -> dict:
     """Run ``kind`` in a fresh interpreter; its last stdout line is the JSON result."""
+    cfg = {**cfg, "load1": os.getloadavg()[0]}  # the machine's 1-minute load average as the run starts
     if kind in IN_PROCESS:
         return json.loads(json.dumps(WORKERS[kind](cfg)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *map(str, paths)])}
@@ -245,8 +246,9 @@ RUNS_LATTICE = [
 
 def part_lattice(args):
     rows = []
+    runs = [tuple(r.split(":")) for r in args.lattice_runs] if args.lattice_runs else RUNS_LATTICE
     for target in args.lattice_targets:
-        for side, estimator in RUNS_LATTICE:
+        for side, estimator in runs:
             cfg = {
                 "side": side, "estimator": estimator, "target": target, "L": args.L, "layers": args.lattice_layers,
                 "channels": args.lattice_channels, "batch": args.lattice_batch, "lr": args.lattice_lr,
@@ -561,9 +563,10 @@ def flowvi_vi_worker(cfg):
         x, log_q = flow.sample_and_log_prob(cfg["eval_n"])
         return log_weight_stats(target.log_prob(x) - log_q)
 
-    curve, eval_s, t0 = [], [0.0], time.perf_counter()
+    curve, eval_s, last, t0 = [], [0.0], [0, 0], time.perf_counter()
 
     def callback(state, metrics):
+        last[:] = [state.step, state.skipped]
         if state.step % cfg["eval_every"] == 0:
             e0 = time.perf_counter()
             curve.append({"steps": state.step, "train_s": e0 - t0 - eval_s[0], **evaluate()})
@@ -580,7 +583,7 @@ def flowvi_vi_worker(cfg):
         state = fit(flow, target, config, progress=False, callback=callback)
         steps, skipped = state.step, state.skipped
     except _Stop:
-        steps, skipped = curve[-1]["steps"] if curve else 0, None
+        steps, skipped = last
     except TrainingDiverged:
         status, steps, skipped = "stopped (most steps non-finite)", None, None
     train_s = time.perf_counter() - t0 - eval_s[0]
@@ -740,6 +743,9 @@ def parse(argv):
     g.add_argument("--eval-every", type=int, default=10, help="steps between ESS evaluations")
     g.add_argument("--eval-n", type=int, default=256, help="draws per ESS evaluation")
     g.add_argument("--ess-target", type=float, default=0.3)
+    g.add_argument(
+        "--lattice-runs", nargs="+", metavar="SIDE:ESTIMATOR", help="runs and their order (default: all, flowvi first)"
+    )
     g = p.add_argument_group("path (their Gaussian mixture)")
     g.add_argument("--gmm-couplings", type=int, default=4)
     g.add_argument("--gmm-blocks", type=int, default=6)
@@ -758,6 +764,10 @@ def parse(argv):
     g.add_argument("--vi-eval-every", type=int, default=100)
     g.add_argument("--vi-eval-n", type=int, default=2048)
     args = p.parse_args(argv)
+    known = [f"{side}:{estimator}" for side, estimator in RUNS_LATTICE]
+    for run in args.lattice_runs or ():
+        if run not in known:
+            p.error(f"unknown lattice run {run!r}; choose from {', '.join(known)}")
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
