@@ -33,3 +33,21 @@ def test_authors_benchmark_quick(tmp_path, monkeypatch):
         assert r["side"] == "flowvi" and math.isfinite(r["curve"][-1]["elbo"]), r
     assert ablation["summary"]["flowvi standard"]["runs"] == 1
     assert not bench.diverged(ablation["rows"][0]) and bench.diverged({**ablation["rows"][0], "status": "stopped"})
+
+
+def test_clock_times_the_authors_loop_and_stops_it():
+    """``Clock`` replaces ``tqdm`` in Andrade's training loop: it evaluates every ``eval_every`` iterations and
+    ends the loop once the training time (evaluations excluded) passes the budget."""
+    import time
+
+    bench = load_benchmark("authors")
+    evaluations = []
+    clock = bench.Clock(lambda: evaluations.append(1) or {"elbo": 0.0}, eval_every=2, budget_s=0.05)
+    done = []
+    for it in clock(range(1000)):
+        time.sleep(0.01)
+        done.append(it)
+    assert len(clock.times) == len(done) < 1000
+    assert clock.train_s - clock.times[-1] < 0.05 <= clock.train_s  # stopped right after passing the budget
+    assert len(evaluations) == len(done) // 2 and [c["steps"] for c in clock.curve] == list(range(2, len(done) + 1, 2))
+    assert abs(clock.train_s - sum(clock.times)) < 1e-9
