@@ -424,8 +424,8 @@ def _andrade_data(kind, d, fold):
         "regression": syntheticData.get_sample_data_linear_regression,
         "horseshoe": syntheticData.get_sample_data_logistic_regression,
     }[kind]
-    for _ in range(fold + 1):
-        X, y, beta, bias_, _ = make(rng, data_size=n, data_dim=d, rho=rho, bias=bias)
+    for _fold in range(fold + 1):  # fold k is the k-th draw after seeding
+        X, y, beta, bias_, _gamma = make(rng, data_size=n, data_dim=d, rho=rho, bias=bias)
     for folder in ("synthetic_data", "all_results", "all_trained_models"):
         os.makedirs(folder, exist_ok=True)
     whole = {"X": X, "y": y, "true_beta": beta, "true_bias": bias_}
