@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict
@@ -114,6 +115,14 @@ def register(sub):
         "(learned partial non-centring; horseshoe, regularized horseshoe and funnel targets)",
     )
     g.add_argument("--hierarchy-hidden", type=int, default=8, help="each child's own network width (0: linear)")
+    g.add_argument(
+        "--gauge-arch",
+        choices=["kanwar", "neumc"],
+        help="gauge flows (u1, schwinger): neumc = the REINFORCE authors' flow (48 layers, 2x1 masks, 9-knot "
+        "splines, channels [64, 64], kernel 3, dilations 1,2,3); --layers/--hidden/--depth override it",
+    )
+    g.add_argument("--gauge-masks", choices=["stripes", "2x1"], help="gauge flows: coupling masks")
+    g.add_argument("--dilations", type=_int_list, help="gauge flows: conditioner dilations, e.g. 1,2,3 (depth + 1)")
     g = p.add_argument_group("warm start (pre-training on a sampler's draws, or another run's flow)")
     g.add_argument(
         "--init-draws",
@@ -208,6 +217,7 @@ def config_from_args(args) -> dict:
                 if getattr(args, "spline", False)
                 else {}
             ),
+            **{k: getattr(args, k) for k in ("gauge_arch", "gauge_masks", "dilations") if getattr(args, k, None)},
             **(
                 {"hierarchical": True, "hierarchy_hidden": args.hierarchy_hidden}
                 if getattr(args, "hierarchical", False)
@@ -249,6 +259,16 @@ def _load_init_flow(flow, config: dict) -> None:
             "options, seed and dtype"
         )
     load_flow_weights(flow, source)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def _tristate(text):

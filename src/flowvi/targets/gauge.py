@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from flowvi.flows.gauge import u1_gauge_flow
+from flowvi.flows.gauge import NEUMC_ARCH, u1_gauge_flow
 from flowvi.physics.dirac import hop_indices, log_abs_det_dirac, spin_projectors, time_boundary
 from flowvi.physics.u1 import (
     check_links,
@@ -35,6 +35,9 @@ SCHWINGER_PRESETS = {
     "reinforce_L16": {"L": 16, "beta": 2.0, "kappa": 0.276},
 }
 
+#: flow presets of ``flowvi fit --gauge-arch``: flowvi's own (Kanwar et al. stripes) and the REINFORCE authors'
+GAUGE_ARCHS = {"kanwar": {"layers": 16, "channels": 8, "depth": 2, "bins": 8}, "neumc": NEUMC_ARCH}
+
 
 def _as_bool(name: str, value) -> bool:
     if isinstance(value, bool):
@@ -49,15 +52,22 @@ def _as_bool(name: str, value) -> bool:
 
 def _gauge_flow(L: int, flow_options: dict):
     """The gauge-equivariant flow from the CLI's flow options (``layers``, ``hidden`` = conditioner channels,
-    ``depth``, ``seed``; the rest do not apply to link angles)."""
-    return u1_gauge_flow(
-        L,
-        layers=int(flow_options.get("layers", 16)),
-        channels=int(flow_options.get("hidden", 8)),
-        depth=int(flow_options.get("depth", 2)),
-        bins=int(flow_options.get("bins", 8)),
-        seed=flow_options.get("seed"),
-    )
+    ``depth``, ``seed``, ``gauge_arch``, ``gauge_masks``, ``dilations``; the rest do not apply to link angles).
+    ``gauge_arch="neumc"`` starts from :data:`NEUMC_ARCH` (the REINFORCE authors' flow); given options win."""
+    arch = flow_options.get("gauge_arch") or "kanwar"
+    if arch not in GAUGE_ARCHS:
+        raise TargetError(f"unknown gauge flow architecture {arch!r}; choose one of {', '.join(GAUGE_ARCHS)}")
+    opts = dict(GAUGE_ARCHS[arch])
+    names = {"layers": "layers", "hidden": "channels", "depth": "depth", "bins": "bins", "gauge_masks": "masks"}
+    opts.update({ours: flow_options[k] for k, ours in names.items() if flow_options.get(k) is not None})
+    if flow_options.get("dilations") is not None:
+        opts["dilations"] = tuple(flow_options["dilations"])
+    depth = int(opts.get("depth", 2))
+    if "dilations" in opts and len(opts["dilations"]) != depth + 1:
+        raise TargetError(
+            f"need {depth + 1} dilations for depth {depth} (one per convolution), got {opts['dilations']}"
+        )
+    return u1_gauge_flow(L, seed=flow_options.get("seed"), **opts)
 
 
 class U1Gauge(Target):
