@@ -31,7 +31,9 @@ def test_damaged_weights(run, capsys, damage, cause):
         assert_one_line_error(rc, err, str(run), cause)
 
 
-@pytest.mark.parametrize("text, cause", [("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object"), (None, "no config.json")])
+@pytest.mark.parametrize(
+    "text, cause", [("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object"), (None, "no config.json")]
+)
 def test_damaged_config(run, capsys, text, cause):
     if text is None:
         (run / "config.json").unlink()

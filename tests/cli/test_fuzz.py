@@ -28,7 +28,7 @@ def f(x):
     if SPEC["bad_at"] is not None and calls[0] >= SPEC["bad_at"]:
         mask = torch.zeros(out.shape[0], dtype=torch.bool)
         mask[SPEC["offset"] % out.shape[0] :: SPEC["stride"]] = True
-        out = torch.where(mask, torch.tensor(SPEC["value"], dtype=out.dtype), out)
+        out = torch.where(mask, torch.tensor(float(SPEC["value"]), dtype=out.dtype), out)
     shape = SPEC["shape"]
     if shape == "column":
         out = out[:, None]
@@ -47,13 +47,13 @@ def f(x):
 
 specs = st.fixed_dictionaries(
     {
-        "raise_at": st.none() | st.integers(1, 8),
-        "bad_at": st.none() | st.integers(1, 8),
-        "value": st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e30, -1e30]),
+        "raise_at": st.none() | st.integers(1, 12),  # calls 1-2: the first checks, 3-8: training, 9-: evaluation
+        "bad_at": st.none() | st.integers(1, 12),
+        "value": st.sampled_from(["nan", "inf", "-inf", "1e30", "-1e30"]),
         "offset": st.integers(0, 7),
         "stride": st.integers(1, 9),
-        "shape": st.sampled_from(["ok", "ok", "ok", "column", "scalar", "short", "list", "none"]),
-        "dtype": st.sampled_from([None, None, "float64", "float16", "int64", "bool"]),
+        "shape": st.just("ok") | st.sampled_from(["column", "scalar", "short", "list", "none"]),
+        "dtype": st.none() | st.sampled_from(["float64", "float16", "int64", "bool"]),
     }
 )
 errors = st.sampled_from(["ValueError", "RuntimeError", "ZeroDivisionError", "KeyError", "MemoryError"])
@@ -66,7 +66,7 @@ def _check_outcome(rc, err):
         assert rc == 2 and len(lines) == 1, (rc, err)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=16)
 @given(spec=specs, error=errors)
 def test_fuzz_target_outputs(tmp_path_factory, capsys, spec, error):
     home = tmp_path_factory.mktemp("target")
@@ -126,7 +126,7 @@ def test_fuzz_damaged_run_directories(trained_run, tmp_path_factory, capsys, dat
         argv = ["sample", run, "-n", "5"]
         written = {"samples-5.npy"}
     else:
-        argv = ["fit", "conjugate_regression", "--dim", "3", "--out", run, *SMALL, "--resume", "--steps", "25"]
+        argv = ["fit", "conjugate_regression", "--dim", "3", "--out", run, *SMALL, "--resume"]
         written = {"config.json", "metrics.jsonl", "checkpoint.pt", "flow.pt", "summary.json", "samples.npy",
                    "training_curve.png"}  # fmt: skip
     rc, _, err = cli(argv, capsys)

@@ -33,7 +33,8 @@ def _cause(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    first = text[0].split(". ")[0].rstrip(".") if text else ""  # torch's messages go on for sentences
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _umask() -> int:

@@ -103,7 +103,9 @@ def load_run(run_dir, device: str | None = None):
     try:
         flow, target = build(config)
     except (KeyError, TypeError, AttributeError) as e:
-        raise ckpt.RunFileError(f"{run_dir / 'config.json'}: cannot build its flow and target ({ckpt._cause(e)})") from e
+        raise ckpt.RunFileError(
+            f"{run_dir / 'config.json'}: cannot build its flow and target ({ckpt._cause(e)})"
+        ) from e
     ckpt.load_state_into(flow, state, path)
     return flow, target, config
 
