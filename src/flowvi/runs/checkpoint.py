@@ -151,7 +151,7 @@ def write_json_atomic(obj, path) -> None:
 def _refused(path: Path, e: Exception) -> RunFileError:
     found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
     if not found:
-        return RunFileError(f"{path}: corrupt or truncated, not a file flowvi wrote (unreadable pickle data)")
+        return RunFileError(f"{path}: corrupt or truncated, not a file flowvi wrote (pickle data it does not load)")
     return RunFileError(
         f"{path}: refused: loading it would run Python code ({found[0]}), and flowvi files hold only tensors and "
         f"plain data; if it is an older flowvi file you trust, convert it with: python -m flowvi.runs.convert {path}"
