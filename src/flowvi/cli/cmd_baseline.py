@@ -211,7 +211,7 @@ def run(args):
         )
     summary["dim"] = target.dim
     ckpt.write_json_atomic(summary, out / "summary.json")
-    ckpt._atomic_write(out / "samples.npy", lambda f: np.save(f, samples))
+    ckpt.atomic_write(out / "samples.npy", lambda f: np.save(f, samples))
     extra = ",flowmc_flow.pt" if args.method == "flowmc" else ""
     print(f"wrote {out}/{{config.json,summary.json,samples.npy{extra}}}")
     return 0

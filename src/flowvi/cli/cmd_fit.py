@@ -306,7 +306,6 @@ def _run(args):
             raise ValueError(
                 f"--resume: the options differ from the run in {out} ({', '.join(diff)}); resume with the same options"
             )
-    check_out(out, resume=args.resume, force=args.force)
     dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
     flow, target = build(config)
     init = config.get("init")
@@ -349,7 +348,8 @@ def _run(args):
                 f"mean -log q {info['nll_start']:.3f} -> {info['nll_end']:.3f}"
             )
     elif pretrained:
-        ckpt.load_state_into(flow, ckpt.load(out / "pretrain.pt", keys=("flow",))["flow"], out / "pretrain.pt")
+        saved = ckpt.load(out / "pretrain.pt", map_location=next(flow.parameters()).device, keys=("flow",))
+        ckpt.load_state_into(flow, saved["flow"], out / "pretrain.pt")
         if main:
             print(f"  the pre-trained flow from {out / 'pretrain.pt'} (pre-training not repeated)")
     state = fit(

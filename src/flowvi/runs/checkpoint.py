@@ -29,7 +29,7 @@ class RunFileError(ValueError):
     """A run file that cannot be read or written; the message names the file and the cause (one line)."""
 
 
-def _cause(e: BaseException) -> str:
+def error_cause(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     text = str(e).strip().splitlines()
@@ -43,7 +43,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file beside ``path``, then rename over it (mode ``0o666 & ~umask``, as
     ``open`` gives; ``mkstemp`` alone gives 0600). A fault leaves the old file and no temporary one."""
     path = Path(path)
@@ -51,7 +51,7 @@ def _atomic_write(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as e:
-        raise RunFileError(f"{path}: cannot write ({_cause(e)})") from e
+        raise RunFileError(f"{path}: cannot write ({error_cause(e)})") from e
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -63,7 +63,7 @@ def _atomic_write(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise RunFileError(f"{path}: cannot write ({_cause(e)})") from e
+            raise RunFileError(f"{path}: cannot write ({error_cause(e)})") from e
         raise
 
 
@@ -141,11 +141,11 @@ def save_atomic(obj, path) -> None:
     config = _beside_config(path)
     if isinstance(obj, dict) and config is not None:
         obj[META_KEY] = _meta(config)
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def write_json_atomic(obj, path) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=float) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=float) + "\n").encode()))
 
 
 def _refused(path: Path, e: Exception) -> RunFileError:
@@ -164,9 +164,10 @@ def read_meta(path: Path, payload: dict) -> dict | None:
         return None
     try:
         meta = json.loads(bytes(meta.to("cpu", torch.uint8).tolist()).decode())
-        assert isinstance(meta, dict) and isinstance(meta.get("identity"), dict)
-    except (AttributeError, AssertionError, TypeError, ValueError, RuntimeError) as e:
-        raise RunFileError(f"{path}: corrupt record of its config ({_cause(e)})") from None
+        if not (isinstance(meta, dict) and isinstance(meta.get("identity"), dict)):
+            raise ValueError("not a JSON object with an identity")
+    except (AttributeError, TypeError, ValueError, RuntimeError) as e:
+        raise RunFileError(f"{path}: corrupt record of its config ({error_cause(e)})") from None
     return meta
 
 
@@ -194,11 +195,11 @@ def load(path, map_location="cpu", *, keys=(), config: dict | None = None):
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:
-        raise RunFileError(f"{path}: cannot read ({_cause(e)})") from None
+        raise RunFileError(f"{path}: cannot read ({error_cause(e)})") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of a damaged file
         if "Weights only load failed" in str(e):
             raise _refused(path, e) from None
-        raise RunFileError(f"{path}: corrupt or truncated, not a file flowvi wrote ({_cause(e)})") from None
+        raise RunFileError(f"{path}: corrupt or truncated, not a file flowvi wrote ({error_cause(e)})") from None
     if not isinstance(payload, dict):
         raise RunFileError(f"{path}: not a file flowvi wrote (it holds a {type(payload).__name__}, not a dict)")
     check_config(path, read_meta(path, payload), config if config is not None else _beside_config(path))
@@ -215,4 +216,4 @@ def load_state_into(module, state, path) -> None:
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise RunFileError(f"{path}: its parameters do not fit this run's flow ({_cause(e)})") from None
+        raise RunFileError(f"{path}: its parameters do not fit this run's flow ({error_cause(e)})") from None

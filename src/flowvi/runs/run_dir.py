@@ -83,7 +83,7 @@ def read_config(run_dir) -> dict:
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
-        raise ckpt.RunFileError(f"{path}: cannot read ({ckpt._cause(e)})") from None
+        raise ckpt.RunFileError(f"{path}: cannot read ({ckpt.error_cause(e)})") from None
     except ValueError as e:
         raise ckpt.RunFileError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
@@ -104,7 +104,7 @@ def load_run(run_dir, device: str | None = None):
         flow, target = build(config)
     except (KeyError, TypeError, AttributeError) as e:
         raise ckpt.RunFileError(
-            f"{run_dir / 'config.json'}: cannot build its flow and target ({ckpt._cause(e)})"
+            f"{run_dir / 'config.json'}: cannot build its flow and target ({ckpt.error_cause(e)})"
         ) from e
     ckpt.load_state_into(flow, state, path)
     return flow, target, config
@@ -140,7 +140,7 @@ def write_samples(flow, path, n: int, batch_size: int = 10_000) -> np.ndarray:
     except OSError as e:
         if tmp.exists():
             tmp.unlink()
-        raise ckpt.RunFileError(f"{path}: cannot write ({ckpt._cause(e)})") from None
+        raise ckpt.RunFileError(f"{path}: cannot write ({ckpt.error_cause(e)})") from None
     return samples
 
 

@@ -188,7 +188,7 @@ def write_samples(model, prep: Prepared, out: Path, n: int, temperature: float) 
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    ckpt._atomic_write(path, lambda f: np.save(f, array))
+    ckpt.atomic_write(path, lambda f: np.save(f, array))
 
 
 def _image_grid(pixels: np.ndarray, levels: int, path: Path) -> None:

@@ -138,7 +138,8 @@ def fit(
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
-        saved = ckpt.load(ckpt_path, keys=("flow", "optimizer", "scheduler", "state", "rng"))
+        device = next(iter(flow.state_dict().values())).device
+        saved = ckpt.load(ckpt_path, map_location=device, keys=("flow", "optimizer", "scheduler", "state", "rng"))
         ckpt.load_state_into(flow, saved["flow"], ckpt_path)
         load_optimizer_state(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
