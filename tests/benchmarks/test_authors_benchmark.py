@@ -4,7 +4,6 @@ import json
 import math
 
 from tests.conftest import load_benchmark
-
 from tests.physics.test_authors_physics import NEUMC  # noqa: F401  (fails clearly when neumc is missing)
 
 

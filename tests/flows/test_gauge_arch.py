@@ -9,7 +9,6 @@ import torch
 from flowvi.flows.gauge import NEUMC_ARCH, PlaquetteCoupling, u1_gauge_flow
 from flowvi.physics.u1 import gauge_transform, plaquette_angles, wrap
 from flowvi.targets import make_target
-
 from tests.physics.test_authors_physics import NEUMC  # puts neumc on sys.path, or fails clearly
 
 assert NEUMC.is_dir()

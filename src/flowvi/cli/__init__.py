@@ -12,7 +12,16 @@ import sys
 from flowvi.targets import TargetError
 from flowvi.training.loop import TrainingDiverged
 
-USER_ERRORS = (TargetError, TrainingDiverged, ValueError, FileNotFoundError, FileExistsError, KeyError)
+USER_ERRORS = (TargetError, TrainingDiverged, ValueError, OSError, KeyError)
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.strerror and str(e).startswith("["):  # [Errno N] text: 'file'
+        name = e.filename if e.filename is not None else "a file"
+        return f"{name}: {e.strerror}"
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -63,8 +72,7 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"flowvi {args.command}: error: {msg}", file=sys.stderr)
+        print(f"flowvi {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"flowvi {args.command}: interrupted; resume a fit with --resume", file=sys.stderr)

@@ -16,6 +16,7 @@ import torch
 from flowvi.cli.common import add_device_options, parse_params
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import resolve_device, resolve_dtype
+from flowvi.runs.run_files import check_out, start_run
 from flowvi.targets import make_target
 
 
@@ -102,8 +103,7 @@ def run(args):
     out = Path(
         args.out or f"runs/{args.method}-{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    if (out / "config.json").exists() and not args.force:
-        raise FileExistsError(f"{out} already holds a run; use --force to overwrite")
+    check_out(out, force=args.force)
     config = {
         "method": args.method,
         "target": {"name": args.target, "params": params},
@@ -125,8 +125,7 @@ def run(args):
             "max_tree_depth": args.max_tree_depth,
             "target_accept": args.target_accept,
         }
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json_atomic(config, out / "config.json")
+        start_run(out, config, "baseline", force=args.force)
         print(f"flowvi baseline nuts: {args.target} (d={target.dim}) -> {out}")
         result = run_nuts(
             target,
@@ -155,7 +154,7 @@ def run(args):
             if args.reference_out:
                 raise ValueError("--reference-out is for 'flowvi baseline hmc'")
             files = "config.json,summary.json,flowmc_flow.pt"
-        out.mkdir(parents=True, exist_ok=True)
+        start_run(out, config, "baseline", force=args.force)  # the runner adds its section to config.json
         samples, summary = run_baseline(target, args, config, out)
         if samples is None:
             summary["dim"] = target.dim
@@ -172,8 +171,7 @@ def run(args):
             "ref_scale": args.ref_scale,
             "repeats": args.repeats,
         }
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json_atomic(config, out / "config.json")
+        start_run(out, config, "baseline", force=args.force)
         print(f"flowvi baseline smc: {args.target} (d={target.dim}) -> {out}")
         runs = []
         for r in range(args.repeats):
@@ -213,7 +211,7 @@ def run(args):
         )
     summary["dim"] = target.dim
     ckpt.write_json_atomic(summary, out / "summary.json")
-    np.save(out / "samples.npy", samples)
+    ckpt.atomic_write(out / "samples.npy", lambda f: np.save(f, samples))
     extra = ",flowmc_flow.pt" if args.method == "flowmc" else ""
     print(f"wrote {out}/{{config.json,summary.json,samples.npy{extra}}}")
     return 0

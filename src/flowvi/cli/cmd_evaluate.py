@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from flowvi.cli.common import add_device_options, format_summary
 from flowvi.diagnostics.evaluate import evaluate
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import load_run
+from flowvi.targets.guard import guarded
 
 
 def register(sub):
@@ -27,11 +29,13 @@ def run(args):
 
     flow, target, _ = load_run(args.run_dir, device=args.device)
     torch.manual_seed(args.seed)
-    summary = evaluate(flow, target, n=args.samples, batch_size=args.batch_size)
-    ckpt.write_json_atomic(summary, Path(args.run_dir) / "evaluation.json")
+    with guarded(target, "evaluation"):
+        summary = evaluate(flow, target, n=args.samples, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"flowvi evaluate: {args.run_dir}")
         print(format_summary(summary))
+    sys.stdout.flush()  # the results are out before a failed write of evaluation.json
+    ckpt.write_json_atomic(summary, Path(args.run_dir) / "evaluation.json")
     return 0

@@ -8,16 +8,28 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from flowvi.cli.common import add_device_options, format_summary, parse_params
+import torch
+
+from flowvi.cli.common import (
+    add_device_options,
+    format_summary,
+    nonnegative_float,
+    nonnegative_int,
+    parse_params,
+    positive_float,
+    positive_int,
+)
 from flowvi.diagnostics.evaluate import evaluate
 from flowvi.flows.phi4 import z2_proposal
 from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config, write_samples
+from flowvi.runs.run_files import check_out, start_run
+from flowvi.targets.guard import guarded
 from flowvi.training import distributed as dist
 from flowvi.training.distributed import COMM_DTYPES
 from flowvi.training.fast_step import PRECISIONS
-from flowvi.training.loop import TrainConfig, fit
+from flowvi.training.loop import TrainConfig, check_target, fit
 from flowvi.training.pretrain import load_draws, pretrain_on_draws
 from flowvi.transforms import CLAMPS
 
@@ -41,10 +53,10 @@ def register(sub):
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=256, help="flow samples per step")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule")
-    g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
-    g.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0 turns it off)")
+    g.add_argument("--warmup", type=nonnegative_int, default=0, help="linear learning-rate warm-up steps")
+    g.add_argument("--clip", type=nonnegative_float, default=10.0, help="gradient-norm clip (0 turns it off)")
     g.add_argument(
         "--estimator",
         default="reparam",
@@ -61,7 +73,7 @@ def register(sub):
     g.add_argument(
         "--fab-replay", type=int, default=4, help="--estimator fab with a buffer: training steps per AIS run"
     )
-    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    g.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
     g = p.add_argument_group("speed (docs/performance.md)")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision of the networks")
     g.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="torch.compile the step")
@@ -271,6 +283,14 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _check_target_early(flow, target) -> None:
+    """The first check of the target (as ``fit`` does it) before the run directory is written, with the random
+    state restored afterwards: a run gives the same draws with or without it."""
+    device = next(flow.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        check_target(flow, target)
+
+
 def _tristate(text):
     return {"true": True, "false": False}.get(text, text)
 
@@ -297,6 +317,7 @@ def _run(args):
     if dist.world_size() > 1 and not args.out:
         raise ValueError("--out is needed under torchrun (every process must name the same run directory)")
     out = Path(args.out or f"runs/{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out(out, resume=args.resume, force=args.force)
     if args.resume:
         saved = read_config(out)
         if "train" in saved:  # options added to TrainConfig since the run was written take their defaults
@@ -308,8 +329,6 @@ def _run(args):
             raise ValueError(
                 f"--resume: the options differ from the run in {out} ({', '.join(diff)}); resume with the same options"
             )
-    elif (out / "config.json").exists() and not args.force:
-        raise FileExistsError(f"{out} already holds a run; use --resume to continue it or --force to overwrite")
     dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
     flow, target = build(config)
     init = config.get("init")
@@ -324,9 +343,10 @@ def _run(args):
     draws = None
     if init is not None and not resume_fit and not pretrained:
         draws = load_draws(init["draws"], init["key"], dim=target.dim)  # checked before the run directory is written
+    if not resume_fit:
+        _check_target_early(flow, target)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json_atomic(config, out / "config.json")
+        start_run(out, config, "fit", resume=args.resume, force=args.force)
         world = f" on {dist.world_size()} processes" if dist.world_size() > 1 else ""
         print(f"flowvi fit: {args.target} (d={target.dim}) -> {out}{world}")
     dist.barrier()
@@ -351,7 +371,8 @@ def _run(args):
                 f"mean -log q {info['nll_start']:.3f} -> {info['nll_end']:.3f}"
             )
     elif pretrained:
-        flow.load_state_dict(ckpt.load(out / "pretrain.pt", map_location=next(flow.parameters()).device)["flow"])
+        saved = ckpt.load(out / "pretrain.pt", map_location=next(flow.parameters()).device, keys=("flow",))
+        ckpt.load_state_into(flow, saved["flow"], out / "pretrain.pt")
         if main:
             print(f"  the pre-trained flow from {out / 'pretrain.pt'} (pre-training not repeated)")
     state = fit(
@@ -362,21 +383,22 @@ def _run(args):
         resume=resume_fit,
         progress=not args.quiet and main,
     )
-    if dist.world_size() > 1:
-        summary = dist.evaluate(flow, target, n=args.eval_samples)
-        if not main:
-            return 0
-    else:
-        summary = evaluate(flow, target, n=args.eval_samples)
-    ckpt.save_atomic(flow.state_dict(), out / "flow.pt")
+    with guarded(target, "evaluation"):
+        if dist.world_size() > 1:
+            summary = dist.evaluate(flow, target, n=args.eval_samples)
+        else:
+            summary = evaluate(flow, target, n=args.eval_samples)
+    if not main:
+        return 0
     summary.update({"steps": state.step, "skipped_steps": state.skipped, "train_seconds": state.elapsed})
     if init is not None and (out / "pretrain.json").exists():
         summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
+    print(format_summary(summary))  # before the files: a failed write loses nothing computed
+    print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")
+    ckpt.save_atomic(flow.state_dict(), out / "flow.pt")
     ckpt.write_json_atomic(summary, out / "summary.json")
     write_samples(z2_proposal(flow), out / "samples.npy", args.n_samples)  # phi^4: its Z2 mixture
     plot_training_curve(out, summary)
-    print(format_summary(summary))
-    print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")
     print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,training_curve.png,flow.pt}}")
     return 0
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from flowvi.cli.common import add_device_options
+from flowvi.cli.common import add_device_options, nonnegative_float, nonnegative_int, positive_float
 from flowvi.data.arrays import SHIPPED
 from flowvi.objectives.estimators import FORWARD_ESTIMATORS
 from flowvi.runs.run_dir import read_config
+from flowvi.runs.run_files import check_out
 from flowvi.training import density
 from flowvi.training.parts import SCHEDULES, PartsConfig
 from flowvi.transforms import CLAMPS
@@ -41,10 +42,10 @@ def register(sub):
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=2000)
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--lr", type=positive_float, default=1e-3)
     g.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
-    g.add_argument("--warmup", type=int, default=50)
-    g.add_argument("--clip", type=float, default=50.0, help="gradient-norm clip per part (0 turns it off)")
+    g.add_argument("--warmup", type=nonnegative_int, default=50)
+    g.add_argument("--clip", type=nonnegative_float, default=50.0, help="gradient-norm clip per part (0 turns it off)")
     g.add_argument(
         "--estimator", default="ml", help="forward-KL estimator: ml (data has no density, so 'path' is refused)"
     )
@@ -160,6 +161,7 @@ def run(args):
         torch.set_num_threads(args.threads)
     name = Path(args.data).stem if args.data not in SHIPPED else args.data
     out = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out(out, resume=args.resume, force=args.force)
     if args.resume:
         saved = read_config(out)
         diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
@@ -167,9 +169,7 @@ def run(args):
             raise ValueError(
                 f"--resume: the options differ from the run in {out} ({', '.join(diff)}); resume with the same options"
             )
-    elif (out / "config.json").exists() and not args.force:
-        raise FileExistsError(f"{out} already holds a run; use --resume to continue it or --force to overwrite")
-    summary = density.run(config, out, resume=args.resume, progress=not args.quiet)
+    summary = density.run(config, out, resume=args.resume, progress=not args.quiet, force=args.force)
     unit = summary["unit"]
     print(f"  train        {summary['train_loss']:.4f} {unit}")
     print(f"  test         {summary['test_loss']:.4f} {unit}   (best {summary['best_test_loss']:.4f})")

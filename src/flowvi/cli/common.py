@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 
@@ -44,3 +45,24 @@ def format_summary(s: dict) -> str:
 
 def add_device_options(p):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)")
+
+
+def _number(kind, test, words):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({kind.__name__})") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    parse.__name__ = f"{words} {kind.__name__}"
+    return parse
+
+
+# argparse types: a bad value is a one-line usage error (exit code 2) before anything runs
+positive_int = _number(int, lambda v: v > 0, "positive")
+nonnegative_int = _number(int, lambda v: v >= 0, "non-negative")
+positive_float = _number(float, lambda v: v > 0 and v < float("inf"), "positive and finite")
+nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "non-negative and finite")

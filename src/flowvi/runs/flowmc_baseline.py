@@ -17,6 +17,7 @@ import torch
 
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.hmc_baseline import draws_convergence, format_convergence, summarize_draws
+from flowvi.runs.run_files import write_config
 
 FLOW_FILE = "flowmc_flow.pt"
 
@@ -77,7 +78,7 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     flow_options = {"layers": args.layers, "hidden": args.hidden, "spline": args.spline, "seed": args.seed}
     config["flowmc"] = settings
     config["flowmc_flow"] = {**flow_options, "dtype": args.flow_dtype}
-    ckpt.write_json_atomic(config, Path(out) / "config.json")
+    write_config(config, out)
     print(f"flowvi baseline flowmc: {config['target']['name']} (d={target.dim}, {args.chains} chains) -> {out}")
     device, _ = chain_device_dtype(target)
     torch.manual_seed(args.seed)  # the flow's initial parameters

@@ -304,9 +304,9 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
     import time
     from pathlib import Path
 
-    from flowvi.runs import checkpoint as ckpt
     from flowvi.diagnostics.mcmc import write_reference
     from flowvi.runs.run_dir import resolve_dtype
+    from flowvi.runs.run_files import write_config
     from flowvi.samplers.adaptive_hmc import adaptive_hmc
 
     ref_out = Path(args.reference_out) if args.reference_out else None
@@ -325,7 +325,7 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "cuda_graph": args.cuda_graph,
     }
     config["hmc"] = settings
-    ckpt.write_json_atomic(config, Path(out) / "config.json")
+    write_config(config, out)
     print(f"flowvi baseline hmc: {config['target']['name']} (d={target.dim}, {args.chains} chains) -> {out}")
     anchor = next(iter(target.buffers()), None)
     result = adaptive_hmc(

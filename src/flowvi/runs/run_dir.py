@@ -7,6 +7,10 @@ RUN_DIR/flow.pt            final flow parameters
 RUN_DIR/summary.json       final evaluation: ELBO, log Z with standard errors, ESS, Pareto k-hat
 RUN_DIR/samples.npy        draws from the trained flow
 RUN_DIR/training_curve.png ELBO (and IS log Z) against the step
+
+The ``.pt`` files hold tensors and plain data only (they load with ``weights_only=True``) and record the
+config they were trained with; see :mod:`flowvi.runs.checkpoint` and, for what ``--out`` and ``--force`` may
+touch, :mod:`flowvi.runs.run_files`.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowvi.runs import checkpoint as ckpt
 from flowvi.flows.realnvp import realnvp
+from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.run_files import MARKER_KEY, read_metrics
 from flowvi.targets import make_target
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -70,34 +75,58 @@ def hierarchy_of(target, name: str) -> list:
 
 
 def read_config(run_dir) -> dict:
+    """A run's ``config.json`` (without the run-directory marker); a missing or damaged file is a one-line
+    :class:`flowvi.runs.checkpoint.RunFileError`."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a flowvi run directory (no config.json)")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ckpt.RunFileError(f"{path}: cannot read ({ckpt.error_cause(e)})") from None
+    except ValueError as e:
+        raise ckpt.RunFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ckpt.RunFileError(f"{path}: not a JSON object (a flowvi config.json maps names to settings)")
+    config.pop(MARKER_KEY, None)
+    return config
 
 
 def load_run(run_dir, device: str | None = None):
-    """Flow (with trained parameters) and target of a finished or checkpointed run."""
+    """Flow (with trained parameters) and target of a finished or checkpointed run. The weights are read (and
+    their recorded config checked against config.json) before anything is built from config.json."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    path, state = read_flow_weights(run_dir, config)
     if device is not None:
         config["device"] = device
-    flow, target = build(config)
-    load_flow_weights(flow, run_dir)
+    try:
+        flow, target = build(config)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ckpt.RunFileError(
+            f"{run_dir / 'config.json'}: cannot build its flow and target ({ckpt.error_cause(e)})"
+        ) from e
+    ckpt.load_state_into(flow, state, path)
     return flow, target, config
+
+
+def read_flow_weights(run_dir, config: dict | None = None):
+    """``(path, state dict)`` of a run's trained parameters: its final ``flow.pt``, or else the flow of its
+    latest ``checkpoint.pt`` (on the CPU; ``load_state_dict`` copies them to the flow's device)."""
+    run_dir = Path(run_dir)
+    weights = run_dir / "flow.pt"
+    if weights.exists():
+        return weights, ckpt.load(weights, config=config)
+    if (run_dir / "checkpoint.pt").exists():
+        return run_dir / "checkpoint.pt", ckpt.load(run_dir / "checkpoint.pt", keys=("flow",), config=config)["flow"]
+    raise FileNotFoundError(f"{run_dir} has no trained parameters (flow.pt or checkpoint.pt)")
 
 
 def load_flow_weights(flow, run_dir) -> None:
     """Load a run's trained parameters into ``flow`` (built from the same options): its final ``flow.pt``, or
     else the flow of its latest ``checkpoint.pt``."""
-    run_dir = Path(run_dir)
-    weights = run_dir / "flow.pt"
-    if weights.exists():
-        flow.load_state_dict(ckpt.load(weights, map_location=flow.base._anchor.device))
-    elif (run_dir / "checkpoint.pt").exists():
-        flow.load_state_dict(ckpt.load(run_dir / "checkpoint.pt", map_location=flow.base._anchor.device)["flow"])
-    else:
-        raise FileNotFoundError(f"{run_dir} has no trained parameters (flow.pt or checkpoint.pt)")
+    path, state = read_flow_weights(run_dir)
+    ckpt.load_state_into(flow, state, path)
 
 
 @torch.no_grad()
@@ -105,8 +134,13 @@ def write_samples(flow, path, n: int, batch_size: int = 10_000) -> np.ndarray:
     chunks = [flow.sample(min(batch_size, n - i)).cpu().numpy() for i in range(0, n, batch_size)]
     samples = np.concatenate(chunks) if chunks else np.zeros((0, flow.dim))
     tmp = Path(path).with_suffix(".tmp.npy")
-    np.save(tmp, samples)
-    tmp.replace(path)
+    try:
+        np.save(tmp, samples)
+        tmp.replace(path)
+    except OSError as e:
+        if tmp.exists():
+            tmp.unlink()
+        raise ckpt.RunFileError(f"{path}: cannot write ({ckpt.error_cause(e)})") from None
     return samples
 
 
@@ -118,7 +152,7 @@ def plot_training_curve(run_dir, summary: dict | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir / "metrics.jsonl", warn=False)
     fig, ax = plt.subplots(figsize=(7, 4))
     if rows:
         steps = np.array([r["step"] for r in rows])

@@ -19,7 +19,6 @@ dequantization noise, so that successive evaluations are comparable.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from flowvi.data.dequantize import bits_per_dim, uniform_dequantize
 from flowvi.flows.glow import flat_glow, glow
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import resolve_device, resolve_dtype
+from flowvi.runs.run_files import read_metrics, start_run
 from flowvi.training.parts import PartedFlow, PartsConfig, PartsTrainer, normalizing_layers, part_starts
 
 FLOW_DEFAULTS = {
@@ -123,8 +123,9 @@ def make_parted(model, parts: dict, devices) -> PartedFlow:
     return PartedFlow(model, starts, devices or None)
 
 
-def run(config: dict, out, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train and evaluate as described by ``config`` (see ``flowvi fit-data``); returns the summary."""
+def run(config: dict, out, resume: bool = False, progress: bool = True, log=print, force: bool = False) -> dict:
+    """Train and evaluate as described by ``config`` (see ``flowvi fit-data``); returns the summary. The run
+    directory is written once the data and flow are set up (``force``: over an existing run's files)."""
     out = Path(out)
     device, dtype = resolve_device(config.get("device")), resolve_dtype(config.get("dtype", "float32"))
     devices = [resolve_device(d) for d in config["parts"].get("devices") or []]
@@ -144,8 +145,7 @@ def run(config: dict, out, resume: bool = False, progress: bool = True, log=prin
         f"{sum(p.numel() for p in model.parameters())} parameters in {len(parted)} part(s), "
         f"schedule {cfg.schedule} -> {out}"
     )
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json_atomic(config, out / "config.json")
+    start_run(out, config, "fit-data", resume=resume, force=force)
     state = trainer.run(run_dir=out, resume=resume, progress=progress)
     ckpt.save_atomic(model.state_dict(), out / "flow.pt")
     tests = [m["test_loss"] for m in state.history if "test_loss" in m]
@@ -180,11 +180,15 @@ def write_samples(model, prep: Prepared, out: Path, n: int, temperature: float) 
     if prep.data.is_image:
         levels = prep.data.levels
         pixels = torch.clamp(torch.floor(y * levels), 0, levels - 1).to(torch.int64).cpu().numpy()
-        np.save(out / "samples.npy", pixels)
+        _save_npy(out / "samples.npy", pixels)
         _image_grid(pixels, levels, out / "samples.png")
     else:
         s = prep.standardizer
-        np.save(out / "samples.npy", (y * s.std.to(y) + s.mean.to(y)).cpu().numpy())
+        _save_npy(out / "samples.npy", (y * s.std.to(y) + s.mean.to(y)).cpu().numpy())
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    ckpt.atomic_write(path, lambda f: np.save(f, array))
 
 
 def _image_grid(pixels: np.ndarray, levels: int, path: Path) -> None:
@@ -217,7 +221,7 @@ def plot_learning_curve(out: Path, unit: str, finetune_from: int | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines() if r.strip()]
+    rows = read_metrics(out / "metrics.jsonl", warn=False)
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in rows]
     for key, label in (("train_loss", "train"), ("test_loss", "test")):

@@ -14,7 +14,9 @@ import torch
 from flowvi.diagnostics.importance import log_evidence, normalized_ess
 from flowvi.objectives.estimators import get_estimator
 from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.run_files import truncate_metrics
 from flowvi.targets import TargetError, checked_log_prob
+from flowvi.targets.guard import guarded, target_error
 from flowvi.training import distributed as dist
 from flowvi.training.fast_step import load_optimizer_state, make_optimizer, make_step, matmul_precision, resolve_options
 
@@ -114,7 +116,8 @@ def check_target(flow, target, n: int = 8) -> None:
     """Evaluate the target once on a few flow samples; a bad target raises a clear TargetError."""
     with torch.no_grad():
         x = flow.sample(n)
-    out = checked_log_prob(target, x)
+    with guarded(target, "the first check of the target, before training"):
+        out = checked_log_prob(target, x)
     if not torch.isfinite(out).any():
         raise TargetError("target log_prob is -inf for every sample of the initial flow; is its support right?")
 
@@ -167,8 +170,9 @@ def fit(
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
-        saved = ckpt.load(ckpt_path, map_location=next(iter(flow.state_dict().values())).device)
-        flow.load_state_dict(saved["flow"])
+        device = next(iter(flow.state_dict().values())).device
+        saved = ckpt.load(ckpt_path, map_location=device, keys=("flow", "optimizer", "scheduler", "state", "rng"))
+        ckpt.load_state_into(flow, saved["flow"], ckpt_path)
         load_optimizer_state(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if "estimator" in saved and hasattr(estimator, "load_state_dict"):
@@ -251,8 +255,8 @@ def fit(
                 ):
                     raise TrainingDiverged(
                         f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a "
-                        "non-finite loss or gradient (try --clamp asymmetric, --loft, a smaller --lr, or check the "
-                        "target for NaN)"
+                        f"non-finite loss or gradient (try {_stability_hint(flow)}a smaller --lr, or check the target "
+                        "for NaN)"
                     )
                 if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                     lw = result.log_weights.float()
@@ -284,6 +288,11 @@ def fit(
                 if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                     state.elapsed = time.perf_counter() - t0
                     save()
+    except Exception as e:
+        err = target_error(e, target, f"training step {state.step + 1}")
+        if err is None:
+            raise
+        raise err from e
     finally:
         if bar is not None:
             bar.close()
@@ -296,7 +305,15 @@ def fit(
 
 
 def _truncate_metrics(path, step):
-    if path is None or not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    truncate_metrics(path, step)  # a torn last line (a kill during the append) is dropped with a warning
+
+
+def _stability_hint(flow) -> str:
+    """The stabilising options that are off in ``flow``: ``--clamp asymmetric`` (no coupling clamps its
+    scales) and ``--loft`` (no LOFT layer)."""
+    from flowvi.transforms.clamps import NoClamp
+    from flowvi.transforms.loft import LOFT
+
+    modules = list(flow.modules())
+    hint = "--clamp asymmetric, " if any(isinstance(m, NoClamp) for m in modules) else ""
+    return hint + ("" if any(isinstance(m, LOFT) for m in modules) else "--loft, ")

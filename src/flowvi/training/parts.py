@@ -49,6 +49,7 @@ from flowvi.core.flow import Flow
 from flowvi.flows.multiscale import MultiscaleFlow, Split, normalize_layer
 from flowvi.objectives.estimators import FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.run_files import truncate_metrics
 from flowvi.transforms.squeeze import Squeeze, Unsqueeze
 
 SCHEDULES = ("end_to_end", "alternate", "sequential", "alternate_then_finetune", "parallel")
@@ -327,8 +328,8 @@ class PartsTrainer:
         }
 
     def load_checkpoint(self, path) -> None:
-        saved = ckpt.load(path)
-        self.parted.model.load_state_dict(saved["model"])
+        saved = ckpt.load(path, keys=("model", "optimizers", "state", "generator", "rng"))
+        ckpt.load_state_into(self.parted.model, saved["model"], path)
         for opt, state in zip(self.optimizers, saved["optimizers"], strict=True):
             opt.load_state_dict(state)
         self.state = PartsState(**saved["state"])
@@ -365,10 +366,7 @@ class PartsTrainer:
             if ckpt_path is None or not ckpt_path.exists():
                 raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
             self.load_checkpoint(ckpt_path)
-            if metrics_path.exists():
-                keep = [r for r in metrics_path.read_text().splitlines() if r.strip()]
-                keep = [r for r in keep if json.loads(r)["step"] <= self.state.step]
-                metrics_path.write_text("".join(r + "\n" for r in keep))
+            truncate_metrics(metrics_path, self.state.step)  # a torn last line is dropped with a warning
         elif metrics_path is not None:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             metrics_path.write_text("")
