@@ -111,107 +111,114 @@ def run(args):
         "device": args.device,
         "dtype": args.dtype,
     }
-    if args.method == "nuts":
-        from flowvi.samplers.nuts import require_pyro, run_nuts
-
-        try:
-            require_pyro()
-        except ImportError as e:  # one-line message from the CLI
-            raise ValueError(str(e)) from None
-        config["nuts"] = {
-            "samples": args.samples,
-            "warmup": args.warmup,
-            "chains": args.chains,
-            "max_tree_depth": args.max_tree_depth,
-            "target_accept": args.target_accept,
-        }
-        start_run(out, config, "baseline", force=args.force)
-        print(f"flowvi baseline nuts: {args.target} (d={target.dim}) -> {out}")
-        result = run_nuts(
-            target,
-            num_samples=args.samples,
-            warmup=args.warmup,
-            chains=args.chains,
-            seed=args.seed,
-            max_tree_depth=args.max_tree_depth,
-            target_accept=args.target_accept,
-            progress=not args.quiet,
-        )
-        samples, summary = result["samples"].reshape(-1, target.dim), result["summary"]
-        print(
-            f"  {summary['chains']} x {summary['num_samples']} draws in {summary['seconds']:.1f} s; "
-            f"divergences {summary['divergences']}; ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}"
-            + (f"; R-hat max {summary['rhat_max']:.3f}" if "rhat_max" in summary else "")
-        )
-    elif args.method in ("hmc", "flowmc"):
-        if args.method == "hmc":
-            from flowvi.runs.hmc_baseline import run_hmc_baseline as run_baseline
-
-            files = "config.json,summary.json"
-        else:
-            from flowvi.runs.flowmc_baseline import run_flowmc_baseline as run_baseline
-
-            if args.reference_out:
-                raise ValueError("--reference-out is for 'flowvi baseline hmc'")
-            files = "config.json,summary.json,flowmc_flow.pt"
-        start_run(out, config, "baseline", force=args.force)  # the runner adds its section to config.json
-        samples, summary = run_baseline(target, args, config, out)
-        if samples is None:
-            summary["dim"] = target.dim
-            ckpt.write_json_atomic(summary, out / "summary.json")
-            print(f"wrote {out}/{{{files}}}")
-            return 0
-    else:
-        from flowvi.samplers.smc import run_smc
-
-        config["smc"] = {
-            "particles": args.particles,
-            "moves": args.moves,
-            "ess_target": args.ess_target,
-            "ref_scale": args.ref_scale,
-            "repeats": args.repeats,
-        }
-        start_run(out, config, "baseline", force=args.force)
-        print(f"flowvi baseline smc: {args.target} (d={target.dim}) -> {out}")
-        runs = []
-        for r in range(args.repeats):
-            res = run_smc(
-                target,
-                particles=args.particles,
-                ess_target=args.ess_target,
-                moves=args.moves,
-                ref_scale=args.ref_scale,
-                seed=args.seed + r,
-            )
-            runs.append(res)
-            if not args.quiet:
-                print(
-                    f"  seed {args.seed + r}: log Z = {res['log_z']:.4f}  ({len(res['temperatures']) - 1} stages, {res['seconds']:.1f} s)"
-                )
-        log_z = np.array([r["log_z"] for r in runs])
-        summary = {
-            "method": "smc",
-            "reference": runs[0]["reference"],
-            "log_z": float(log_z.mean()),
-            "log_z_sd": float(log_z.std(ddof=1)) if len(log_z) > 1 else float("nan"),
-            "log_z_se": float(log_z.std(ddof=1) / np.sqrt(len(log_z))) if len(log_z) > 1 else float("nan"),
-            "log_z_runs": log_z.tolist(),
-            "stages": [len(r["temperatures"]) - 1 for r in runs],
-            "seconds": [r["seconds"] for r in runs],
-            "acceptance_final": [r["acceptance"][-1] for r in runs],
-        }
-        exact = getattr(target, "log_evidence", None)
-        if exact is not None:
-            summary["log_evidence"] = float(exact)
-            summary["log_z_error"] = summary["log_z"] - float(exact)
-        samples = torch.cat([r["samples"] for r in runs]).cpu().double().numpy()
-        print(
-            f"  log Z = {summary['log_z']:.4f}, sd over {len(log_z)} seeds {summary['log_z_sd']:.4f}"
-            + (f"; exact {exact:.4f}" if exact is not None else "")
-        )
+    runner = {"nuts": _nuts, "hmc": _mcmc, "flowmc": _mcmc, "smc": _smc}[args.method]
+    samples, summary = runner(args, target, config, out)
     summary["dim"] = target.dim
     ckpt.write_json_atomic(summary, out / "summary.json")
-    ckpt.atomic_write(out / "samples.npy", lambda f: np.save(f, samples))
-    extra = ",flowmc_flow.pt" if args.method == "flowmc" else ""
-    print(f"wrote {out}/{{config.json,summary.json,samples.npy{extra}}}")
+    files = ["config.json", "summary.json"] + (["flowmc_flow.pt"] if args.method == "flowmc" else [])
+    if samples is not None:  # None with --no-samples
+        ckpt.atomic_write(out / "samples.npy", lambda f: np.save(f, samples))
+        files.insert(2, "samples.npy")
+    print(f"wrote {out}/{{{','.join(files)}}}")
     return 0
+
+
+def _nuts(args, target, config: dict, out):
+    """NUTS through Pyro: returns the draws (chains * n, d) and the run summary."""
+    from flowvi.samplers.nuts import require_pyro, run_nuts
+
+    try:
+        require_pyro()
+    except ImportError as e:  # one-line message from the CLI
+        raise ValueError(str(e)) from None
+    config["nuts"] = {
+        "samples": args.samples,
+        "warmup": args.warmup,
+        "chains": args.chains,
+        "max_tree_depth": args.max_tree_depth,
+        "target_accept": args.target_accept,
+    }
+    start_run(out, config, "baseline", force=args.force)
+    print(f"flowvi baseline nuts: {args.target} (d={target.dim}) -> {out}")
+    result = run_nuts(
+        target,
+        num_samples=args.samples,
+        warmup=args.warmup,
+        chains=args.chains,
+        seed=args.seed,
+        max_tree_depth=args.max_tree_depth,
+        target_accept=args.target_accept,
+        progress=not args.quiet,
+    )
+    samples, summary = result["samples"].reshape(-1, target.dim), result["summary"]
+    print(
+        f"  {summary['chains']} x {summary['num_samples']} draws in {summary['seconds']:.1f} s; "
+        f"divergences {summary['divergences']}; ESS min {summary['ess_min']:.0f}, median {summary['ess_median']:.0f}"
+        + (f"; R-hat max {summary['rhat_max']:.3f}" if "rhat_max" in summary else "")
+    )
+    return samples, summary
+
+
+def _mcmc(args, target, config: dict, out):
+    """Many-chain adaptive HMC or flowMC (their runners write their own config section)."""
+    if args.method == "hmc":
+        from flowvi.runs.hmc_baseline import run_hmc_baseline as run_baseline
+    else:
+        from flowvi.runs.flowmc_baseline import run_flowmc_baseline as run_baseline
+
+        if args.reference_out:
+            raise ValueError("--reference-out is for 'flowvi baseline hmc'")
+    start_run(out, config, "baseline", force=args.force)  # the runner adds its section to config.json
+    return run_baseline(target, args, config, out)
+
+
+def _smc(args, target, config: dict, out):
+    """Adaptive-tempering SMC, ``--repeats`` independent runs: log Z with its spread over seeds."""
+    from flowvi.samplers.smc import run_smc
+
+    config["smc"] = {
+        "particles": args.particles,
+        "moves": args.moves,
+        "ess_target": args.ess_target,
+        "ref_scale": args.ref_scale,
+        "repeats": args.repeats,
+    }
+    start_run(out, config, "baseline", force=args.force)
+    print(f"flowvi baseline smc: {args.target} (d={target.dim}) -> {out}")
+    runs = []
+    for r in range(args.repeats):
+        res = run_smc(
+            target,
+            particles=args.particles,
+            ess_target=args.ess_target,
+            moves=args.moves,
+            ref_scale=args.ref_scale,
+            seed=args.seed + r,
+        )
+        runs.append(res)
+        if not args.quiet:
+            print(
+                f"  seed {args.seed + r}: log Z = {res['log_z']:.4f}  ({len(res['temperatures']) - 1} stages, {res['seconds']:.1f} s)"
+            )
+    log_z = np.array([r["log_z"] for r in runs])
+    summary = {
+        "method": "smc",
+        "reference": runs[0]["reference"],
+        "log_z": float(log_z.mean()),
+        "log_z_sd": float(log_z.std(ddof=1)) if len(log_z) > 1 else float("nan"),
+        "log_z_se": float(log_z.std(ddof=1) / np.sqrt(len(log_z))) if len(log_z) > 1 else float("nan"),
+        "log_z_runs": log_z.tolist(),
+        "stages": [len(r["temperatures"]) - 1 for r in runs],
+        "seconds": [r["seconds"] for r in runs],
+        "acceptance_final": [r["acceptance"][-1] for r in runs],
+    }
+    exact = getattr(target, "log_evidence", None)
+    if exact is not None:
+        summary["log_evidence"] = float(exact)
+        summary["log_z_error"] = summary["log_z"] - float(exact)
+    samples = torch.cat([r["samples"] for r in runs]).cpu().double().numpy()
+    print(
+        f"  log Z = {summary['log_z']:.4f}, sd over {len(log_z)} seeds {summary['log_z_sd']:.4f}"
+        + (f"; exact {exact:.4f}" if exact is not None else "")
+    )
+    return samples, summary
