@@ -1,6 +1,6 @@
 """Warm start on the NCI-60 horseshoe (issue 4): pre-train a flow on sampler draws, then fine-tune by reverse KL.
 
-    PYTHONPATH=src python benchmarks/warm_start.py --p 200 --out benchmarks/results/warm_start_2026-11-23/p200.json
+    PYTHONPATH=src python benchmarks/warm_start.py --p 200 --out warm_start_p200.json
     PYTHONPATH=src python benchmarks/warm_start.py --quick --out /tmp/warm_quick.json     # CPU, ~1 min
 
 Reverse-KL flows on ``horseshoe_nci60`` settle in a small-scale regime (log tau ~ -4.6, intercept ~ -2) while the
