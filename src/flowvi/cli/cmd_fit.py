@@ -11,6 +11,7 @@ from flowvi.cli.common import add_device_options, format_summary, parse_params
 from flowvi.diagnostics.evaluate import evaluate
 from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.named import write_named_samples
 from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config, write_samples
 from flowvi.training import distributed as dist
 from flowvi.training.distributed import COMM_DTYPES
@@ -27,7 +28,8 @@ def register(sub):
         description="Fit a normalizing flow to TARGET by reverse KL.",
     )
     p.add_argument("target", help="built-in target name (see 'flowvi targets') or path/to/file.py:function")
-    p.add_argument("--dim", type=int, help="target dimension")
+    p.add_argument("--dim", type=int, help="target dimension (not for a Pyro model: its sites give it)")
+    p.add_argument("--data", metavar="FILE", help="a Pyro model's keyword arguments: a .json object or a .npz file")
     p.add_argument("--lattice", type=int, help="lattice size L of a lattice target (e.g. phi4)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="target parameter (repeatable)")
     p.add_argument("--out", help="run directory (default runs/TARGET-TIME)")
@@ -151,6 +153,8 @@ def config_from_args(args) -> dict:
     params = parse_params(args.param)
     if args.dim is not None:
         params["dim"] = args.dim
+    if getattr(args, "data", None):
+        params["data"] = args.data
     if args.lattice is not None:
         params["L"] = args.lattice
     if args.estimator not in ESTIMATOR_NAMES:
@@ -306,6 +310,8 @@ def _run(args):
         ckpt.write_json_atomic(config, out / "config.json")
         world = f" on {dist.world_size()} processes" if dist.world_size() > 1 else ""
         print(f"flowvi fit: {args.target} (d={target.dim}) -> {out}{world}")
+        if hasattr(target, "describe"):  # a Pyro model: its sites
+            print(target.describe())
     dist.barrier()
     if draws is not None:
         info = pretrain_on_draws(
@@ -350,11 +356,12 @@ def _run(args):
     if init is not None and (out / "pretrain.json").exists():
         summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
     ckpt.write_json_atomic(summary, out / "summary.json")
-    write_samples(flow, out / "samples.npy", args.n_samples)
+    samples = write_samples(flow, out / "samples.npy", args.n_samples)
+    write_named_samples(target, samples, out / "samples.npz")
     plot_training_curve(out, summary)
     print(format_summary(summary))
     print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")
-    print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,training_curve.png,flow.pt}}")
+    print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,samples.npz,training_curve.png,flow.pt}}")
     return 0
 
 
