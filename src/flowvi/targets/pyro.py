@@ -68,9 +68,9 @@ def _check_arguments(model, args, kwargs) -> list[str]:
 
 
 def _as_data(value):
-    """Numpy arrays and tensors become tensors (kept as buffers, so ``target.to`` moves them); 0-d arrays
-    become Python numbers (plate sizes, counts); anything else is passed as it is."""
-    if isinstance(value, np.ndarray):
+    """Numeric NumPy arrays become tensors, 0-d ones Python numbers (plate sizes, counts); anything else is
+    passed as it is."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return value.item() if value.ndim == 0 else torch.as_tensor(value)
     return value
 
@@ -125,8 +125,8 @@ class PyroTarget(Target):
 
     ``sites`` lists the latent sites (name, shape, support, bijection), ``deterministic`` the names of the
     ``pyro.deterministic`` sites; :meth:`constrain` maps a batch of unconstrained draws to named, constrained
-    arrays. Model arguments that are tensors or arrays are buffers: ``target.to(device, dtype)`` moves them,
-    and floating data take the dtype of the draws. While the model runs, torch's default dtype and device are
+    arrays. Model arguments that are tensors or arrays go to the device of the draws, floating ones in their
+    dtype (converted once per dtype and device from the originals, so float64 data keep their precision). While the model runs, torch's default dtype and device are
     those of the draws, so constants created in the model (``torch.ones(3)``, ``Normal(0., 5.)``) follow them.
     """
 
@@ -135,8 +135,9 @@ class PyroTarget(Target):
         pyro = _pyro()
         self.model, self.name = model, getattr(model, "__name__", "model")
         self.defaulted = _check_arguments(model, args, kwargs)
-        self._args = [self._keep(f"_arg{i}", _as_data(v)) for i, v in enumerate(args)]
-        self._kwargs = {k: self._keep(f"_kw_{k}", _as_data(v)) for k, v in kwargs.items()}
+        self._args, self._kwargs = [_as_data(v) for v in args], {k: _as_data(v) for k, v in kwargs.items()}
+        self._converted = {}
+        self.register_buffer("_anchor", torch.zeros(()))  # carries the target's device and dtype
         args, kwargs = self._model_args(torch.float64, None)
         old = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)  # supports' bounds (Uniform(0, 0.1)) exact in float64
@@ -155,21 +156,19 @@ class PyroTarget(Target):
         self.shapes = {s.name: s.shape for s in self.sites}
         self.shapes.update({n: tuple(trace.nodes[n]["value"].shape) for n in self.deterministic})
 
-    def _keep(self, key: str, value):
-        if isinstance(value, Tensor):
-            self.register_buffer(key, value)
-            return ("buffer", key)
-        return ("value", value)
-
     def _model_args(self, dtype, device) -> tuple[list, dict]:
-        def get(entry):
-            kind, v = entry
-            if kind == "value":
-                return v
-            t = getattr(self, v)
-            return t.to(device=device or t.device, dtype=dtype if t.is_floating_point() else t.dtype)
+        """The model's arguments with floating tensors in ``dtype`` and every tensor on ``device`` (cached, so
+        the data are converted once per dtype and device, always from the originals)."""
+        key = (dtype, str(device))
+        if key not in self._converted:
 
-        return [get(e) for e in self._args], {k: get(e) for k, e in self._kwargs.items()}
+            def convert(v):
+                if not isinstance(v, Tensor):
+                    return v
+                return v.to(device=device or v.device, dtype=dtype if v.is_floating_point() else v.dtype)
+
+            self._converted[key] = ([convert(v) for v in self._args], {k: convert(v) for k, v in self._kwargs.items()})
+        return self._converted[key]
 
     def _unpack(self, u: Tensor) -> tuple[dict, Tensor]:
         """One draw ``u`` (d,) -> constrained values by site and the summed log |det J| of the bijections."""
