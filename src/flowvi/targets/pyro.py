@@ -120,11 +120,25 @@ def _cast_constraint(constraint, dtype, device):
     return new
 
 
+def _dim_names(site) -> list[str]:
+    """Names of a site's dimensions: its plates' names where a plate sets the dimension, else ``{site}_dim_{i}``."""
+    shape = site["value"].shape
+    names = [f"{site['name']}_dim_{i}" for i in range(len(shape))]
+    # a deterministic site's dims all count as event dims (pyro.deterministic's default); plates still name them
+    batch_rank = len(shape) - (0 if site["infer"].get("_deterministic") else site["fn"].event_dim)
+    for frame in site["cond_indep_stack"]:
+        i = batch_rank + frame.dim if frame.dim is not None else -1
+        if 0 <= i < batch_rank and shape[i] == frame.size:
+            names[i] = frame.name
+    return names
+
+
 class PyroTarget(Target):
     """A Pyro model's posterior over its latent sites in unconstrained coordinates (module docstring).
 
     ``sites`` lists the latent sites (name, shape, support, bijection), ``deterministic`` the names of the
-    ``pyro.deterministic`` sites; :meth:`constrain` maps a batch of unconstrained draws to named, constrained
+    ``pyro.deterministic`` sites, ``shapes`` and ``dims`` (dimension names: plates where they set one) of both;
+    :meth:`constrain` maps a batch of unconstrained draws to named, constrained
     arrays. Model arguments that are tensors or arrays go to the device of the draws, floating ones in their
     dtype (converted once per dtype and device from the originals, so float64 data keep their precision). While the model runs, torch's default dtype and device are
     those of the draws, so constants created in the model (``torch.ones(3)``, ``Normal(0., 5.)``) follow them.
@@ -155,6 +169,7 @@ class PyroTarget(Target):
         self.event_shape = (sum(s.free_size for s in self.sites),)
         self.shapes = {s.name: s.shape for s in self.sites}
         self.shapes.update({n: tuple(trace.nodes[n]["value"].shape) for n in self.deterministic})
+        self.dims = {n: _dim_names(trace.nodes[n]) for n in self.shapes}
 
     def _model_args(self, dtype, device) -> tuple[list, dict]:
         """The model's arguments with floating tensors in ``dtype`` and every tensor on ``device`` (cached, so
