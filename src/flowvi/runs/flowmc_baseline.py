@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowvi.diagnostics.mcmc import summarize_chains
 from flowvi.runs import checkpoint as ckpt
-from flowvi.runs.hmc_baseline import draws_convergence, format_convergence, summarize_draws
+from flowvi.runs.hmc_baseline import draws_convergence, format_convergence
 
 FLOW_FILE = "flowmc_flow.pt"
 
@@ -115,7 +116,7 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     )
     draws = result["draws"]
     t0 = time.perf_counter()
-    stats = summarize_draws(target, draws)
+    stats = summarize_chains(target, draws)
     seconds = {
         "warmup": result["seconds_warmup"],
         "training": result["seconds_training"],
