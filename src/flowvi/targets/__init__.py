@@ -16,6 +16,7 @@ from flowvi.targets.horseshoe import (
     HorseshoeSynthetic,
 )
 from flowvi.targets.phi4 import Phi4
+from flowvi.targets.pymc import PyMCTarget, from_pymc
 from flowvi.targets.pyro import PyroTarget, from_pyro, pyro_target_from_file, uses_pyro
 from flowvi.targets.regression import ConjugateLinearRegression
 from flowvi.targets.regularized_horseshoe import (
@@ -107,11 +108,13 @@ __all__ = [
     "MultivariateStudentT",
     "RegularizedHorseshoeLogisticRegression",
     "RegularizedHorseshoeNCI60",
+    "PyMCTarget",
     "PyroTarget",
     "RegularizedHorseshoeSynthetic",
     "Target",
     "TargetError",
     "checked_log_prob",
+    "from_pymc",
     "from_pyro",
     "load_callable",
     "make_target",
