@@ -279,7 +279,8 @@ def uses_pyro(fn) -> bool:
 
 
 def load_model_data(path) -> dict:
-    """Keyword arguments of a model from ``.json`` (an object; lists become arrays) or ``.npz`` (its arrays)."""
+    """Keyword arguments of a model from ``.json`` (an object; lists become arrays: integer arrays where every
+    number is written without a decimal point, as indices need, else float64) or ``.npz`` (its arrays)."""
     import json
     from pathlib import Path
 
