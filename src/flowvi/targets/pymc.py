@@ -39,7 +39,7 @@ class PyMCTarget(Target):
     """A PyMC model's posterior in PyMC's unconstrained coordinates (module docstring). ``free`` lists the value
     variables (name, shape); :meth:`constrain` maps draws to the model's free and deterministic variables."""
 
-    def __init__(self, model):
+    def __init__(self, model, mode: str | None = None):
         super().__init__()
         from pymc.blocking import DictToArrayBijection
 
@@ -54,8 +54,8 @@ class PyMCTarget(Target):
         self._info = raveled.point_map_info
         self.free = [(name, tuple(shape)) for name, shape, _, _ in self._info]
         self.event_shape = (raveled.data.size,)
-        self._logp = model.compile_logp(jacobian=True)
-        self._dlogp = model.compile_dlogp(jacobian=True)
+        self._logp = model.compile_logp(jacobian=True, mode=mode)
+        self._dlogp = model.compile_dlogp(jacobian=True, mode=mode)
         by_name = {v.name: v for v in model.unobserved_value_vars}
         self._outputs = [by_name[rv.name] for rv in model.unobserved_RVs if rv.name in by_name]
         self._values = model.compile_fn(
@@ -86,11 +86,12 @@ class PyMCTarget(Target):
         return {k: torch.as_tensor(np.stack(v)) for k, v in out.items()}
 
 
-def from_pymc(model) -> PyMCTarget:
+def from_pymc(model, mode: str | None = None) -> PyMCTarget:
     """The posterior of a PyMC ``model`` (a ``pm.Model`` with its observed data) as a flowvi target, in PyMC's
-    unconstrained coordinates, with PyMC's compiled log density and gradient (CPU; needs ``flowvi[pymc]``)."""
+    unconstrained coordinates, with PyMC's compiled log density and gradient (CPU; needs ``flowvi[pymc]``).
+    ``mode``: PyTensor's compilation mode (default: its C backend; ``"PYTORCH"``, ``"NUMBA"``)."""
     try:
         import pymc  # noqa: F401
     except ImportError as e:
         raise ImportError("from_pymc needs PyMC: pip install 'flowvi[pymc]'") from e
-    return PyMCTarget(model)
+    return PyMCTarget(model, mode)
