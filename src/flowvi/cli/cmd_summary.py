@@ -33,7 +33,7 @@ def _header(idata) -> str:
         verdict = "reliable: k < 0.7" if k < 0.7 else "unreliable: k >= 0.7"
         return (
             f"  {n_draw} independent flow draws; importance weights: Pareto k {k:.3f} ({verdict}), "
-            f"ESS/n {stats['ess_per_draw']:.3f}"
+            f"ESS/n {stats['ess_per_draw']:.3f}; R-hat needs chains ('flowvi refine')"
         )
     return f"  refined draws: {n_chain} chains x {n_draw} draws"
 

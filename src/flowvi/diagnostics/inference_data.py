@@ -1,8 +1,8 @@
 """A run directory as an ArviZ ``InferenceData``: named posterior draws, their diagnostics, summaries, plots.
 
 * ``posterior``: the run's draws by variable, in the target's own (constrained) space with named dimensions
-  (plates for a Pyro model): the refined MCMC chains of ``refined_samples.npy`` (chains, draws, d) where the
-  run has them (``flowvi refine``), else the flow's draws (``samples.npz``, or ``samples.npy`` named by the
+  (plates for a Pyro model): the refined MCMC chains of ``refined_samples.npy`` (chains, draws, d), in the
+  flow's coordinates like ``samples.npy``, where the run has them (``flowvi refine``), else the flow's draws (``samples.npz``, or ``samples.npy`` named by the
   target), as one chain of independent draws.
 * ``sample_stats``: ``lp``, the target's unconstrained log density of each draw; for flow draws also
   ``log_weight``, the importance log weight ``log p(x) - log q(x)``, with the Pareto k-hat of the weights and
