@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from regularized_horseshoe import TARGET, finish, hmc_reference, regimes, scores  # noqa: E402
 
+from flowvi.diagnostics.mcmc import summarize_chains
 from flowvi.flows.realnvp import realnvp
-from flowvi.runs.hmc_baseline import summarize_draws
 from flowvi.samplers.adaptive_hmc import adaptive_hmc
 from flowvi.samplers.flowmc import flowmc
 from flowvi.studies.stability import zero_guess_scores
@@ -52,7 +52,7 @@ from flowvi.targets import make_target
 
 def sampler_row(name: str, target, draws: torch.Tensor, ref: dict, seconds: float, device) -> dict:
     """Convergence, efficiency and scores of ``draws`` (chains, n, d) against the reference summary ``ref``."""
-    s = summarize_draws(target, draws, device=device)
+    s = summarize_chains(target, draws, device=device)
     theta = draws.reshape(-1, target.dim).cpu().double()
     with torch.no_grad():
         coef = target.coefficients(theta).numpy()

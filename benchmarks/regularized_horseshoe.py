@@ -8,7 +8,7 @@ On ``regularized_horseshoe_nci60`` (Piironen & Vehtari 2017; :mod:`flowvi.target
 genes, this runs
 
 * many-chain HMC (:func:`flowvi.samplers.adaptive_hmc.adaptive_hmc`, dispersed starts) as the reference, with
-  split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.runs.hmc_baseline.summarize_draws`, on the sampler's device);
+  split and rank-normalized R-hat and ESS of beta and of all coordinates (:func:`flowvi.diagnostics.mcmc.summarize_chains`, on the sampler's device);
 * flows trained by reverse KL (``--variants``: ``realnvp`` = Real NVP with the asymmetric clamp and LOFT,
   ``spline`` = the same with the elementwise spline, ``hier`` = with the target's hierarchical couplings
   (:mod:`flowvi.transforms.hierarchical`), ``hier-spline`` = both; a ``-fab`` suffix continues with ``--fab-steps``
@@ -43,9 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flowvi.diagnostics.importance import psis_log_weights, summarize
-from flowvi.diagnostics.mcmc import convergence_info
+from flowvi.diagnostics.mcmc import convergence_info, summarize_chains
 from flowvi.runs import checkpoint as ckpt
-from flowvi.runs.hmc_baseline import summarize_draws
 from flowvi.runs.run_dir import build
 from flowvi.samplers.adaptive_hmc import adaptive_hmc
 from flowvi.samplers.smc import run_smc
@@ -104,7 +103,7 @@ def hmc_reference(
     )
     seconds = time.perf_counter() - t0
     # Summaries in torch on the sampler's device (the NumPy ones take seconds per chain at d = 4003).
-    ref = summarize_draws(target, r["draws"], device=device)
+    ref = summarize_chains(target, r["draws"], device=device)
     draws = r["draws"].cpu().numpy()
     info = convergence_info(ref)
     # the global coordinates by name: log tau, beta0, log c^2
@@ -114,7 +113,7 @@ def hmc_reference(
     info["bulk_ess_global"] = {k: float(ref["bulk_ess_theta"][j]) for k, j in names.items()}
     # exact-sampler ceiling: the second half of the chains scored against the first half
     half = chains // 2
-    ref_a = summarize_draws(target, r["draws"][:half], device=device)
+    ref_a = summarize_chains(target, r["draws"][:half], device=device)
     with torch.no_grad():
         coef_b = target.coefficients(torch.as_tensor(draws[half:].reshape(-1, target.dim))).numpy()
     row = {

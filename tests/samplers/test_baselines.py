@@ -49,7 +49,6 @@ def test_smc_final_particles_sample_the_target():
 
 
 def test_nuts_recovers_gaussian_moments():
-    pytest.importorskip("pyro")
     from flowvi.samplers.nuts import run_nuts
 
     target = make_target("gaussian", dim=3, rho=0.8, condition=9.0).double()
@@ -65,7 +64,6 @@ def test_nuts_recovers_gaussian_moments():
 def test_chain_diagnostics_match_pyro():
     """flowvi reads divergences and acceptance from the chain (Pyro's MCMC.diagnostics() also recomputes ESS
     and R-hat with memory quadratic in the draws); both routes must agree."""
-    pytest.importorskip("pyro")
     import pyro
     from pyro.infer import MCMC, NUTS
 
@@ -109,7 +107,6 @@ def test_cli_smc_writes_run_directory(tmp_path, capsys):
 
 
 def test_cli_nuts_writes_run_directory(tmp_path):
-    pytest.importorskip("pyro")
     out = tmp_path / "nuts"
     rc = main(
         [

@@ -23,6 +23,7 @@ from flowvi.diagnostics.evaluate import evaluate
 from flowvi.flows.phi4 import z2_proposal
 from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
+from flowvi.runs.named import write_named_samples
 from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config, write_samples
 from flowvi.runs.run_files import check_out, start_run
 from flowvi.targets.guard import guarded
@@ -41,7 +42,8 @@ def register(sub):
         description="Fit a normalizing flow to TARGET by reverse KL.",
     )
     p.add_argument("target", help="built-in target name (see 'flowvi targets') or path/to/file.py:function")
-    p.add_argument("--dim", type=int, help="target dimension")
+    p.add_argument("--dim", type=int, help="target dimension (not for a Pyro model: its sites give it)")
+    p.add_argument("--data", metavar="FILE", help="a Pyro model's keyword arguments: a .json object or a .npz file")
     p.add_argument("--lattice", type=int, help="lattice size L of a lattice target (e.g. phi4)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="target parameter (repeatable)")
     p.add_argument("--out", help="run directory (default runs/TARGET-TIME)")
@@ -175,6 +177,8 @@ def config_from_args(args) -> dict:
     params = parse_params(args.param)
     if args.dim is not None:
         params["dim"] = args.dim
+    if getattr(args, "data", None):
+        params["data"] = args.data
     if args.lattice is not None:
         params["L"] = args.lattice
     if args.estimator not in ESTIMATOR_NAMES:
@@ -349,6 +353,8 @@ def _run(args):
         start_run(out, config, "fit", resume=args.resume, force=args.force)
         world = f" on {dist.world_size()} processes" if dist.world_size() > 1 else ""
         print(f"flowvi fit: {args.target} (d={target.dim}) -> {out}{world}")
+        if hasattr(target, "describe"):  # a Pyro model: its sites
+            print(target.describe())
     dist.barrier()
     if draws is not None:
         info = pretrain_on_draws(
@@ -397,9 +403,10 @@ def _run(args):
     print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")
     ckpt.save_atomic(flow.state_dict(), out / "flow.pt")
     ckpt.write_json_atomic(summary, out / "summary.json")
-    write_samples(z2_proposal(flow), out / "samples.npy", args.n_samples)  # phi^4: its Z2 mixture
+    samples = write_samples(z2_proposal(flow), out / "samples.npy", args.n_samples)  # phi^4: its Z2 mixture
+    write_named_samples(target, samples, out / "samples.npz")
     plot_training_curve(out, summary)
-    print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,training_curve.png,flow.pt}}")
+    print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,samples.npz,training_curve.png,flow.pt}}")
     return 0
 
 

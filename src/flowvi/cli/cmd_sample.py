@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flowvi.cli.common import add_device_options
 from flowvi.flows.phi4 import z2_proposal
+from flowvi.runs.named import write_named_samples
 from flowvi.runs.run_dir import load_run, write_samples
 
 
@@ -26,9 +27,10 @@ def run(args):
 
     if args.n < 1:
         raise ValueError(f"-n must be positive, got {args.n}")
-    flow, _, _ = load_run(args.run_dir, device=args.device)
+    flow, target, _ = load_run(args.run_dir, device=args.device)
     torch.manual_seed(args.seed)
     out = Path(args.output or Path(args.run_dir) / f"samples-{args.n}.npy")
     samples = write_samples(z2_proposal(flow), out, args.n)
-    print(f"wrote {samples.shape[0]} draws of dimension {samples.shape[1:]} to {out}")
+    named = write_named_samples(target, samples, out.with_suffix(".npz"))
+    print(f"wrote {samples.shape[0]} draws of dimension {samples.shape[1:]} to {out} (by name: {named})")
     return 0

@@ -75,12 +75,16 @@ def gpd_fit(x: np.ndarray) -> tuple[float, float]:
     return float(k_hat), float(sigma)
 
 
+def _tail_size(n: int) -> int:
+    """PSIS tail length ``M = ceil(min(n/5, 3 sqrt(n)))`` (Vehtari et al. 2024, Sec. 3; rounded up as in ArviZ)."""
+    return math.ceil(min(n / 5, 3 * math.sqrt(n)))
+
+
 def _tail_fit(a: np.ndarray):
-    """The PSIS tail of finite log weights ``a``: (indices of the ``m = min(n/5, 3 sqrt(n))`` largest,
+    """The PSIS tail of finite log weights ``a``: (indices of the :func:`_tail_size` largest,
     log threshold, log of the largest weight, k, sigma) or None when the tail cannot be fitted. The
     exceedances are taken relative to the largest weight (``exp(a - max)``) so nothing overflows."""
-    n = len(a)
-    m = int(min(n / 5, 3 * math.sqrt(n)))
+    m = _tail_size(len(a))
     if m < 5:
         return None
     order = np.argsort(a)
@@ -88,18 +92,23 @@ def _tail_fit(a: np.ndarray):
     top = tail[-1]
     exceed = np.exp(tail[1:] - top) - np.exp(tail[0] - top)
     if np.count_nonzero(exceed > 0) < 5:
-        return None
+        if np.count_nonzero(tail[1:] > tail[0]) < 5:
+            return None
+        # the tail's weights underflow next to the largest (more than ~745 nats below it): that one weight is
+        # all of them, the tail is infinitely heavy (ArviZ's psislw says k = inf too)
+        return order[-m:], tail[0], top, float("inf"), float("nan")
     k, sigma = gpd_fit(exceed[exceed > 0])
     return order[-m:], tail[0], top, k, sigma
 
 
 def pareto_k(log_w) -> float:
-    """Pareto k-hat of the largest ``min(n/5, 3 sqrt(n))`` importance weights."""
+    """Pareto k-hat of the largest ``ceil(min(n/5, 3 sqrt(n)))`` importance weights; equal to ``arviz.psislw``'s
+    (tests/diagnostics/test_arviz_agreement.py), without converting to xarray, on NumPy or torch log weights."""
     a = _as_numpy(log_w)
     a = a[np.isfinite(a)]
     fit = _tail_fit(a)
     if fit is None:
-        m = int(min(len(a) / 5, 3 * math.sqrt(len(a))))
+        m = _tail_size(len(a))
         return float("-inf") if m >= 5 and np.ptp(np.sort(a)[-(m + 1) :]) == 0 else float("nan")
     return fit[3]
 
@@ -108,7 +117,7 @@ def psis_log_weights(log_w) -> tuple[np.ndarray, float]:
     """Pareto-smoothed importance log weights and their k-hat (Vehtari, Simpson, Gelman, Yao & Gabry 2024,
     *Pareto smoothed importance sampling*, JMLR 25:72, Alg. 1).
 
-    The ``m = min(n/5, 3 sqrt(n))`` largest weights are replaced by the expected order statistics of the
+    The ``m = ceil(min(n/5, 3 sqrt(n)))`` largest weights are replaced by the expected order statistics of the
     generalized Pareto fitted to them, ``u + sigma/k ((1 - p_z)^(-k) - 1)`` with ``p_z = (z - 1/2)/m``,
     truncated at the largest raw weight; the other weights are unchanged. Self-normalized estimates
     ``sum_i w_i f(x_i) / sum_i w_i`` with these weights have finite variance and a bias that vanishes with n
@@ -120,6 +129,8 @@ def psis_log_weights(log_w) -> tuple[np.ndarray, float]:
     if fit is None:
         return a, float("nan")
     idx, log_u, top, k, sigma = fit
+    if not math.isfinite(k):
+        return a, float(k)
     m = len(idx)
     p = (np.arange(1, m + 1) - 0.5) / m
     q = sigma * np.expm1(-k * np.log1p(-p)) / k if abs(k) > 1e-12 else -sigma * np.log1p(-p)

@@ -1,32 +1,27 @@
-"""Small posterior reference files from MCMC draws: per-coordinate mean, sd, quantiles, R-hat and effective sample size.
+"""MCMC convergence diagnostics (R-hat, bulk/tail ESS) and small posterior reference files from many chains.
 
-A NUTS run at d = 4002 produces hundreds of MB of draws; what the stability study needs from it is the
-posterior mean and standard deviation of each compared coordinate (the horseshoe's beta) and the draws of a
-few coordinates for plots. :func:`summarize_chains` computes these with the convergence diagnostics of
-Gelman et al. (2013, *Bayesian Data Analysis*, 3rd ed., Sec. 11.4-11.5):
+One implementation per statistic, in torch (CPU or GPU, vectorized over coordinates; ArviZ loops over them in
+Python), equal to ArviZ's (``arviz.rhat``, ``arviz.ess``; tests/diagnostics/test_arviz_agreement.py). Every
+function takes draws (chains, n, ...) as a NumPy array or a torch tensor and returns the same kind. Formulas
+(Vehtari, Gelman, Simpson, Carpenter & Buerkner 2021, "Rank-normalization, folding, and localization: an
+improved R-hat for assessing convergence of MCMC", *Bayesian Analysis* 16(2); Gelman et al. 2013, *BDA3*
+Sec. 11.4-11.5):
 
-* split R-hat: each chain is cut in two halves (m sequences of length n); with W the mean within-sequence
-  variance and B/n the variance of the sequence means, ``var+ = (n - 1)/n W + B/n`` and
-  ``R-hat = sqrt(var+ / W)`` (near 1 when the chains agree);
-* effective sample size ``ESS = m n / (1 + 2 sum_t rho_t)``, with the combined autocorrelation
-  ``rho_t = 1 - (W - mean_j acov_j(t)) / var+`` summed over Geyer's initial positive, monotone sequence of
-  pair sums ``rho_{2k} + rho_{2k+1}``.
+* split chains: every chain's first and last ``n // 2`` draws (the middle draw of an odd chain is left out);
+* R-hat of m sequences of length n: with W the mean within-sequence variance and B/n the variance of the
+  sequence means, ``var+ = (n - 1)/n W + B/n`` and ``R-hat = sqrt(var+ / W)``; :func:`split_rhat` on the split
+  chains; :func:`bulk_rhat` on their rank-normalized draws ``z = Phi^{-1}((r - 3/8) / (S + 1/4))`` (ranks r
+  pooled over all S split draws, ties averaged); :func:`tail_rhat` on the rank-normalized folded draws
+  ``|x - median|``; :func:`rank_rhat` = max(bulk, tail) (recommended below 1.01);
+* ESS ``= m n / tau`` with ``tau = -1 + 2 sum_k P_k + rho_{2K}``, ``P_k = rho_{2k} + rho_{2k+1}`` the pair sums
+  of the combined autocorrelation ``rho_t = 1 - (W - mean_j acov_j(t)) / var+`` over Geyer's initial positive
+  sequence (k < K, the first non-positive pair), made monotone, plus the next even lag where positive (Stan's
+  and ArviZ's improvement), and ``tau >= 1 / log10(m n)``; :func:`effective_sample_size` of the split chains,
+  :func:`bulk_ess` of their rank-normalized draws, :func:`tail_ess` the smaller ESS of ``I(x <= q05)`` and
+  ``I(x <= q95)`` (pooled quantiles of all draws).
 
-Both assume finite variances and measure the convergence of means. For heavy tails (the horseshoe's beta,
-whose marginal prior has Cauchy-like tails) they are unreliable, and the rank-normalized versions of Vehtari,
-Gelman, Simpson, Carpenter & Buerkner (2021, "Rank-normalization, folding, and localization: an improved R-hat
-for assessing convergence of MCMC", *Bayesian Analysis* 16(2), Sec. 4) are computed besides:
-
-* rank normalization (:func:`rank_normalize`): the S draws of a coordinate, pooled over the (split) chains,
-  are ranked (average ranks for ties) and mapped to ``z = Phi^{-1}((r - 3/8) / (S + 1/4))``;
-* bulk R-hat (:func:`bulk_rhat`): split R-hat of the rank-normalized draws; tail R-hat (:func:`tail_rhat`):
-  split R-hat of the rank-normalized folded draws ``|x - median(x)|``; :func:`rank_rhat` = max(bulk, tail);
-* bulk-ESS (:func:`bulk_ess`): ESS of the rank-normalized split chains; tail-ESS (:func:`tail_ess`): the smaller
-  of the ESS of the indicators ``I(x <= q05)`` and ``I(x <= q95)`` (split chains, pooled quantiles).
-
-As in the paper, the chains are split first and the ranks, medians and quantiles of the diagnostics are those of
-the split draws (for an odd number of draws per chain the middle draw of every chain is left out).
-
+:func:`summarize_chains` computes these per coordinate with pooled quantiles, in blocks of coordinates for draws
+too large for one pass (512 chains x 1000 draws x 4002 coordinates), on the draws' device;
 :func:`write_reference` stores the result as ``.npz``, read by ``flowvi study stability --reference FILE``.
 """
 
@@ -34,182 +29,257 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import ndtri
-from scipy.stats import rankdata
+from torch import Tensor
 
 #: the pooled quantiles a reference stores per compared coordinate (key, probability)
 QUANTILES = (("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("q95", 0.95))
 
 
-def split_chains(x: np.ndarray) -> np.ndarray:
-    """(chains, n, d) -> (2 chains, n // 2, d): the first and second half of every chain."""
+def _tensor(x) -> Tensor:
+    return torch.as_tensor(x).to(torch.float64)
+
+
+def _like(t: Tensor, x):
+    """``t`` as the kind of ``x``: a tensor for a tensor, else a NumPy array."""
+    return t if isinstance(x, Tensor) else t.cpu().numpy()
+
+
+def split_chains(x):
+    """(chains, n, ...) -> (2 chains, n // 2, ...): every chain's first and last ``n // 2`` draws."""
     half = x.shape[1] // 2
-    return np.concatenate([x[:, :half], x[:, half : 2 * half]], axis=0)
+    if isinstance(x, Tensor):
+        return torch.cat([x[:, :half], x[:, x.shape[1] - half :]], 0)
+    return np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
 
 
-def _rhat(s: np.ndarray) -> np.ndarray:
-    """R-hat per coordinate of sequences ``s`` (m, n, d) that are already split."""
+def _rhat(s: Tensor) -> Tensor:
+    """R-hat per coordinate of sequences ``s`` (m, n, d) that are already split (NaN where every sequence is
+    constant, inf where they are constant at different values, as in ArviZ)."""
     n = s.shape[1]
-    w = s.var(1, ddof=1).mean(0)
-    b_over_n = s.mean(1).var(0, ddof=1)
-    var_plus = (n - 1) / n * w + b_over_n
-    return np.sqrt(var_plus / np.maximum(w, 1e-300))
+    w = s.var(1, correction=1).mean(0)
+    var_plus = (n - 1) / n * w + s.mean(1).var(0, correction=1)
+    return torch.sqrt(var_plus / w)
 
 
-def split_rhat(x: np.ndarray) -> np.ndarray:
-    """Split R-hat per coordinate of draws ``x`` (chains, n, d)."""
-    return _rhat(split_chains(np.asarray(x, dtype=np.float64)))
-
-
-def autocovariance(x: np.ndarray) -> np.ndarray:
-    """Biased autocovariance along axis 1 of (chains, n, d), by FFT; lag 0 is the variance (ddof 0)."""
-    n = x.shape[1]
-    centred = x - x.mean(1, keepdims=True)
+def autocovariance(s: Tensor) -> Tensor:
+    """Biased autocovariance along dim 1 of (m, n, d), by FFT; lag 0 is the variance (ddof 0)."""
+    n = s.shape[1]
+    centred = s - s.mean(1, keepdim=True)
     size = 1 << (2 * n - 1).bit_length()
-    f = np.fft.rfft(centred, n=size, axis=1)
-    return np.fft.irfft(f * np.conj(f), n=size, axis=1)[:, :n] / n
+    f = torch.fft.rfft(centred, n=size, dim=1)
+    return torch.fft.irfft(f.real**2 + f.imag**2, n=size, dim=1)[:, :n] / n
 
 
-def _ess(s: np.ndarray) -> np.ndarray:
-    """ESS per coordinate of sequences ``s`` (m, n, d) that are already split (Geyer's initial monotone sequence)."""
+def _ess(s: Tensor) -> Tensor:
+    """ESS per coordinate of sequences ``s`` (m, n, d) that are already split (module docstring; ArviZ's
+    ``_ess`` vectorized: its loops end at the first non-positive pair sum, or at lag n - 2)."""
     m, n, _ = s.shape
-    acov = autocovariance(s)  # (m, n, d)
-    w = s.var(1, ddof=1).mean(0)
-    var_plus = (n - 1) / n * w + s.mean(1).var(0, ddof=1)
-    rho = 1.0 - (w - acov.mean(0)) / np.maximum(var_plus, 1e-300)  # (n, d); rho[0] = 1 up to the ddof factor
+    w = s.var(1, correction=1).mean(0)
+    var_plus = (n - 1) / n * w + (s.mean(1).var(0, correction=1) if m > 1 else 0.0)
+    rho = 1.0 - (w - autocovariance(s).mean(0)) / var_plus.clamp(min=1e-300)  # (n, d)
     rho[0] = 1.0
-    pairs = rho[0 : n - 1 : 2] + rho[1:n:2]  # (n // 2, d): P_k = rho_2k + rho_2k+1
-    positive = np.cumprod(pairs > 0, axis=0).astype(bool)  # initial positive sequence
-    monotone = np.minimum.accumulate(np.where(positive, pairs, np.inf), axis=0)  # initial monotone sequence
-    tau = -1.0 + 2.0 * np.where(positive, monotone, 0.0).sum(0)
-    return m * n / np.maximum(tau, 1.0 / np.log10(max(m * n, 10)))
+    k_max = max((n - 3) // 2, 0)  # the last pair sum ArviZ's loop computes
+    pairs = rho[0 : 2 * k_max + 1 : 2] + rho[1 : 2 * k_max + 2 : 2]  # P_0 .. P_kmax
+    j = torch.cumprod((pairs > 0).to(torch.int8), 0).sum(0)  # leading positive pair sums
+    last = j.clamp(max=k_max)
+    monotone = torch.cummin(pairs, 0).values
+    kept = torch.arange(len(pairs), device=s.device)[:, None] < last
+    rho_last = rho[2 * last, torch.arange(s.shape[2], device=s.device)]
+    pair_last = pairs[last, torch.arange(s.shape[2], device=s.device)]
+    extra = torch.where((rho_last > 0) | (pair_last == 0) | (j > k_max), rho_last, 0.0)
+    tau = -1.0 + 2.0 * torch.where(kept, monotone, 0.0).sum(0) + extra
+    ess = m * n / tau.clamp(min=1.0 / math.log10(m * n))
+    constant = (s.amax((0, 1)) - s.amin((0, 1))) < np.finfo(np.float64).resolution
+    return torch.where(constant, torch.full_like(ess, m * n), ess)
 
 
-def effective_sample_size(x: np.ndarray) -> np.ndarray:
-    """ESS per coordinate of draws ``x`` (chains, n, d), over the split chains (Geyer's initial monotone sequence)."""
-    return _ess(split_chains(np.asarray(x, dtype=np.float64)))
-
-
-def quantiles_sorted(v: np.ndarray, q: float) -> np.ndarray:
-    """Quantile ``q`` along axis 0 of ``v`` sorted along axis 0: linear interpolation between order statistics at
-    position ``(S - 1) q`` (NumPy's default ``method="linear"``, R's type 7), written out so that the torch
-    version (:func:`flowvi.runs.hmc_baseline.quantiles_sorted_torch`) computes the same numbers."""
+def quantiles_sorted(v, q: float):
+    """Quantile ``q`` along dim 0 of ``v`` sorted along dim 0: linear interpolation between order statistics at
+    position ``(S - 1) q`` (NumPy's default, R's type 7, ArviZ's)."""
     h = (v.shape[0] - 1) * q
     lo = int(np.floor(h))
     hi = min(lo + 1, v.shape[0] - 1)
     return v[lo] + (h - lo) * (v[hi] - v[lo])
 
 
-def pooled_quantiles(x: np.ndarray) -> dict:
-    """:data:`QUANTILES` (``q05``, ``q25``, ``median``, ``q75``, ``q95``) per coordinate of draws ``x``
-    (chains, n, d), pooled over chains and draws."""
-    x = np.asarray(x, dtype=np.float64)
-    v = np.sort(x.reshape(x.shape[0] * x.shape[1], -1), axis=0)
-    return {key: quantiles_sorted(v, q) for key, q in QUANTILES}
+def _sort_and_rank(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted values and ranks (1..S, float64) along dim 0 of ``flat`` (S, d); tied values get the average of
+    their ranks, as ``scipy.stats.rankdata`` does (a rejected proposal repeats the previous draw). One sort;
+    the first and last position of each run of equal values by cumulative maxima, along the last dim of a
+    (d, S) copy (contiguous: much faster on a GPU)."""
+    v, order = torch.sort(flat.T.contiguous(), dim=1)
+    n_draws = v.shape[1]
+    pos = torch.arange(n_draws, device=v.device).expand_as(v)
+    first = torch.ones_like(v, dtype=torch.bool)
+    first[:, 1:] = v[:, 1:] != v[:, :-1]
+    last = torch.ones_like(first)
+    last[:, :-1] = first[:, 1:]
+    zero = torch.zeros((), dtype=pos.dtype, device=v.device)
+    start = torch.cummax(torch.where(first, pos, zero), 1).values  # first position of each value's run
+    end = (n_draws - 1) - torch.cummax(torch.where(last.flip(1), pos, zero), 1).values.flip(1)  # its last
+    average = (start + end).to(torch.float64) / 2 + 1
+    return v.T, torch.empty_like(average).scatter_(1, order, average).T
 
 
-def rank_normalize(x: np.ndarray) -> np.ndarray:
-    """Rank-normalized draws (Vehtari et al. 2021, Sec. 4.1) of ``x`` (chains, n, ...): per coordinate, the
-    ``S = chains * n`` pooled draws get ranks r (1..S, ties the average of their ranks) and become
-    ``z = Phi^{-1}((r - 3/8) / (S + 1/4))`` (Blom's normal scores); same shape as ``x``."""
-    x = np.asarray(x, dtype=np.float64)
-    s = x.shape[0] * x.shape[1]
-    r = rankdata(x.reshape(s, -1), method="average", axis=0)
-    return ndtri((r - 0.375) / (s + 0.25)).reshape(x.shape)
+def _normal_scores(ranks: Tensor) -> Tensor:
+    """``Phi^{-1}((r - 3/8) / (S + 1/4))`` of ranks (S, d)."""
+    return torch.special.ndtri((ranks - 0.375) / (ranks.shape[0] + 0.25))
 
 
-def fold(s: np.ndarray) -> np.ndarray:
-    """Folded draws ``|x - median(x)|`` of (chains, n, d), the median pooled over chains and draws."""
-    v = np.sort(s.reshape(s.shape[0] * s.shape[1], -1), axis=0)
-    return np.abs(s - quantiles_sorted(v, 0.5))
+def rank_normalize(x):
+    """Normal scores of the ranks of draws (chains, n, ...) pooled over chains and draws (ties: average ranks)."""
+    t = _tensor(x)
+    z = _normal_scores(_sort_and_rank(t.reshape(t.shape[0] * t.shape[1], -1))[1]).reshape(t.shape)
+    return _like(z, x)
 
 
-def bulk_rhat(x: np.ndarray) -> np.ndarray:
-    """Bulk R-hat per coordinate of ``x`` (chains, n, d): split R-hat of the rank-normalized split chains
-    (Vehtari et al. 2021, Sec. 4.1); sensitive to chains that differ in location."""
-    return _rhat(rank_normalize(split_chains(np.asarray(x, dtype=np.float64))))
+def rank_diagnostics(x, tail: bool = True) -> dict:
+    """``bulk_rhat``, ``tail_rhat``, ``rank_rhat`` (their maximum), ``bulk_ess`` and, with ``tail``,
+    ``tail_ess`` per coordinate of draws (chains, n, d), from one sort of the split draws and one of the folded
+    ones; tensors on the draws' device."""
+    t = _tensor(x)
+    s = split_chains(t)
+    m, n, d = s.shape
+    flat = s.reshape(m * n, d)
+    v, ranks = _sort_and_rank(flat)
+    folded = (flat - quantiles_sorted(v, 0.5)).abs()
+    z_fold = _normal_scores(_sort_and_rank(folded)[1]).reshape(m, n, d)
+    z = _normal_scores(ranks).reshape(m, n, d)
+    out = {"bulk_rhat": _rhat(z), "tail_rhat": _rhat(z_fold), "bulk_ess": _ess(z)}
+    out["rank_rhat"] = torch.maximum(out["bulk_rhat"], out["tail_rhat"])
+    if tail:
+        if t.shape[1] % 2:  # the quantiles are those of all draws, the middle ones of odd chains included
+            v = torch.sort(t.reshape(-1, d), dim=0).values
+        lo = (s <= quantiles_sorted(v, 0.05)).to(torch.float64)
+        hi = (s <= quantiles_sorted(v, 0.95)).to(torch.float64)
+        out["tail_ess"] = torch.minimum(_ess(lo), _ess(hi))
+    return out
 
 
-def tail_rhat(x: np.ndarray) -> np.ndarray:
-    """Tail (folded) R-hat per coordinate of ``x`` (chains, n, d): split R-hat of the rank-normalized folded
-    split chains ``|x - median(x)|`` (Vehtari et al. 2021, Sec. 4.2); sensitive to chains that differ in scale."""
-    return _rhat(rank_normalize(fold(split_chains(np.asarray(x, dtype=np.float64)))))
+def split_rhat(x):
+    """Split R-hat per coordinate of draws (chains, n, d) (``arviz.rhat(method="split")``)."""
+    return _like(_rhat(split_chains(_tensor(x))), x)
 
 
-def rank_rhat(x: np.ndarray) -> np.ndarray:
-    """Rank-normalized split R-hat per coordinate of ``x`` (chains, n, d): ``max(bulk_rhat, tail_rhat)``
-    (Vehtari et al. 2021, Sec. 4.2: recommended to be below 1.01). Defined for any distribution, finite
-    variance or not; the bulk part is invariant to monotone transformations of the draws."""
-    return np.maximum(bulk_rhat(x), tail_rhat(x))
+def effective_sample_size(x):
+    """ESS per coordinate of draws (chains, n, d) over the split chains (``arviz.ess(method="mean")``)."""
+    return _like(_ess(split_chains(_tensor(x))), x)
 
 
-def bulk_ess(x: np.ndarray) -> np.ndarray:
-    """Bulk-ESS per coordinate of ``x`` (chains, n, d): :func:`effective_sample_size` of the rank-normalized
-    split chains (Vehtari et al. 2021, Sec. 4.3); the efficiency of location summaries (median; the mean where
-    the variance is finite)."""
-    return _ess(rank_normalize(split_chains(np.asarray(x, dtype=np.float64))))
+def bulk_rhat(x):
+    """Bulk R-hat (``arviz.rhat(method="z_scale")``): R-hat of the rank-normalized split chains."""
+    return _like(rank_diagnostics(x, tail=False)["bulk_rhat"], x)
 
 
-def tail_ess(x: np.ndarray) -> np.ndarray:
-    """Tail-ESS per coordinate of ``x`` (chains, n, d): the smaller of the ESS of ``I(x <= q05)`` and
-    ``I(x <= q95)`` over the split chains, q05 and q95 the pooled 5 % and 95 % quantiles (Vehtari et al. 2021,
-    Sec. 4.3); the efficiency of the 5 % and 95 % quantiles (90 % intervals)."""
-    s = split_chains(np.asarray(x, dtype=np.float64))
-    v = np.sort(s.reshape(s.shape[0] * s.shape[1], -1), axis=0)
-    return np.minimum(
-        _ess((s <= quantiles_sorted(v, 0.05)).astype(np.float64)),
-        _ess((s <= quantiles_sorted(v, 0.95)).astype(np.float64)),
-    )
+def tail_rhat(x):
+    """Tail R-hat (``arviz.rhat(method="folded")``): of the rank-normalized folded split chains."""
+    return _like(rank_diagnostics(x, tail=False)["tail_rhat"], x)
 
 
-def summarize_chains(target, chains: np.ndarray, n_plot: int = 4, thin_plot: int = 1) -> dict:
-    """Reference summary of MCMC draws ``chains`` (chains, n, target.dim) of ``target``.
+def rank_rhat(x):
+    """Rank-normalized split R-hat, max(bulk, tail) (``arviz.rhat``'s default ``method="rank"``)."""
+    return _like(rank_diagnostics(x, tail=False)["rank_rhat"], x)
 
-    Returns ``mean``, ``sd``, the quantiles ``q05``, ``q25``, ``median``, ``q75``, ``q95`` (over all draws),
-    ``rhat``, ``ess`` (split R-hat and ESS), ``rank_rhat``, ``bulk_ess``, ``tail_ess`` (rank-normalized) of the
-    compared coordinates (the target's ``coefficients(x)`` where defined, e.g. the horseshoe's beta, else x),
-    ``rhat_theta``/``ess_theta`` and ``rank_rhat_theta``/``bulk_ess_theta`` of the raw coordinates, ``plot``
-    (the ``n_plot`` coordinates of largest |mean|/sd) and their ``draws``.
-    """
-    from flowvi.targets.base import coordinates
 
-    chains = np.asarray(chains, dtype=np.float64)
-    if chains.ndim != 3 or chains.shape[2] != target.dim:
-        raise ValueError(f"chains must have shape (chains, n, {target.dim}); got {chains.shape}")
-    if chains.shape[1] < 4:
-        raise ValueError(f"need at least 4 draws per chain, got {chains.shape[1]}")
-    c, n, d = chains.shape
-    with torch.no_grad():
-        flat = torch.as_tensor(chains.reshape(c * n, d), dtype=torch.float64)
-        # a float64 copy: Module.to converts in place, and the caller's target must keep its dtype
-        coords = coordinates(copy.deepcopy(target).to(torch.float64), flat).numpy().reshape(c, n, -1)
-    mean, sd = coords.reshape(c * n, -1).mean(0), coords.reshape(c * n, -1).std(0)
-    plot = np.argsort(-np.abs(mean) / np.maximum(sd, 1e-12), kind="stable")[:n_plot]
+def bulk_ess(x):
+    """Bulk-ESS (``arviz.ess``'s default ``method="bulk"``): ESS of the rank-normalized split chains."""
+    return _like(rank_diagnostics(x, tail=False)["bulk_ess"], x)
+
+
+def tail_ess(x):
+    """Tail-ESS (``arviz.ess(method="tail")``): the smaller ESS of I(x <= q05) and I(x <= q95)."""
+    return _like(rank_diagnostics(x)["tail_ess"], x)
+
+
+def pooled_quantiles(x) -> dict:
+    """:data:`QUANTILES` (``q05``, ``q25``, ``median``, ``q75``, ``q95``) per coordinate of draws (chains, n, d),
+    pooled over chains and draws."""
+    t = torch.as_tensor(x)
+    v = torch.sort(t.reshape(t.shape[0] * t.shape[1], -1), dim=0).values
+    return {key: _like(quantiles_sorted(v, q), x) for key, q in QUANTILES}
+
+
+def _coordinate_stats(x: Tensor) -> dict:
+    """Per compared coordinate: pooled quantiles, split R-hat and ESS, rank R-hat, bulk- and tail-ESS."""
+    r = rank_diagnostics(x)
+    s = split_chains(x)
     return {
-        "mean": mean,
-        "sd": sd,
-        **pooled_quantiles(coords),
-        "rhat": split_rhat(coords),
-        "ess": effective_sample_size(coords),
-        "rank_rhat": rank_rhat(coords),
-        "bulk_ess": bulk_ess(coords),
-        "tail_ess": tail_ess(coords),
-        "rhat_theta": split_rhat(chains),
-        "ess_theta": effective_sample_size(chains),
-        "rank_rhat_theta": rank_rhat(chains),
-        "bulk_ess_theta": bulk_ess(chains),
-        "plot": plot,
-        "draws": coords.reshape(c * n, -1)[::thin_plot, plot],
+        **pooled_quantiles(x),
+        "rhat": _rhat(s),
+        "ess": _ess(s),
+        "rank_rhat": r["rank_rhat"],
+        "bulk_ess": r["bulk_ess"],
+        "tail_ess": r["tail_ess"],
     }
 
 
+def _theta_stats(x: Tensor) -> dict:
+    """Per raw coordinate: split R-hat and ESS, rank R-hat and bulk-ESS."""
+    r = rank_diagnostics(x, tail=False)
+    s = split_chains(x)
+    return {
+        "rhat_theta": _rhat(s),
+        "ess_theta": _ess(s),
+        "rank_rhat_theta": r["rank_rhat"],
+        "bulk_ess_theta": r["bulk_ess"],
+    }
+
+
+def _blockwise(fn, x: Tensor, max_bytes: float, device) -> dict:
+    """``fn`` (a dict of per-coordinate tensors of (chains, n, d)) on blocks of coordinates of at most
+    ``max_bytes`` in float64 (the FFT takes about 4 times that) on ``device``; concatenated NumPy arrays."""
+    c, n, d = x.shape
+    step = max(1, int(max_bytes // (c * n * 8)))
+    parts = [fn(x[:, :, j : j + step].to(device, torch.float64)) for j in range(0, d, step)]
+    return {key: np.concatenate([p[key].cpu().numpy() for p in parts]) for key in parts[0]}
+
+
+def summarize_chains(target, chains, n_plot: int = 4, thin_plot: int = 1, max_bytes: float = 2e8, device=None) -> dict:
+    """Reference summary of MCMC draws ``chains`` (chains, n, target.dim), NumPy or torch, any float dtype.
+
+    Returns ``mean``, ``sd``, the quantiles ``q05``, ``q25``, ``median``, ``q75``, ``q95`` (over all draws),
+    ``rhat``, ``ess`` (split R-hat and ESS), ``rank_rhat``, ``bulk_ess``, ``tail_ess`` of the compared
+    coordinates (the target's ``coefficients(x)`` where defined, e.g. the horseshoe's beta, else x),
+    ``rhat_theta``/``ess_theta`` and ``rank_rhat_theta``/``bulk_ess_theta`` of the raw coordinates, ``plot``
+    (the ``n_plot`` coordinates of largest |mean|/sd) and their ``draws``; computed in float64 on ``device``
+    (default: that of torch ``chains``, else CPU) in blocks of ``max_bytes``.
+    """
+    from flowvi.targets.base import coordinates
+
+    draws = torch.as_tensor(chains)
+    device = torch.device(device) if device is not None else draws.device
+    if draws.ndim != 3 or draws.shape[2] != target.dim:
+        raise ValueError(f"chains must have shape (chains, n, {target.dim}); got {tuple(draws.shape)}")
+    c, n, d = draws.shape
+    if n < 4:
+        raise ValueError(f"need at least 4 draws per chain, got {n}")
+    flat = draws.reshape(c * n, d)
+    rows = max(1, int(max_bytes // (d * 8)))
+    target64 = copy.deepcopy(target).to(device, torch.float64)  # Module.to would convert the caller's target
+    with torch.no_grad():
+        coords = torch.cat(
+            [coordinates(target64, flat[i : i + rows].to(device, torch.float64)) for i in range(0, c * n, rows)]
+        )
+        mean, sd = coords.mean(0).cpu().numpy(), coords.var(0, correction=0).sqrt().cpu().numpy()
+        coords = coords.reshape(c, n, -1)
+        plot = np.argsort(-np.abs(mean) / np.maximum(sd, 1e-12), kind="stable")[:n_plot]
+        return {
+            "mean": mean,
+            "sd": sd,
+            **_blockwise(_coordinate_stats, coords, max_bytes, device),
+            **_blockwise(_theta_stats, draws, max_bytes, device),
+            "plot": plot,
+            "draws": coords.reshape(c * n, -1)[::thin_plot, torch.as_tensor(plot, device=device)].cpu().numpy(),
+        }
+
+
 def convergence_info(summary: dict) -> dict:
-    """The diagnostics of a reference's JSON metadata from ``summary`` (:func:`summarize_chains` or
-    :func:`flowvi.runs.hmc_baseline.summarize_draws`): split R-hat and ESS (``beta_*`` of the compared coordinates,
+    """The diagnostics of a reference's JSON metadata from ``summary`` (:func:`summarize_chains`): split R-hat and ESS (``beta_*`` of the compared coordinates,
     ``theta_*`` of the raw ones) and, where the summary has them, the rank-normalized R-hat, bulk- and tail-ESS."""
     ess, rhat = summary["ess"], summary["rhat"]
     info = {

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowvi.diagnostics.mcmc import summarize_chains
 from flowvi.runs import checkpoint as ckpt
-from flowvi.runs.hmc_baseline import draws_convergence, format_convergence, summarize_draws
+from flowvi.runs.hmc_baseline import draws_convergence, format_convergence
 from flowvi.runs.run_files import write_config
 
 FLOW_FILE = "flowmc_flow.pt"
@@ -102,7 +103,7 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     )
     draws = result["draws"]
     t0 = time.perf_counter()
-    stats = summarize_draws(target, draws)
+    stats = summarize_chains(target, draws)
     summary = _summary(target, result, stats, time.perf_counter() - t0)
     print(
         f"  {summary['chains']} x {summary['num_samples']} draws after {summary['warmup']} warm-up iterations and "

@@ -2,8 +2,7 @@
 
 Pyro's ``NUTS`` kernel is driven by flowvi's potential energy ``U(x) = -target.log_prob(x)`` (Pyro
 differentiates it with autograd), with step-size and diagonal mass-matrix adaptation during warm-up.
-Chains run one after another (each from its own seed), so any device works. Pyro is an optional
-dependency: ``pip install 'flowvi[baselines]'`` (or ``pip install pyro-ppl``).
+Chains run one after another (each from its own seed), so any device works. Pyro is a dependency of flowvi.
 """
 
 from __future__ import annotations

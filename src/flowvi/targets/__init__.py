@@ -16,6 +16,8 @@ from flowvi.targets.horseshoe import (
     HorseshoeSynthetic,
 )
 from flowvi.targets.phi4 import Phi4
+from flowvi.targets.pymc import PyMCTarget, from_pymc
+from flowvi.targets.pyro import PyroTarget, from_pyro, pyro_target_from_file, uses_pyro
 from flowvi.targets.regression import ConjugateLinearRegression
 from flowvi.targets.regularized_horseshoe import (
     RegularizedHorseshoeLogisticRegression,
@@ -71,7 +73,9 @@ def target_parameters(name: str) -> dict:
 
 
 def make_target(name: str, **params) -> Target:
-    """Build a target by registry name, or from ``path/to/file.py:function`` (then ``dim`` is required)."""
+    """Build a target by registry name, or from ``path/to/file.py:function``: a Pyro model (its keyword
+    arguments from ``data``, a .json or .npz file, and the other ``params``) or else a log density (then
+    ``dim`` is required)."""
     if name in TARGETS:
         allowed = target_parameters(name)
         unknown = sorted(set(params) - set(allowed))
@@ -81,9 +85,14 @@ def make_target(name: str, **params) -> Target:
             )
         return TARGETS[name][0](**params)
     if ":" in name and ".py" in name:
+        fn, data = load_callable(name), params.pop("data", None)
+        if params.get("dim") is None and uses_pyro(fn):
+            return pyro_target_from_file(fn, data, **params)
+        if data is not None:
+            raise TargetError(f"--data passes a Pyro model's arguments; {name!r} is a log density (with --dim)")
         if params.get("dim") is None:
             raise TargetError(f"target {name!r} is a user function: give its dimension with --dim")
-        return CallableTarget(load_callable(name), dim=params.pop("dim"), **params)
+        return CallableTarget(fn, dim=params.pop("dim"), **params)
     raise TargetError(
         f"unknown target {name!r}; built-in targets: {', '.join(sorted(TARGETS))} "
         "(or give path/to/file.py:function with --dim)"
@@ -104,10 +113,14 @@ __all__ = [
     "MultivariateStudentT",
     "RegularizedHorseshoeLogisticRegression",
     "RegularizedHorseshoeNCI60",
+    "PyMCTarget",
+    "PyroTarget",
     "RegularizedHorseshoeSynthetic",
     "Target",
     "TargetError",
     "checked_log_prob",
+    "from_pymc",
+    "from_pyro",
     "load_callable",
     "make_target",
     "target_parameters",
