@@ -35,8 +35,13 @@ FLOWVI_FILES = (
     "learning_curve.png",
     "flowmc_flow.pt",
     "gauge_observables.json",
+    "samples.npz",
+    "trace.png",
+    "pair.png",
+    "refined_samples.npy",
+    "refine.json",
 )
-_GENERATED = re.compile(r"samples-\d+(\.tmp)?\.npy|\.(" + "|".join(map(re.escape, FLOWVI_FILES)) + r")\.[^/]+")
+_GENERATED = re.compile(r"samples-\d+(\.tmp)?\.np[yz]|\.(" + "|".join(map(re.escape, FLOWVI_FILES)) + r")\.[^/]+")
 
 
 def _is_run_config(config) -> bool:
