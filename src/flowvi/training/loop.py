@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 
 from flowvi.diagnostics.importance import log_evidence, normalized_ess
-from flowvi.objectives.estimators import get_estimator
+from flowvi.objectives.estimators import MIN_FINITE_FRACTION, get_estimator
 from flowvi.runs import checkpoint as ckpt
 from flowvi.targets import TargetError, checked_log_prob
 from flowvi.training import distributed as dist
+from flowvi.training.config import TrainConfig
+from flowvi.training.convergence import AutoSchedule, Monitor
 from flowvi.training.fast_step import load_optimizer_state, make_optimizer, make_step, matmul_precision, resolve_options
 
 
@@ -24,47 +26,40 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    schedule: str = "cosine"  # cosine | constant
-    warmup: int = 0
-    weight_decay: float = 0.0
-    clip: float | None = 10.0  # gradient-norm clipping; None turns it off
-    estimator: str = "reparam"  # a name in flowvi.objectives.estimators.ESTIMATOR_NAMES
-    fab_stages: int = 8  # estimator="fab": AIS stages (flowvi.objectives.fab.FAB)
-    fab_leapfrog: int = 3  # estimator="fab": leapfrog steps per HMC transition
-    fab_buffer: int = 16384  # estimator="fab": prioritized replay buffer, in draws (0: none)
-    fab_replay: int = 4  # estimator="fab" with a buffer: training steps per AIS run
-    checkpoint_every: int = 200
-    log_every: int = 10
-    max_skip_fraction: float = 0.5  # stop when more than this fraction of steps were skipped...
-    min_steps_before_stop: int = 20  # ...after at least this many steps
-    # Fast path (docs/performance.md): "auto" = on for CUDA devices, off on the CPU.
-    compile: bool | str = "auto"  # torch.compile the estimator's forward and backward
-    cuda_graph: bool | str = "auto"  # capture the whole step in a CUDA graph after warm-up
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; log-dets, log-densities, loss in fp32)
-    tf32: bool = True  # TF32 matrix products on CUDA during training
-    overlap: bool | str = "auto"  # compile layer by layer: all-reduce overlaps backward (auto: CUDA + torchrun)
-    overlap_layers: int = 1  # with overlap: consecutive layers per compiled region (more fuse more, overlap less)
-    grad_comm: str = "fp32"  # fp32 | bf16 | fp16: dtype of the data-parallel gradient all-reduce
-
-
-@dataclass
 class TrainState:
     step: int = 0
     skipped: int = 0
     elapsed: float = 0.0
     history: list = field(default_factory=list)
+    dropped: list = field(default_factory=lambda: [0, 0])  # draws dropped for a non-finite [log p, log q]
+    draws: int = 0  # draws made by all steps
+    skipped_finite: int = 0  # steps skipped because too few draws were finite
+    stop_reason: str | None = None
+    # convergence monitor (flowvi.training.convergence)
+    elbo_trace: list = field(default_factory=list)
+    since_change: int = 0
+    elbo_delta: float | None = None
+    elbo_se: float | None = None
+    elbo_flat: bool | None = None
+    khat_checks: list = field(default_factory=list)
+    pending_reason: str | None = None
+    elapsed_now: float = 0.0
 
 
 def make_scheduler(optimizer, cfg: TrainConfig):
+    if cfg.auto:
+        if cfg.schedule == "cosine":
+            raise ValueError(
+                "schedule 'cosine' needs a fixed number of steps; with steps='auto' use 'auto' or 'constant'"
+            )
+        if cfg.schedule == "auto":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, AutoSchedule(cfg.warmup))
+
     def factor(step):
         warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
         if cfg.schedule == "constant":
             return warm
-        if cfg.schedule == "cosine":
+        if cfg.schedule in ("cosine", "auto"):
             return warm * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1)))
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or constant")
 
@@ -113,6 +108,7 @@ def fit(
     ``callback(state, metrics)`` is called at every logged step.
     """
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    cfg.check()
     fab = {"stages": cfg.fab_stages, "leapfrog": cfg.fab_leapfrog, "buffer": cfg.fab_buffer, "replay": cfg.fab_replay}
     fab = fab if cfg.estimator == "fab" else {}
     estimator = get_estimator(cfg.estimator, **fab)
@@ -198,18 +194,21 @@ def fit(
     if progress and main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=cfg.steps, initial=state.step, desc="fit", dynamic_ncols=True, disable=None
-        )  # off without a TTY
+        total = cfg.step_limit
+        bar = tqdm(total=total, initial=state.step, desc="fit", dynamic_ncols=True, disable=None)  # off without a TTY
+    monitor = Monitor(cfg, scheduler.lr_lambdas[0] if cfg.auto and cfg.schedule == "auto" else None, flow, target)
+    need = max(2, math.ceil(MIN_FINITE_FRACTION * cfg.batch_size))
     flow.train()
     t0 = time.perf_counter() - state.elapsed
     try:
         with matmul_precision(options.tf32):
-            while state.step < cfg.steps:
+            while state.stop_reason is None:
                 result = step_fn()
-                ok = bool(result.ok)
+                # one host read per step, as before: ok, the dropped draws and the batch ELBO together
+                ok, n_finite, elbo = _read_step(result, state)
                 if not ok:
                     state.skipped += 1
+                    state.skipped_finite += n_finite < need
                 scheduler.step()
                 state.step += 1
                 if (
@@ -217,39 +216,32 @@ def fit(
                     and state.step >= cfg.min_steps_before_stop
                     and state.skipped > cfg.max_skip_fraction * state.step
                 ):
-                    raise TrainingDiverged(
-                        f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a "
-                        "non-finite loss or gradient (try --clamp asymmetric, --loft, a smaller --lr, or check the "
-                        "target for NaN)"
-                    )
-                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                    lw = result.log_weights.float()
-                    if world > 1:
-                        lw = dist.all_gather_tensor(lw)
-                    finite = lw[torch.isfinite(lw)]
-                    m = {
-                        "step": state.step,
-                        "elbo": float(finite.mean()) if len(finite) else float("nan"),
-                        "log_z": log_evidence(lw)[0],
-                        "ess": normalized_ess(lw),
-                        "lr": float(scheduler.get_last_lr()[0]),
-                        "skipped": state.skipped,
-                        "time": time.perf_counter() - t0,
-                        **(getattr(estimator, "last", None) or {}),  # the estimator's own diagnostics (FAB: AIS)
-                    }
-                    state.history.append(m)
+                    raise TrainingDiverged(diverged_message(state))
+                state.elapsed_now = time.perf_counter() - t0
+                reason = monitor.observe(state, elbo)
+                if world > 1:  # decided together, once a window (rank 0's decision)
+                    boundary = state.step % cfg.window == 0 or state.step >= cfg.step_limit
+                    reason = _agree(reason, monitor.schedule) if boundary else None
+                state.stop_reason = reason
+                last = state.stop_reason is not None
+                if state.step % cfg.log_every == 0 or last:
+                    m = _log_metrics(state, result, scheduler, estimator, world, t0)
                     if metrics_path is not None:
                         with open(metrics_path, "a") as f:
                             f.write(json.dumps(m) + "\n")
                     if bar is not None:
                         bar.set_postfix(
-                            elbo=f"{m['elbo']:.3f}", ess=f"{m['ess']:.3f}", skipped=state.skipped, refresh=False
+                            elbo=f"{m['elbo']:.3f}",
+                            ess=f"{m['ess']:.3f}",
+                            dropped=sum(state.dropped),
+                            skipped=state.skipped,
+                            refresh=False,
                         )
                     if callback is not None:
                         callback(state, m)
                 if bar is not None:
                     bar.update(1)
-                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                if state.step % cfg.checkpoint_every == 0 or last:
                     state.elapsed = time.perf_counter() - t0
                     save()
     finally:
@@ -261,6 +253,75 @@ def fit(
             grad_hook.close()
     state.elapsed = time.perf_counter() - t0
     return state
+
+
+def _read_step(result, state) -> tuple[bool, int, float]:
+    """``(ok, finite draws, batch ELBO over them)`` of a step, read from the device in one transfer; adds the
+    step's dropped draws to ``state``."""
+    lw = result.log_weights.detach()
+    finite = torch.isfinite(lw)
+    n_finite = finite.sum()
+    elbo = torch.where(finite, lw, torch.zeros_like(lw)).sum() / n_finite.clamp(min=1)
+    dropped = result.dropped if result.dropped is not None else torch.zeros(2, dtype=torch.long, device=lw.device)
+    parts = [result.ok.reshape(1), dropped.to(lw.device), n_finite.reshape(1), elbo.reshape(1)]
+    ok, d_target, d_flow, n, e = torch.cat([t.double() for t in parts]).tolist()
+    state.dropped = [state.dropped[0] + int(d_target), state.dropped[1] + int(d_flow)]
+    state.draws += len(lw)
+    return bool(ok), int(n), (e if n > 0 else math.nan)
+
+
+def _agree(reason: str | None, schedule) -> str | None:
+    """Under torch.distributed (every window, so rarely): every rank takes rank 0's stop decision and learning-rate
+    schedule state, since the ranks' batch ELBOs, and so their plateau tests, differ."""
+    reason, sched = dist.all_gather_objects((reason, vars(schedule) if schedule is not None else None))[0]
+    if schedule is not None:
+        vars(schedule).update(sched)
+    return reason
+
+
+def _log_metrics(state, result, scheduler, estimator, world, t0) -> dict:
+    lw = result.log_weights.float()
+    if world > 1:
+        lw = dist.all_gather_tensor(lw)
+    finite = lw[torch.isfinite(lw)]
+    m = {
+        "step": state.step,
+        "elbo": float(finite.mean()) if len(finite) else float("nan"),
+        "log_z": log_evidence(finite)[0] if len(finite) else float("nan"),
+        "ess": normalized_ess(torch.nan_to_num(lw, nan=-math.inf)),
+        "lr": float(scheduler.get_last_lr()[0]),
+        "skipped": state.skipped,
+        "dropped": len(lw) - len(finite),  # this step's draws with a non-finite log p or log q
+        "dropped_total": sum(state.dropped),
+        "time": time.perf_counter() - t0,
+        **(getattr(estimator, "last", None) or {}),  # the estimator's own diagnostics (FAB: AIS)
+    }
+    state.history.append(m)
+    return m
+
+
+def diverged_message(state) -> str:
+    """Why training stopped with most steps skipped: the target's or the flow's non-finite draws, or gradients."""
+    head = f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a non-finite loss or gradient"
+    target_bad, flow_bad = state.dropped
+    causes = []
+    if state.skipped_finite:
+        share = f"{100 * max(target_bad, flow_bad) / max(state.draws, 1):.0f} % of the draws"
+        if target_bad >= flow_bad:
+            causes.append(
+                f"in {state.skipped_finite} of them fewer than half of the draws had a finite target log density "
+                f"(the target returned NaN or -inf for {share}): check the model where the flow puts mass (log of "
+                "0, overflow in exp; write log1p(-sigmoid(u)) as -softplus(u)), or start near the posterior (--init mode)"
+            )
+        else:
+            causes.append(
+                f"in {state.skipped_finite} of them fewer than half of the draws had a finite flow log density "
+                f"({share} overflowed): lower --lr, or start near the posterior (--init mode)"
+            )
+    other = state.skipped - state.skipped_finite
+    if other:
+        causes.append(f"{other} had a non-finite gradient with finite draws: lower --lr or --clip")
+    return head + ("; " + "; ".join(causes) if causes else "")
 
 
 def _truncate_metrics(path, step):
