@@ -1,0 +1,26 @@
+"""Default flow size, batch and learning rate of ``flowvi fit`` from the target's dimension d.
+
+A posterior with ten parameters does not need eight couplings of width 256: most of their time goes into
+matrix products that a narrow network does as well. The rule (measured: benchmarks/RESULTS.md, "Default sizes
+from d"):
+
+    d <= 20:    4 couplings, width  32, batch 256, lr 5e-3
+    d <= 200:   6 couplings, width 128, batch 256, lr 2e-3
+    otherwise:  8 couplings, width 256, batch 256, lr 1e-3   (the stabilised Real NVP of Andrade 2024)
+
+always with 2 hidden layers per conditioner.
+"""
+
+from __future__ import annotations
+
+
+def default_size(d: int) -> dict:
+    """``{"layers", "hidden", "depth", "batch_size", "lr"}`` for a target of dimension ``d`` (module docstring)."""
+    if d <= 20:
+        return {"layers": 4, "hidden": 32, "depth": 2, "batch_size": 256, "lr": 5e-3}
+    if d <= 200:
+        return {"layers": 6, "hidden": 128, "depth": 2, "batch_size": 256, "lr": 2e-3}
+    return {"layers": 8, "hidden": 256, "depth": 2, "batch_size": 256, "lr": 1e-3}
+
+
+__all__ = ["default_size"]
