@@ -20,7 +20,7 @@ from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, r
 from flowvi.training import distributed as dist
 from flowvi.training.distributed import COMM_DTYPES
 from flowvi.training.fast_step import PRECISIONS
-from flowvi.training.loop import TrainConfig, fit
+from flowvi.training.loop import TrainConfig, check_target, fit
 from flowvi.training.mode_init import init_at_mode
 from flowvi.training.pretrain import load_draws, pretrain_on_draws
 from flowvi.training.sizing import default_size
@@ -373,7 +373,8 @@ def _run(args):
         if main:
             print(f"  the pre-trained flow from {out / 'pretrain.pt'} (pre-training not repeated)")
     start = None
-    if config.get("start") == "mode" and not resume_fit and draws is None and not pretrained:
+    if config.get("start") == "mode" and not resume_fit and draws is None and not pretrained and "init_flow" not in config:
+        check_target(flow, target)  # a broken target gets its one-line error before the mode search
         start = _start_at_mode(flow, target, config, main)
     state = fit(
         flow,

@@ -18,7 +18,7 @@ def importance_log_weights(flow, target, n: int = 100_000, batch_size: int = 10_
     out = []
     for start in range(0, n, batch_size):
         x, log_q = flow.sample_and_log_prob(min(batch_size, n - start))
-        out.append((checked_log_prob(target, x) - log_q).to("cpu", torch.float64))
+        out.append((checked_log_prob(target, x, allow_nan=True) - log_q).to("cpu", torch.float64))
     return torch.cat(out)
 
 
@@ -28,7 +28,9 @@ def evaluate(flow, target, n: int = 100_000, batch_size: int = 10_000) -> dict:
     was_training = flow.training
     flow.eval()
     try:
-        stats = summarize(importance_log_weights(flow, target, n, batch_size))
+        log_w = importance_log_weights(flow, target, n, batch_size)
+        stats = summarize(log_w)
+        stats["non_finite_draws"] = int((~torch.isfinite(log_w)).sum())  # zero weight: NaN read as -inf
     finally:
         flow.train(was_training)
     exact = getattr(target, "log_evidence", None)

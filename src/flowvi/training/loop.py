@@ -81,12 +81,17 @@ def _set_rng_state(state):
 
 
 def check_target(flow, target, n: int = 8) -> None:
-    """Evaluate the target once on a few flow samples; a bad target raises a clear TargetError."""
+    """Evaluate the target once on a few flow samples; a bad target raises a clear TargetError (NaN and -inf
+    draws are allowed: training drops them; all of them is an error)."""
     with torch.no_grad():
         x = flow.sample(n)
-    out = checked_log_prob(target, x)
+    out = checked_log_prob(target, x, allow_nan=True)
     if not torch.isfinite(out).any():
-        raise TargetError("target log_prob is -inf for every sample of the initial flow; is its support right?")
+        scale = float(x.abs().max())
+        raise TargetError(
+            f"the target's log_prob returned nan or -inf at all {n} draws of the initial flow (|x| <= {scale:.3g}); "
+            "is its support right? (a constrained parameter needs an unconstrained parameterization)"
+        )
 
 
 def fit(
