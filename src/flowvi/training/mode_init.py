@@ -150,7 +150,8 @@ def init_at_mode(flow, target, restarts: int = 4, max_iter: int = 200, check_dra
             starts = flow.base.sample(restarts)
         mode, lp = find_mode(target, starts, max_iter)
         if mode is None:
-            return InitReport(False, "the mode search found no point with a finite log density", seconds=_dt(t0))
+            why = "the mode search (L-BFGS) ended at no point with a finite log density (unbounded, or -inf); flow left at its start"
+            return InitReport(False, why, seconds=_dt(t0))
         scale = 1 / hessian_diagonal(target, mode).sqrt()
         scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
         torch.manual_seed(seed + 1)
