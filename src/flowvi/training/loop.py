@@ -89,7 +89,7 @@ def check_target(flow, target, n: int = 8) -> None:
     if not torch.isfinite(out).any():
         scale = float(x.abs().max())
         raise TargetError(
-            f"the target's log_prob returned nan or -inf at all {n} draws of the initial flow (|x| <= {scale:.3g}); "
+            f"target log_prob returned nan or -inf at all {n} draws of the initial flow (|x| <= {scale:.3g}); "
             "is its support right? (a constrained parameter needs an unconstrained parameterization)"
         )
 
