@@ -267,7 +267,9 @@ def _read_step(result, state) -> tuple[bool, int, float]:
     finite = torch.isfinite(lw)
     n_finite = finite.sum()
     elbo = torch.where(finite, lw, torch.zeros_like(lw)).sum() / n_finite.clamp(min=1)
-    dropped = result.dropped if result.dropped is not None else torch.zeros(2, dtype=torch.long, device=lw.device)
+    dropped = result.dropped
+    if dropped is None:  # an estimator that does not split the count (FAB): charged to the target
+        dropped = torch.stack([(~finite).sum(), torch.zeros((), dtype=torch.long, device=lw.device)])
     parts = [result.ok.reshape(1), dropped.to(lw.device), n_finite.reshape(1), elbo.reshape(1)]
     ok, d_target, d_flow, n, e = torch.cat([t.double() for t in parts]).tolist()
     state.dropped = [state.dropped[0] + int(d_target), state.dropped[1] + int(d_flow)]
