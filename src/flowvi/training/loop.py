@@ -111,6 +111,12 @@ def fit(
     every ``checkpoint_every`` steps and at the end, written atomically. ``resume=True`` continues
     from that checkpoint and gives the same parameters as an uninterrupted run with the same seed.
     ``callback(state, metrics)`` is called at every logged step.
+
+    ``steps="auto"`` (the default) trains until the smoothed ELBO is flat and the PSIS k-hat of fresh draws is
+    below 0.7, or until ``max_steps``/``max_time`` (the rule: :mod:`flowvi.training.convergence`);
+    ``state.stop_reason`` says which. Draws with a non-finite log p or log q are dropped from their batch
+    (:mod:`flowvi.objectives.estimators`), counted in ``state.dropped``; a step is skipped only when fewer than
+    half of its draws are finite, or its gradient is not.
     """
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     cfg.check()
