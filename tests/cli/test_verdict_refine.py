@@ -38,7 +38,7 @@ def test_fit_records_stop_reason_verdict_and_resampled_draws(fitted):
     assert s["samples"]["resampled"] == (s["samples"]["k_hat"] < 0.7)
     assert np.load(fitted / "samples.npy").shape == (500, 4)
     config = json.loads((fitted / "config.json").read_text())
-    assert config["train"]["optimization"]["steps"] == "auto" and config["flow"]["layers"] == 4  # sized from d
+    assert config["train"]["steps"] == "auto" and config["flow"]["layers"] == 4  # sized from d
     assert s["verdict"]["trustworthy"]  # d = 4 conjugate regression: an easy posterior
 
 

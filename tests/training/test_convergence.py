@@ -17,7 +17,7 @@ def test_train_config_groups_and_flat_names():
     assert cfg.optimization.lr == 3e-3 and cfg.lr == 3e-3 and cfg.stopping.max_time == 10.0 and cfg.fab.fab_stages == 4
     assert TrainConfig(**asdict(cfg)) == cfg  # nested round trip (config.json)
     flat = {"steps": 500, "batch_size": 256, "lr": 3e-3, "max_time": 10.0, "fab_stages": 4}
-    assert TrainConfig(**flat) == cfg  # flat dicts of older run directories
+    assert TrainConfig(**flat) == cfg and TrainConfig(**cfg.flat()) == cfg  # flat dicts, as config.json holds
     assert TrainConfig(optimization=Optimization(steps=7)).steps == 7
     cfg.lr = 1e-2
     assert cfg.optimization.lr == 1e-2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -241,7 +240,7 @@ def config_from_args(args) -> dict:
                 else {}
             ),
         },
-        "train": asdict(train),
+        "train": train.flat(),
         **({"init": _init_config(args)} if getattr(args, "init_draws", None) else {}),
         **({"init_flow": str(args.init_flow)} if getattr(args, "init_flow", None) else {}),
         "seed": args.seed,
@@ -320,7 +319,7 @@ def _run(args):
         if "train" in saved:  # options added to TrainConfig since the run was written take their defaults
             # (FAB runs written before the replay buffer existed had none)
             old_fab = {"fab_buffer": 0} if saved["train"].get("estimator") == "fab" else {}
-            saved["train"] = asdict(TrainConfig(**{**old_fab, **saved["train"]}))
+            saved["train"] = TrainConfig(**{**old_fab, **saved["train"]}).flat()
         diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
         if diff:
             raise ValueError(
@@ -373,7 +372,13 @@ def _run(args):
         if main:
             print(f"  the pre-trained flow from {out / 'pretrain.pt'} (pre-training not repeated)")
     start = None
-    if config.get("start") == "mode" and not resume_fit and draws is None and not pretrained and "init_flow" not in config:
+    if (
+        config.get("start") == "mode"
+        and not resume_fit
+        and draws is None
+        and not pretrained
+        and "init_flow" not in config
+    ):
         check_target(flow, target)  # a broken target gets its one-line error before the mode search
         start = _start_at_mode(flow, target, config, main)
     state = fit(
@@ -446,7 +451,7 @@ def size_from_dim(config: dict, args) -> None:
     size = default_size(target.dim)
     for key in ("layers", "hidden", "depth"):
         config["flow"].setdefault(key, size[key])
-    train = config["train"]["optimization"]
+    train = config["train"]
     if getattr(args, "batch_size", None) is None:
         train["batch_size"] = size["batch_size"]
     if getattr(args, "lr", None) is None:

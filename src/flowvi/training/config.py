@@ -4,7 +4,7 @@
 schedule, estimator), :class:`Stopping` (convergence-driven training, ``steps="auto"``), :class:`Guard` (skipped
 steps), :class:`Logging`, :class:`FABOptions` and :class:`FastOptions` (the fast GPU step). Every option can also
 be given and read by its own name, ``TrainConfig(steps=500, lr=3e-3).lr``; ``dataclasses.asdict`` gives the nested
-dict that ``TrainConfig(**d)`` reads back (a flat dict of options, as older run directories hold, works too).
+dict and ``flat()`` the flat one (as run directories' config.json hold it); ``TrainConfig(**d)`` reads either.
 """
 
 from __future__ import annotations
@@ -117,6 +117,10 @@ class TrainConfig:
             setattr(self.__dict__[_OWNER[name]], name, value)
         else:
             raise TypeError(f"unknown training option {name!r}")
+
+    def flat(self) -> dict:
+        """Every option by its own name, in one flat dict (``config.json``'s ``train``; ``TrainConfig(**d)`` reads it)."""
+        return {f.name: getattr(group, f.name) for group in (getattr(self, g) for g in GROUPS) for f in fields(group)}
 
     @property
     def auto(self) -> bool:
