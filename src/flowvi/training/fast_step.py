@@ -154,7 +154,7 @@ def _loss_fn(estimator, flow, target, batch_size: int):
     def loss_and_log_weights():
         est = estimator(flow, target, batch_size)
         dropped = est.dropped if est.dropped is not None else est.log_weights.new_zeros(2, dtype=torch.long)
-        return est.loss, est.log_weights, dropped
+        return est.loss, (est.log_weights, dropped)
 
     return loss_and_log_weights
 
@@ -382,7 +382,7 @@ class FastStep:
 
     def _body(self):
         """One step with no host synchronisation; returns (loss, log_weights, ok, dropped) device tensors."""
-        loss, log_w, dropped = self._forward()
+        loss, (log_w, dropped) = self._forward()
         loss = loss.float()
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -150,6 +150,8 @@ def fit(
             ranks = saved.get("estimator_ranks")
             estimator.load_state_dict(ranks[rank] if ranks is not None and len(ranks) == world else saved["estimator"])
         state = TrainState(**saved["state"])
+        if state.stop_reason and not state.stop_reason.startswith("converged") and state.step < cfg.step_limit:
+            state.stop_reason = None  # resumed with a larger step limit (or more time): train on
         rng = saved["rng"]
         if "rng_ranks" in saved:
             if len(saved["rng_ranks"]) != world:
