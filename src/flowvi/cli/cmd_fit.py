@@ -320,6 +320,7 @@ def _run(args):
             # (FAB runs written before the replay buffer existed had none)
             old_fab = {"fab_buffer": 0} if saved["train"].get("estimator") == "fab" else {}
             saved["train"] = TrainConfig(**{**old_fab, **saved["train"]}).flat()
+        saved.setdefault("start", config.get("start"))  # runs written before --init mode: a resume never starts anew
         diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
         if diff:
             raise ValueError(
