@@ -190,6 +190,8 @@ def config_from_args(args) -> dict:
         raise ValueError("--init-draws and --init-flow are two warm starts; choose one")
     if getattr(args, "fab_buffer", 16384) < 0:
         raise ValueError(f"--fab-buffer must be >= 0 (0: no buffer), got {args.fab_buffer}")
+    if args.steps == "auto" and args.schedule == "cosine":
+        raise ValueError("--schedule cosine needs an integer --steps (with --steps auto: --schedule auto or constant)")
     if getattr(args, "max_time", None) is not None and not args.max_time > 0:
         raise ValueError(f"--max-time must be a positive number of seconds, got {args.max_time:g}")
     train = TrainConfig(
