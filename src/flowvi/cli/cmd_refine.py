@@ -26,7 +26,7 @@ def register(sub):
     p.add_argument("--method", default="neutra", choices=["neutra", "imh"])
     p.add_argument("--chains", type=int, default=None, help="chains (default: neutra 32, imh 8)")
     p.add_argument("--warmup", type=int, default=300, help="neutra: adaptation iterations")
-    p.add_argument("--draws", type=int, default=None, help="draws per chain (default: neutra 500, imh 2000)")
+    p.add_argument("--draws", type=int, default=None, help="draws per chain (default: neutra 500, imh 10000)")
     p.add_argument("--max-leapfrog", type=int, default=8, help="neutra: most leapfrog steps per trajectory")
     p.add_argument("--target-accept", type=float, default=0.8, help="neutra: dual-averaging target")
     p.add_argument("--seed", type=int, default=0)
@@ -47,7 +47,7 @@ def run(args):
             f"{run_dir} holds no trained flow (no flow.pt or checkpoint.pt): run 'flowvi fit' first"
         )
     chains = args.chains or (32 if args.method == "neutra" else 8)
-    draws = args.draws or (500 if args.method == "neutra" else 2000)
+    draws = args.draws or (500 if args.method == "neutra" else 10_000)
     if chains < 2 or draws < 4:
         raise ValueError(f"refine needs --chains >= 2 and --draws >= 4 (R-hat compares chains); got {chains}, {draws}")
     flow, target, _ = load_run(run_dir, device=args.device)

@@ -48,7 +48,9 @@ def refine_verdict(method: str, rhat_max: float, bulk_ess_min: float, tail_ess_m
     why = [f"{name}: R-hat {rhat_max:.3f}", f"bulk ESS {bulk_ess_min:.0f}", f"tail ESS {tail_ess_min:.0f}"]
     if divergences:
         why.append(f"{divergences} divergent transitions")
-    return {"trustworthy": False, "reason": ", ".join(why), "action": "refine with more --draws or --chains"}
+    other = "--method imh" if method == "neutra" else "--method neutra"
+    action = "refine with more --draws" + (" or --max-leapfrog" if method == "neutra" else "") + f", or {other}"
+    return {"trustworthy": False, "reason": ", ".join(why), "action": action}
 
 
 def format_verdict(verdict: dict, refined: bool = False) -> str:

@@ -88,7 +88,7 @@ def neutra_hmc(flow, target, chains=32, warmup=300, draws=500, max_leapfrog=8, t
 
 
 @torch.no_grad()
-def imh_chains(flow, target, chains=8, draws=2000, seed=0, batch_size=4096):
+def imh_chains(flow, target, chains=8, draws=10_000, seed=0, batch_size=4096):
     """``chains`` independence-MH chains of ``draws`` steps with the flow as proposal: ``(draws (chains, draws, d),
     info)``. Each chain starts at its first proposal; a proposal with a NaN or -inf weight is never accepted."""
     import time
