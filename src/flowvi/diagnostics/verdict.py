@@ -49,7 +49,10 @@ def refine_verdict(method: str, rhat_max: float, bulk_ess_min: float, tail_ess_m
     if divergences:
         why.append(f"{divergences} divergent transitions")
     other = "--method imh" if method == "neutra" else "--method neutra"
-    action = "refine with more --draws" + (" or --max-leapfrog" if method == "neutra" else "") + f", or {other}"
+    if divergences:
+        action = f"divergent trajectories mean biased draws: refine with a higher --target-accept, or {other}"
+    else:
+        action = "refine with more --draws" + (" or --max-leapfrog" if method == "neutra" else "") + f", or {other}"
     return {"trustworthy": False, "reason": ", ".join(why), "action": action}
 
 
