@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flowvi.cli.common import add_device_options, format_summary
 from flowvi.diagnostics.evaluate import evaluate
+from flowvi.diagnostics.verdict import fit_verdict, format_verdict
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import load_run
 from flowvi.targets.guard import guarded
@@ -31,11 +32,15 @@ def run(args):
     torch.manual_seed(args.seed)
     with guarded(target, "evaluation"):
         summary = evaluate(flow, target, n=args.samples, batch_size=args.batch_size)
+    fitted = Path(args.run_dir) / "summary.json"
+    stop_reason = json.loads(fitted.read_text()).get("stop_reason") if fitted.exists() else None
+    summary["verdict"] = fit_verdict(summary, stop_reason)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"flowvi evaluate: {args.run_dir}")
         print(format_summary(summary))
+        print(format_verdict(summary["verdict"]).replace("RUN_DIR", str(args.run_dir)))
     sys.stdout.flush()  # the results are out before a failed write of evaluation.json
     ckpt.write_json_atomic(summary, Path(args.run_dir) / "evaluation.json")
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flowvi.cli.common import (
@@ -20,18 +20,22 @@ from flowvi.cli.common import (
     positive_int,
 )
 from flowvi.diagnostics.evaluate import evaluate
+from flowvi.diagnostics.resample import psis_resample
+from flowvi.diagnostics.verdict import fit_verdict, format_verdict
 from flowvi.flows.phi4 import z2_proposal
 from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.named import write_named_samples
-from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config, write_samples
+from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config
 from flowvi.runs.run_files import check_out, start_run
 from flowvi.targets.guard import guarded
 from flowvi.training import distributed as dist
 from flowvi.training.distributed import COMM_DTYPES
 from flowvi.training.fast_step import PRECISIONS
 from flowvi.training.loop import TrainConfig, check_target, fit
+from flowvi.training.mode_init import init_at_mode
 from flowvi.training.pretrain import load_draws, pretrain_on_draws
+from flowvi.training.sizing import default_size
 from flowvi.transforms import CLAMPS
 
 
@@ -53,10 +57,29 @@ def register(sub):
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, training and sampling")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=256, help="flow samples per step")
-    g.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule")
+    g.add_argument(
+        "--steps",
+        type=_steps,
+        default="auto",
+        help="training steps, or 'auto' (default): until the ELBO is flat and PSIS k-hat < 0.7 (docs/convergence.md)",
+    )
+    g.add_argument("--max-steps", type=int, default=20_000, help="with --steps auto: the most steps")
+    g.add_argument("--max-time", type=float, default=None, help="stop training after this many seconds")
+    g.add_argument("--batch-size", type=int, default=None, help="draws per step (default: from d, see README)")
+    g.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: from d, see README)")
+    g.add_argument(
+        "--schedule",
+        default="auto",
+        choices=["auto", "cosine", "constant"],
+        help="auto: cosine for an integer --steps; with --steps auto constant, halved on plateaus, a closing decay",
+    )
+    g.add_argument(
+        "--init",
+        default="mode",
+        choices=["mode", "none"],
+        help="mode (default; not for lattice targets): start the flow's location-scale layer at the target's mode "
+        "(L-BFGS) with scales from the curvature",
+    )
     g.add_argument("--warmup", type=nonnegative_int, default=0, help="linear learning-rate warm-up steps")
     g.add_argument("--clip", type=nonnegative_float, default=10.0, help="gradient-norm clip (0 turns it off)")
     g.add_argument(
@@ -186,17 +209,23 @@ def config_from_args(args) -> dict:
     if args.clamp not in CLAMPS:
         raise ValueError(f"unknown clamp {args.clamp!r}; choose one of {', '.join(CLAMPS)}")
     for name in ("steps", "batch_size", "layers", "hidden", "eval_samples", "init_steps", "init_batch_size",
-                 "fab_stages", "fab_leapfrog", "fab_replay", "overlap_layers"):  # fmt: skip
-        if getattr(args, name, None) is not None and getattr(args, name, None) < 1:
+                 "fab_stages", "fab_leapfrog", "fab_replay", "overlap_layers", "max_steps"):  # fmt: skip
+        if isinstance(getattr(args, name, None), int) and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name, None)}")
     if getattr(args, "init_draws", None) and getattr(args, "init_flow", None):
         raise ValueError("--init-draws and --init-flow are two warm starts; choose one")
     if getattr(args, "fab_buffer", 16384) < 0:
         raise ValueError(f"--fab-buffer must be >= 0 (0: no buffer), got {args.fab_buffer}")
+    if args.steps == "auto" and args.schedule == "cosine":
+        raise ValueError("--schedule cosine needs an integer --steps (with --steps auto: --schedule auto or constant)")
+    if getattr(args, "max_time", None) is not None and not args.max_time > 0:
+        raise ValueError(f"--max-time must be a positive number of seconds, got {args.max_time:g}")
     train = TrainConfig(
         steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
+        max_steps=getattr(args, "max_steps", 20_000),
+        max_time=getattr(args, "max_time", None),
+        batch_size=args.batch_size or 256,
+        lr=args.lr or 1e-3,
         schedule=args.schedule,
         warmup=args.warmup,
         clip=args.clip or None,
@@ -240,12 +269,13 @@ def config_from_args(args) -> dict:
                 else {}
             ),
         },
-        "train": asdict(train),
+        "train": train.flat(),
         **({"init": _init_config(args)} if getattr(args, "init_draws", None) else {}),
         **({"init_flow": str(args.init_flow)} if getattr(args, "init_flow", None) else {}),
         "seed": args.seed,
         "device": args.device,
         "dtype": args.dtype,
+        "start": getattr(args, "init", "none"),
     }
 
 
@@ -257,7 +287,7 @@ def _init_config(args) -> dict:
         "draws": args.init_draws,
         "key": args.init_key,
         "steps": args.init_steps,
-        "batch_size": args.init_batch_size or args.batch_size,
+        "batch_size": args.init_batch_size or args.batch_size or 256,
         "lr": args.init_lr,
         "estimator": args.init_estimator,
         "standardize": args.init_standardize,
@@ -295,6 +325,15 @@ def _check_target_early(flow, target) -> None:
         check_target(flow, target)
 
 
+def _steps(text):
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps must be an integer or 'auto', got {text!r}") from None
+
+
 def _tristate(text):
     return {"true": True, "false": False}.get(text, text)
 
@@ -316,6 +355,7 @@ def _run(args):
     """``flowvi fit``; under torchrun every rank trains and rank 0 alone writes and prints."""
     main = dist.rank() == 0
     config = config_from_args(args)
+    size_from_dim(config, args)
     if dist.world_size() > 1:
         config["world_size"] = dist.world_size()
     if dist.world_size() > 1 and not args.out:
@@ -327,7 +367,8 @@ def _run(args):
         if "train" in saved:  # options added to TrainConfig since the run was written take their defaults
             # (FAB runs written before the replay buffer existed had none)
             old_fab = {"fab_buffer": 0} if saved["train"].get("estimator") == "fab" else {}
-            saved["train"] = asdict(TrainConfig(**{**old_fab, **saved["train"]}))
+            saved["train"] = TrainConfig(**{**old_fab, **saved["train"]}).flat()
+        saved.setdefault("start", config.get("start"))  # runs written before --init mode: a resume never starts anew
         diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
         if diff:
             raise ValueError(
@@ -381,6 +422,16 @@ def _run(args):
         ckpt.load_state_into(flow, saved["flow"], out / "pretrain.pt")
         if main:
             print(f"  the pre-trained flow from {out / 'pretrain.pt'} (pre-training not repeated)")
+    start = None
+    if (
+        config.get("start") == "mode"
+        and not resume_fit
+        and draws is None
+        and not pretrained
+        and "init_flow" not in config
+    ):
+        check_target(flow, target)  # a broken target gets its one-line error before the mode search
+        start = _start_at_mode(flow, target, config, main)
     state = fit(
         flow,
         target,
@@ -397,17 +448,61 @@ def _run(args):
     if not main:
         return 0
     summary.update({"steps": state.step, "skipped_steps": state.skipped, "train_seconds": state.elapsed})
+    summary["stop_reason"] = state.stop_reason
+    summary["dropped_draws"] = {
+        "target": state.dropped[0],
+        "flow": state.dropped[1],
+        "fraction": sum(state.dropped) / max(state.draws, 1),
+    }
+    if start is not None:
+        summary["init"] = start
     if init is not None and (out / "pretrain.json").exists():
         summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
+    samples, summary["samples"] = psis_resample(z2_proposal(flow), target, args.n_samples, seed=config["seed"])
+    summary["verdict"] = fit_verdict(summary, state.stop_reason)
     print(format_summary(summary))  # before the files: a failed write loses nothing computed
+    d = summary["dropped_draws"]
     print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")
+    if d["target"] or d["flow"]:
+        print(f"  dropped      {d['target']} draws (target not finite), {d['flow']} (flow not finite)")
+    print(f"  stopped      {state.stop_reason}")
+    how = "PSIS-resampled" if summary["samples"]["resampled"] else "the flow's draws, not resampled"
+    print(f"  samples.npy  {args.n_samples} draws, {how}")
+    print(format_verdict(summary["verdict"]).replace("RUN_DIR", str(out)), flush=True)
     ckpt.save_atomic(flow.state_dict(), out / "flow.pt")
-    ckpt.write_json_atomic(summary, out / "summary.json")
-    samples = write_samples(z2_proposal(flow), out / "samples.npy", args.n_samples)  # phi^4: its Z2 mixture
+    ckpt.atomic_write(out / "samples.npy", lambda f: np.save(f, samples))
     write_named_samples(target, samples, out / "samples.npz")
+    ckpt.write_json_atomic(summary, out / "summary.json")
     plot_training_curve(out, summary)
     print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,samples.npz,training_curve.png,flow.pt}}")
     return 0
+
+
+def _start_at_mode(flow, target, config, main) -> dict:
+    """``--init mode`` (:func:`flowvi.training.mode_init.init_at_mode`), said in one line."""
+    report = init_at_mode(flow, target, seed=config["seed"])
+    if main:
+        print(f"  start        {report.reason} ({report.seconds:.1f} s)")
+    return report.to_dict()
+
+
+def size_from_dim(config: dict, args) -> None:
+    """Flow size, batch and learning rate from the target's dimension where not given (``default_size``); a
+    lattice target keeps its field flow's own defaults. Recorded in the config."""
+    from flowvi.targets import make_target
+
+    target = make_target(config["target"]["name"], **config["target"].get("params", {}))
+    if hasattr(target, "default_flow"):
+        config["start"] = "none"
+        return
+    size = default_size(target.dim)
+    for key in ("layers", "hidden", "depth"):
+        config["flow"].setdefault(key, size[key])
+    train = config["train"]
+    if getattr(args, "batch_size", None) is None:
+        train["batch_size"] = size["batch_size"]
+    if getattr(args, "lr", None) is None:
+        train["lr"] = size["lr"]
 
 
 __all__ = ["config_from_args", "register", "run", "json"]

@@ -20,7 +20,7 @@ def importance_log_weights(flow, target, n: int = 100_000, batch_size: int = 10_
     out = []
     for start in range(0, n, batch_size):
         x, log_q = flow.sample_and_log_prob(min(batch_size, n - start))
-        out.append((checked_log_prob(target, x) - log_q).to("cpu", torch.float64))
+        out.append((checked_log_prob(target, x, allow_nan=True) - log_q).to("cpu", torch.float64))
     return torch.cat(out)
 
 
@@ -51,7 +51,9 @@ def evaluate(flow, target, n: int = 100_000, batch_size: int = 10_000, shard=Non
         log_w = importance_log_weights(flow, target, max(share, 2) if world > 1 else n, batch_size)
     finally:
         flow.train(was_training)
-    stats = summarize(torch.cat(gather(log_w)) if world > 1 else log_w)
+    log_w = torch.cat(gather(log_w)) if world > 1 else log_w
+    stats = summarize(log_w)
+    stats["non_finite_draws"] = int((~torch.isfinite(log_w)).sum())  # zero weight: NaN read as -inf
     exact = getattr(target, "log_evidence", None)
     if exact is not None:
         stats["log_evidence"] = float(exact)

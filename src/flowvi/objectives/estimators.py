@@ -20,6 +20,14 @@ Reverse KL (the negative ELBO up to log Z):  KL(q||p) = E_q[log q(x) - log p(x)]
   target evaluated under ``torch.no_grad()`` (no graph through the target, no target gradient), and
   a leave-one-out baseline b. ``reinforce_estimator(baseline="mean")`` gives the batch-mean version.
 
+Non-finite draws. A draw whose target log density ``log p(x)`` or flow log density ``log q(x)`` is not
+finite (NaN, -inf, an overflow) is dropped from the batch: every reverse-KL estimator (and FAB's logged
+value) averages over the remaining draws, and the gradient of a dropped draw is set to zero before it can
+reach the parameters (``0 * inf`` would otherwise turn the whole gradient into NaN). ``Estimate.dropped``
+counts them, ``[target, flow]`` (a draw is charged to the target when ``log p`` is not finite, else to the
+flow). When fewer than ``MIN_FINITE_FRACTION`` (one half) of the batch, or fewer than 2 draws, remain, the
+loss is NaN and the training step is skipped. No host synchronisation is involved (masked means on the device).
+
 Forward KL (maximum likelihood):  KL(p||q) = E_p[log p(x) - log q(x)], with ``x`` from the target or
 data. ``FORWARD_ESTIMATORS`` holds functions ``(flow, x, target=None) -> Estimate``:
 
@@ -32,6 +40,7 @@ data. ``FORWARD_ESTIMATORS`` holds functions ``(flow, x, target=None) -> Estimat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +48,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from flowvi.targets import checked_log_prob
+
+#: a step is skipped when fewer than this fraction of its draws (or fewer than 2) have finite log p and log q
+MIN_FINITE_FRACTION = 0.5
 
 
 @dataclass
@@ -48,6 +60,35 @@ class Estimate:
 
     loss: Tensor
     log_weights: Tensor
+    dropped: Tensor | None = None  # (2,) int64: draws dropped for a non-finite [log p, log q]
+
+
+def finite_mask(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Draws whose target and flow log densities (and their difference) are finite."""
+    return torch.isfinite(log_p) & torch.isfinite(log_q) & torch.isfinite(log_p - log_q)
+
+
+def dropped_counts(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``[draws with a non-finite log p, draws with a finite log p but a non-finite log q]`` (int64, on the device)."""
+    bad_p = ~torch.isfinite(log_p)
+    bad_q = ~bad_p & ~finite_mask(log_p, log_q)
+    return torch.stack([bad_p.sum(), bad_q.sum()])
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over ``mask``; NaN when fewer than ``MIN_FINITE_FRACTION`` of them (or < 2) are kept."""
+    n_ok = mask.sum()
+    mean = torch.where(mask, values, torch.zeros_like(values)).sum() / n_ok.clamp(min=1)
+    need = max(2, math.ceil(MIN_FINITE_FRACTION * mask.shape[0]))
+    return torch.where(n_ok >= need, mean, torch.full_like(mean, math.nan))
+
+
+def _gate_rows(x: Tensor, mask: Tensor) -> Tensor:
+    """Zero the gradient reaching ``x`` through dropped rows (their NaN or inf partials would spoil the sum)."""
+    if x.requires_grad:
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        x.register_hook(lambda g: torch.where(mask.view(shape), g, torch.zeros_like(g)))
+    return x
 
 
 def _flat_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -76,8 +117,11 @@ def reparam(flow, target, batch_size: int) -> Estimate:
     """Reparameterization gradient of reverse KL: ``loss = mean(log q(x) - log p(x))``, ``x = f_theta(z)``
     differentiated through the sample path and the parameters (Kingma & Welling 2014)."""
     x, log_q = flow.sample_and_log_prob(batch_size)
-    log_w = target.log_prob(x) - log_q
-    return Estimate(loss=-log_w.mean(), log_weights=log_w.detach())
+    log_p = target.log_prob(x)
+    log_w = log_p - log_q
+    ok = finite_mask(log_p.detach(), log_q.detach())
+    _gate_rows(x, ok)
+    return Estimate(loss=-masked_mean(log_w, ok), log_weights=log_w.detach(), dropped=dropped_counts(log_p, log_q))
 
 
 def path(flow, target, batch_size: int) -> Estimate:
@@ -88,9 +132,14 @@ def path(flow, target, batch_size: int) -> Estimate:
     """
     x, log_q, score_q = flow.sample_with_score(batch_size)
     log_p, grad_p = _target_log_prob_and_grad(target, x)
-    surrogate = _flat_dot(score_q - grad_p, x).mean()
+    ok = finite_mask(log_p, log_q.detach())
+    ok = ok & torch.isfinite(grad_p).reshape(len(ok), -1).all(-1) & torch.isfinite(score_q).reshape(len(ok), -1).all(-1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    direction = torch.where(ok.view(shape), score_q - grad_p, torch.zeros_like(x))
+    surrogate = masked_mean(_flat_dot(direction, x), ok)
     log_w = log_p - log_q.detach()
-    return Estimate(loss=_with_value(-log_w.mean(), surrogate), log_weights=log_w)
+    loss = _with_value(-masked_mean(log_w, ok), surrogate)
+    return Estimate(loss=loss, log_weights=log_w, dropped=dropped_counts(log_p, log_q.detach()))
 
 
 class _Call(nn.Module):
@@ -117,8 +166,11 @@ def path_naive(flow, target, batch_size: int) -> Estimate:
     log_q_stl = _call_detached(flow, "log_prob", x)
     log_p = target.log_prob(x)
     log_w = (log_p - log_q).detach()
-    surrogate = (log_q_stl - log_p).mean()
-    return Estimate(loss=_with_value(-log_w.mean(), surrogate), log_weights=log_w)
+    ok = finite_mask(log_p.detach(), log_q.detach())
+    _gate_rows(x, ok)
+    surrogate = masked_mean(log_q_stl - log_p, ok)
+    loss = _with_value(-masked_mean(log_w, ok), surrogate)
+    return Estimate(loss=loss, log_weights=log_w, dropped=dropped_counts(log_p.detach(), log_q.detach()))
 
 
 REINFORCE_BASELINES = ("mean", "loo")
@@ -144,18 +196,22 @@ def reinforce_estimator(baseline: str = "loo"):
         with torch.no_grad():
             x = flow.sample(batch_size)
             log_p = target.log_prob(x).float()
+            keep = torch.isfinite(log_p) & torch.isfinite(x).reshape(len(x), -1).all(-1)
+            x = torch.where(keep.view((-1,) + (1,) * (x.dim() - 1)), x, torch.zeros_like(x))  # dropped anyway
         log_q = flow.log_prob(x.detach()).float()
         with torch.autocast(device_type=x.device.type, enabled=False):
-            f = log_q.detach() - log_p
+            ok = keep & finite_mask(log_p, log_q.detach())
+            f = torch.where(ok, log_q.detach() - log_p, torch.zeros_like(log_p))
+            n = ok.sum()
             if baseline == "loo":
-                n = f.shape[0]
-                b = (f.sum() - f) / (n - 1)
+                b = (f.sum() - f) / (n - 1).clamp(min=1)
             else:
-                b = f.mean()
-            surrogate = ((f - b) * log_q).mean()
-            log_w = -f
-            loss = _with_value(f.mean(), surrogate)
-        return Estimate(loss=loss, log_weights=log_w)
+                b = f.sum() / n.clamp(min=1)
+            surrogate = masked_mean((f - b) * torch.where(ok, log_q, torch.zeros_like(log_q)), ok)
+            log_q_kept = torch.where(keep, log_q.detach(), torch.full_like(log_p, math.nan))
+            log_w = torch.where(keep, log_p - log_q.detach(), torch.full_like(log_p, -math.inf))
+            loss = _with_value(masked_mean(f, ok), surrogate)
+        return Estimate(loss=loss, log_weights=log_w, dropped=dropped_counts(log_p, log_q_kept))
 
     reinforce.__name__ = f"reinforce_{baseline}"
     reinforce.__doc__ = f"REINFORCE estimator of grad KL(q||p) with the {baseline!r} baseline."
@@ -245,6 +301,10 @@ def get_forward_estimator(name: str):
 
 
 __all__ = [
+    "MIN_FINITE_FRACTION",
+    "dropped_counts",
+    "finite_mask",
+    "masked_mean",
     "ESTIMATORS",
     "ESTIMATOR_NAMES",
     "FORWARD_ESTIMATORS",

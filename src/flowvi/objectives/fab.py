@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from flowvi.diagnostics.importance import normalized_ess
-from flowvi.objectives.estimators import Estimate, _with_value
+from flowvi.objectives.estimators import Estimate, _with_value, masked_mean
 from flowvi.samplers.hmc import HMCState, step
 from flowvi.targets.base import log_prob_and_grad
 
@@ -66,6 +66,11 @@ class _Annealed:
         lp, gp = lp.to(lq.dtype), gp.to(gq.dtype)
         self.parts = (lq, gq, lp, gp)
         return (1 - self.a) * lq + self.a * lp, (1 - self.a) * gq + self.a * gp
+
+
+def _finite_mean(log_w0: Tensor) -> Tensor:
+    """The batch ELBO over the draws with a finite weight (:func:`flowvi.objectives.estimators.masked_mean`)."""
+    return masked_mean(log_w0, torch.isfinite(log_w0))
 
 
 class FAB:
@@ -168,7 +173,7 @@ class FAB:
         weights = torch.softmax(log_w.detach(), 0)
         surrogate = -(weights * flow.log_prob(x)).sum()
         self.last = {"accept": accept, "ais_ess": normalized_ess(log_w)}
-        return Estimate(loss=_with_value(-log_w0.mean(), surrogate), log_weights=log_w0.detach())
+        return Estimate(loss=_with_value(-_finite_mean(log_w0), surrogate), log_weights=log_w0.detach())
 
     def _replay(self, flow, target, batch_size: int) -> Estimate:
         """One training step from the prioritized buffer; AIS refills it every ``replay`` steps."""
@@ -196,7 +201,7 @@ class FAB:
             new_q = log_q.detach().to(buf["log_q"].dtype)
             buf["log_w"][pick] = buf["log_w"][pick] + (self.alpha - 1) * (buf["log_q"][pick] - new_q)
             buf["log_q"][pick] = new_q
-        return Estimate(loss=_with_value(-log_w0.mean(), -log_q.mean()), log_weights=log_w0.detach())
+        return Estimate(loss=_with_value(-_finite_mean(log_w0), -log_q.mean()), log_weights=log_w0.detach())
 
     def _push(self, x: Tensor, log_w: Tensor, log_q: Tensor) -> None:
         """Add an AIS run's draws (float32), the oldest leaving once ``capacity`` is reached."""

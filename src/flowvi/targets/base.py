@@ -90,12 +90,15 @@ def load_callable(spec: str):
     return getattr(module, name)
 
 
-def checked_log_prob(target, x: Tensor) -> Tensor:
+def checked_log_prob(target, x: Tensor, allow_nan: bool = False) -> Tensor:
     """``target.log_prob(x)`` with its output checked: shape ``(batch,)``, floating point, no NaN.
 
-    +inf is an error too; -inf (zero density) is allowed and gives zero importance weight.
+    +inf is an error too; -inf (zero density) is allowed and gives zero importance weight. With ``allow_nan``
+    a NaN is read as -inf (a draw dropped, as in training) instead of an error.
     """
     out = target.log_prob(x)
+    if allow_nan and isinstance(out, Tensor) and out.is_floating_point():
+        out = torch.nan_to_num(out, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     if not isinstance(out, Tensor):
         raise TargetError(f"target log_prob must return a torch.Tensor, got {type(out).__name__}")
     if out.shape != (x.shape[0],):

@@ -49,6 +49,7 @@ class StepResult:
     loss: Tensor  # float32 scalar
     log_weights: Tensor  # detached (batch,) log p(x) - log q(x)
     ok: Tensor  # bool scalar: the step updated the parameters
+    dropped: Tensor | None = None  # (2,) int64: draws dropped for a non-finite [log p, log q]
 
 
 @dataclass
@@ -108,7 +109,7 @@ def resolve_options(cfg, device: torch.device, distributed: bool = False, eager_
             raise ValueError(f"the {cfg.estimator!r} estimator runs eagerly in float32; drop {', '.join(asked)}")
         comp = graph = False
     if comp == "auto":
-        comp = cuda and cfg.steps >= COMPILE_MIN_STEPS
+        comp = cuda and getattr(cfg, "step_limit", cfg.steps) >= COMPILE_MIN_STEPS
     if graph == "auto":
         graph = cuda and cfg.precision != "fp16" and not distributed
     fast = cuda or comp or graph or cfg.precision != "fp32"
@@ -152,7 +153,8 @@ class Float32Target:
 def _loss_fn(estimator, flow, target, batch_size: int):
     def loss_and_log_weights():
         est = estimator(flow, target, batch_size)
-        return est.loss, est.log_weights
+        dropped = est.dropped if est.dropped is not None else est.log_weights.new_zeros(2, dtype=torch.long)
+        return est.loss, (est.log_weights, dropped)
 
     return loss_and_log_weights
 
@@ -322,7 +324,7 @@ def plain_step(flow, target, estimator, optimizer, params, cfg, grad_hook=None):
             if cfg.clip and norm is not None:
                 torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, norm)
             optimizer.step()
-        return StepResult(est.loss.detach(), est.log_weights, torch.tensor(ok))
+        return StepResult(est.loss.detach(), est.log_weights, torch.tensor(ok), est.dropped)
 
     return step
 
@@ -379,8 +381,8 @@ class FastStep:
             return self.loss_fn()
 
     def _body(self):
-        """One step with no host synchronisation; returns (loss, log_weights, ok) device tensors."""
-        loss, log_w = self._forward()
+        """One step with no host synchronisation; returns (loss, log_weights, ok, dropped) device tensors."""
+        loss, (log_w, dropped) = self._forward()
         loss = loss.float()
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -411,7 +413,7 @@ class FastStep:
                 self.optimizer.grad_scale = ((norm + 1e-6) / self.cfg.clip).clamp_min(1.0)
             self.optimizer.found_inf = (~ok).float()
             self.optimizer.step()
-        return loss.detach(), log_w.detach(), ok
+        return loss.detach(), log_w.detach(), ok, dropped
 
     def _first_body(self):
         """``_body``; on the first compiled step, a failure to compile the backward pass (which
@@ -463,8 +465,7 @@ class FastStep:
             self._capture()
         if self.graph is not None:
             self.graph.replay()
-            loss, log_w, ok = (t.clone() for t in self.static)
-            return StepResult(loss, log_w, ok)
+            return StepResult(*(t.clone() for t in self.static))
         if self.options.cuda_graph:
             # Warm-up on the side stream, as graph capture requires.
             side = self.side

@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 
 from flowvi.diagnostics.importance import log_evidence, normalized_ess
-from flowvi.objectives.estimators import get_estimator
+from flowvi.objectives.estimators import MIN_FINITE_FRACTION, get_estimator
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_files import truncate_metrics
 from flowvi.targets import TargetError, checked_log_prob
 from flowvi.targets.guard import guarded, target_error
 from flowvi.training import distributed as dist
+from flowvi.training.config import TrainConfig
+from flowvi.training.convergence import AutoSchedule, Monitor
 from flowvi.training.fast_step import load_optimizer_state, make_optimizer, make_step, matmul_precision, resolve_options
 
 
@@ -27,71 +29,40 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
-    """Settings of :func:`fit` (the fields of ``flowvi fit``'s options; stored in a run's ``config.json``).
-
-    Optimisation: Adam (Kingma & Ba 2015) for ``steps`` steps on batches of ``batch_size`` flow samples, at
-    learning rate ``lr`` with a linear warm-up over ``warmup`` steps followed by a ``cosine`` decay,
-    ``lr_t = lr (1 + cos(pi t / steps)) / 2`` (Loshchilov & Hutter 2017), or a ``constant`` rate; gradients are
-    clipped to norm ``clip`` (``None``: no clipping). A step whose loss or gradient is not finite is skipped and
-    counted; more than ``max_skip_fraction`` skipped after ``min_steps_before_stop`` steps raises
-    :class:`TrainingDiverged`.
-
-    Objective: ``estimator`` names the gradient of reverse KL, ``KL(q||p) = E_q[log q(x) - log p(x)]``
-    (``reparam``, ``path``, ``path_naive``, ``reinforce``, ``reinforce_mean``; :mod:`flowvi.objectives.estimators`),
-    or ``fab``, the alpha = 2 divergence by annealed importance sampling with ``fab_stages`` stages of
-    ``fab_leapfrog``-step HMC and a prioritized replay buffer of ``fab_buffer`` draws reused for ``fab_replay``
-    steps per AIS run (Midgley et al. 2023, arXiv 2208.01893; :mod:`flowvi.objectives.fab`).
-
-    Logging and checkpoints: a metrics line every ``log_every`` steps, a checkpoint every ``checkpoint_every``.
-
-    Speed (CUDA only; ``"auto"`` turns each on for CUDA devices): ``compile`` (``torch.compile`` the step),
-    ``cuda_graph`` (capture the whole step in a CUDA graph), ``precision`` (``fp32``, or ``bf16``/``fp16``
-    autocast with log densities and the loss kept in float32), ``tf32``; under torchrun, ``overlap`` (compile in
-    regions of ``overlap_layers`` layers so the gradient all-reduce overlaps the backward pass) and ``grad_comm``
-    (the all-reduce's dtype).
-    """
-
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    schedule: str = "cosine"  # cosine | constant
-    warmup: int = 0
-    weight_decay: float = 0.0
-    clip: float | None = 10.0  # gradient-norm clipping; None turns it off
-    estimator: str = "reparam"  # a name in flowvi.objectives.estimators.ESTIMATOR_NAMES
-    fab_stages: int = 8  # estimator="fab": AIS stages (flowvi.objectives.fab.FAB)
-    fab_leapfrog: int = 3  # estimator="fab": leapfrog steps per HMC transition
-    fab_buffer: int = 16384  # estimator="fab": prioritized replay buffer, in draws (0: none)
-    fab_replay: int = 4  # estimator="fab" with a buffer: training steps per AIS run
-    checkpoint_every: int = 200
-    log_every: int = 10
-    max_skip_fraction: float = 0.5  # stop when more than this fraction of steps were skipped...
-    min_steps_before_stop: int = 20  # ...after at least this many steps
-    # Fast path (docs/performance.md): "auto" = on for CUDA devices, off on the CPU.
-    compile: bool | str = "auto"  # torch.compile the estimator's forward and backward
-    cuda_graph: bool | str = "auto"  # capture the whole step in a CUDA graph after warm-up
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; log-dets, log-densities, loss in fp32)
-    tf32: bool = True  # TF32 matrix products on CUDA during training
-    overlap: bool | str = "auto"  # compile layer by layer: all-reduce overlaps backward (auto: CUDA + torchrun)
-    overlap_layers: int = 1  # with overlap: consecutive layers per compiled region (more fuse more, overlap less)
-    grad_comm: str = "fp32"  # fp32 | bf16 | fp16: dtype of the data-parallel gradient all-reduce
-
-
-@dataclass
 class TrainState:
     step: int = 0
     skipped: int = 0
     elapsed: float = 0.0
     history: list = field(default_factory=list)
+    dropped: list = field(default_factory=lambda: [0, 0])  # draws dropped for a non-finite [log p, log q]
+    draws: int = 0  # draws made by all steps
+    skipped_finite: int = 0  # steps skipped because too few draws were finite
+    stop_reason: str | None = None
+    # convergence monitor (flowvi.training.convergence)
+    elbo_trace: list = field(default_factory=list)
+    since_change: int = 0
+    elbo_delta: float | None = None
+    elbo_se: float | None = None
+    elbo_flat: bool | None = None
+    khat_checks: list = field(default_factory=list)
+    pending_reason: str | None = None
+    elapsed_now: float = 0.0
 
 
 def make_scheduler(optimizer, cfg: TrainConfig):
+    if cfg.auto:
+        if cfg.schedule == "cosine":
+            raise ValueError(
+                "schedule 'cosine' needs a fixed number of steps; with steps='auto' use 'auto' or 'constant'"
+            )
+        if cfg.schedule == "auto":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, AutoSchedule(cfg.warmup))
+
     def factor(step):
         warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
         if cfg.schedule == "constant":
             return warm
-        if cfg.schedule == "cosine":
+        if cfg.schedule in ("cosine", "auto"):
             return warm * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1)))
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or constant")
 
@@ -113,13 +84,18 @@ def _set_rng_state(state):
 
 
 def check_target(flow, target, n: int = 8) -> None:
-    """Evaluate the target once on a few flow samples; a bad target raises a clear TargetError."""
+    """Evaluate the target once on a few flow samples; a bad target raises a clear TargetError (NaN and -inf
+    draws are allowed: training drops them; all of them is an error)."""
     with torch.no_grad():
         x = flow.sample(n)
     with guarded(target, "the first check of the target, before training"):
-        out = checked_log_prob(target, x)
+        out = checked_log_prob(target, x, allow_nan=True)
     if not torch.isfinite(out).any():
-        raise TargetError("target log_prob is -inf for every sample of the initial flow; is its support right?")
+        scale = float(x.abs().max())
+        raise TargetError(
+            f"target log_prob returned nan or -inf at all {n} draws of the initial flow (|x| <= {scale:.3g}); "
+            "is its support right? (a constrained parameter needs an unconstrained parameterization)"
+        )
 
 
 def fit(
@@ -146,8 +122,15 @@ def fit(
     every ``checkpoint_every`` steps and at the end, written atomically. ``resume=True`` continues
     from that checkpoint and gives the same parameters as an uninterrupted run with the same seed.
     ``callback(state, metrics)`` is called at every logged step.
+
+    ``steps="auto"`` (the default) trains until the smoothed ELBO is flat and the PSIS k-hat of fresh draws is
+    below 0.7, or until ``max_steps``/``max_time`` (the rule: :mod:`flowvi.training.convergence`);
+    ``state.stop_reason`` says which. Draws with a non-finite log p or log q are dropped from their batch
+    (:mod:`flowvi.objectives.estimators`), counted in ``state.dropped``; a step is skipped only when fewer than
+    half of its draws are finite, or its gradient is not.
     """
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    cfg.check()
     fab = {"stages": cfg.fab_stages, "leapfrog": cfg.fab_leapfrog, "buffer": cfg.fab_buffer, "replay": cfg.fab_replay}
     fab = fab if cfg.estimator == "fab" else {}
     estimator = get_estimator(cfg.estimator, **fab)
@@ -179,6 +162,8 @@ def fit(
             ranks = saved.get("estimator_ranks")
             estimator.load_state_dict(ranks[rank] if ranks is not None and len(ranks) == world else saved["estimator"])
         state = TrainState(**saved["state"])
+        if state.stop_reason and not state.stop_reason.startswith("converged") and state.step < cfg.step_limit:
+            state.stop_reason = None  # resumed with a larger step limit (or more time): train on
         rng = saved["rng"]
         if "rng_ranks" in saved:
             if len(saved["rng_ranks"]) != world:
@@ -234,18 +219,21 @@ def fit(
     if progress and main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=cfg.steps, initial=state.step, desc="fit", dynamic_ncols=True, disable=None
-        )  # off without a TTY
+        total = cfg.step_limit
+        bar = tqdm(total=total, initial=state.step, desc="fit", dynamic_ncols=True, disable=None)  # off without a TTY
+    monitor = Monitor(cfg, scheduler.lr_lambdas[0] if cfg.auto and cfg.schedule == "auto" else None, flow, target)
+    need = max(2, math.ceil(MIN_FINITE_FRACTION * cfg.batch_size))
     flow.train()
     t0 = time.perf_counter() - state.elapsed
     try:
         with matmul_precision(options.tf32):
-            while state.step < cfg.steps:
+            while state.stop_reason is None:
                 result = step_fn()
-                ok = bool(result.ok)
+                # one host read per step, as before: ok, the dropped draws and the batch ELBO together
+                ok, n_finite, elbo = _read_step(result, state)
                 if not ok:
                     state.skipped += 1
+                    state.skipped_finite += n_finite < need
                 scheduler.step()
                 state.step += 1
                 if (
@@ -253,39 +241,32 @@ def fit(
                     and state.step >= cfg.min_steps_before_stop
                     and state.skipped > cfg.max_skip_fraction * state.step
                 ):
-                    raise TrainingDiverged(
-                        f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a "
-                        f"non-finite loss or gradient (try {_stability_hint(flow)}a smaller --lr, or check the target "
-                        "for NaN)"
-                    )
-                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                    lw = result.log_weights.float()
-                    if world > 1:
-                        lw = dist.all_gather_tensor(lw)
-                    finite = lw[torch.isfinite(lw)]
-                    m = {
-                        "step": state.step,
-                        "elbo": float(finite.mean()) if len(finite) else float("nan"),
-                        "log_z": log_evidence(lw)[0],
-                        "ess": normalized_ess(lw),
-                        "lr": float(scheduler.get_last_lr()[0]),
-                        "skipped": state.skipped,
-                        "time": time.perf_counter() - t0,
-                        **(getattr(estimator, "last", None) or {}),  # the estimator's own diagnostics (FAB: AIS)
-                    }
-                    state.history.append(m)
+                    raise TrainingDiverged(diverged_message(state))
+                state.elapsed_now = time.perf_counter() - t0
+                reason = monitor.observe(state, elbo)
+                if world > 1:  # decided together, once a window (rank 0's decision)
+                    boundary = state.step % cfg.window == 0 or state.step >= cfg.step_limit
+                    reason = _agree(reason, monitor.schedule) if boundary else None
+                state.stop_reason = reason
+                last = state.stop_reason is not None
+                if state.step % cfg.log_every == 0 or last:
+                    m = _log_metrics(state, result, scheduler, estimator, world, t0)
                     if metrics_path is not None:
                         with open(metrics_path, "a") as f:
                             f.write(json.dumps(m) + "\n")
                     if bar is not None:
                         bar.set_postfix(
-                            elbo=f"{m['elbo']:.3f}", ess=f"{m['ess']:.3f}", skipped=state.skipped, refresh=False
+                            elbo=f"{m['elbo']:.3f}",
+                            ess=f"{m['ess']:.3f}",
+                            dropped=sum(state.dropped),
+                            skipped=state.skipped,
+                            refresh=False,
                         )
                     if callback is not None:
                         callback(state, m)
                 if bar is not None:
                     bar.update(1)
-                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                if state.step % cfg.checkpoint_every == 0 or last:
                     state.elapsed = time.perf_counter() - t0
                     save()
     except Exception as e:
@@ -302,6 +283,77 @@ def fit(
             grad_hook.close()
     state.elapsed = time.perf_counter() - t0
     return state
+
+
+def _read_step(result, state) -> tuple[bool, int, float]:
+    """``(ok, finite draws, batch ELBO over them)`` of a step, read from the device in one transfer; adds the
+    step's dropped draws to ``state``."""
+    lw = result.log_weights.detach()
+    finite = torch.isfinite(lw)
+    n_finite = finite.sum()
+    elbo = torch.where(finite, lw, torch.zeros_like(lw)).sum() / n_finite.clamp(min=1)
+    dropped = result.dropped
+    if dropped is None:  # an estimator that does not split the count (FAB): charged to the target
+        dropped = torch.stack([(~finite).sum(), torch.zeros((), dtype=torch.long, device=lw.device)])
+    parts = [result.ok.reshape(1), dropped.to(lw.device), n_finite.reshape(1), elbo.reshape(1)]
+    ok, d_target, d_flow, n, e = torch.cat([t.double() for t in parts]).tolist()
+    state.dropped = [state.dropped[0] + int(d_target), state.dropped[1] + int(d_flow)]
+    state.draws += len(lw)
+    return bool(ok), int(n), (e if n > 0 else math.nan)
+
+
+def _agree(reason: str | None, schedule) -> str | None:
+    """Under torch.distributed (every window, so rarely): every rank takes rank 0's stop decision and learning-rate
+    schedule state, since the ranks' batch ELBOs, and so their plateau tests, differ."""
+    reason, sched = dist.all_gather_objects((reason, vars(schedule) if schedule is not None else None))[0]
+    if schedule is not None:
+        vars(schedule).update(sched)
+    return reason
+
+
+def _log_metrics(state, result, scheduler, estimator, world, t0) -> dict:
+    lw = result.log_weights.float()
+    if world > 1:
+        lw = dist.all_gather_tensor(lw)
+    finite = lw[torch.isfinite(lw)]
+    m = {
+        "step": state.step,
+        "elbo": float(finite.mean()) if len(finite) else float("nan"),
+        "log_z": log_evidence(finite)[0] if len(finite) else float("nan"),
+        "ess": normalized_ess(torch.nan_to_num(lw, nan=-math.inf)),
+        "lr": float(scheduler.get_last_lr()[0]),
+        "skipped": state.skipped,
+        "dropped": len(lw) - len(finite),  # this step's draws with a non-finite log p or log q
+        "dropped_total": sum(state.dropped),
+        "time": time.perf_counter() - t0,
+        **(getattr(estimator, "last", None) or {}),  # the estimator's own diagnostics (FAB: AIS)
+    }
+    state.history.append(m)
+    return m
+
+
+def diverged_message(state) -> str:
+    """Why training stopped with most steps skipped: the target's or the flow's non-finite draws, or gradients."""
+    head = f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a non-finite loss or gradient"
+    target_bad, flow_bad = state.dropped
+    causes = []
+    if state.skipped_finite:
+        share = f"{100 * max(target_bad, flow_bad) / max(state.draws, 1):.0f} % of the draws"
+        if target_bad >= flow_bad:
+            causes.append(
+                f"in {state.skipped_finite} of them fewer than half of the draws had a finite target log density "
+                f"(the target returned NaN or -inf for {share}): check the model where the flow puts mass (log of "
+                "0, overflow in exp; write log1p(-sigmoid(u)) as -softplus(u)), or start near the posterior (--init mode)"
+            )
+        else:
+            causes.append(
+                f"in {state.skipped_finite} of them fewer than half of the draws had a finite flow log density "
+                f"({share} overflowed): lower --lr, or start near the posterior (--init mode)"
+            )
+    other = state.skipped - state.skipped_finite
+    if other:
+        causes.append(f"{other} had a non-finite gradient with finite draws: lower --lr or --clip")
+    return head + ("; " + "; ".join(causes) if causes else "")
 
 
 def _truncate_metrics(path, step):
