@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from flowvi.targets import checked_log_prob
+from flowvi.targets.base import log_prob_and_grad
 
 #: a step is skipped when fewer than this fraction of its draws (or fewer than 2) have finite log p and log q
 MIN_FINITE_FRACTION = 0.5
@@ -96,18 +97,9 @@ def _flat_dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(-1)
 
 
-def _with_value(value: Tensor, surrogate: Tensor) -> Tensor:
+def with_value(value: Tensor, surrogate: Tensor) -> Tensor:
     """A scalar equal to ``value`` whose gradient is that of ``surrogate``."""
     return value.detach() + (surrogate - surrogate.detach())
-
-
-def _target_log_prob_and_grad(target, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``log p(x)`` and ``d log p(x)/dx``, both detached."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        log_p = target.log_prob(x)
-        (grad,) = torch.autograd.grad(log_p.sum(), x)
-    return log_p.detach(), grad
 
 
 # --------------------------------------------------------------------------------------- reverse KL
@@ -131,14 +123,14 @@ def path(flow, target, batch_size: int) -> Estimate:
     ``forward_with_score``.
     """
     x, log_q, score_q = flow.sample_with_score(batch_size)
-    log_p, grad_p = _target_log_prob_and_grad(target, x)
+    log_p, grad_p = log_prob_and_grad(target, x)
     ok = finite_mask(log_p, log_q.detach())
     ok = ok & torch.isfinite(grad_p).reshape(len(ok), -1).all(-1) & torch.isfinite(score_q).reshape(len(ok), -1).all(-1)
     shape = (-1,) + (1,) * (x.dim() - 1)
     direction = torch.where(ok.view(shape), score_q - grad_p, torch.zeros_like(x))
     surrogate = masked_mean(_flat_dot(direction, x), ok)
     log_w = log_p - log_q.detach()
-    loss = _with_value(-masked_mean(log_w, ok), surrogate)
+    loss = with_value(-masked_mean(log_w, ok), surrogate)
     return Estimate(loss=loss, log_weights=log_w, dropped=dropped_counts(log_p, log_q.detach()))
 
 
@@ -169,7 +161,7 @@ def path_naive(flow, target, batch_size: int) -> Estimate:
     ok = finite_mask(log_p.detach(), log_q.detach())
     _gate_rows(x, ok)
     surrogate = masked_mean(log_q_stl - log_p, ok)
-    loss = _with_value(-masked_mean(log_w, ok), surrogate)
+    loss = with_value(-masked_mean(log_w, ok), surrogate)
     return Estimate(loss=loss, log_weights=log_w, dropped=dropped_counts(log_p.detach(), log_q.detach()))
 
 
@@ -210,7 +202,7 @@ def reinforce_estimator(baseline: str = "loo"):
             surrogate = masked_mean((f - b) * torch.where(ok, log_q, torch.zeros_like(log_q)), ok)
             log_q_kept = torch.where(keep, log_q.detach(), torch.full_like(log_p, math.nan))
             log_w = torch.where(keep, log_p - log_q.detach(), torch.full_like(log_p, -math.inf))
-            loss = _with_value(masked_mean(f, ok), surrogate)
+            loss = with_value(masked_mean(f, ok), surrogate)
         return Estimate(loss=loss, log_weights=log_w, dropped=dropped_counts(log_p, log_q_kept))
 
     reinforce.__name__ = f"reinforce_{baseline}"
@@ -286,7 +278,7 @@ def forward_path(flow, x: Tensor, target=None) -> Estimate:
     surrogate = _flat_dot(score_pull - score_base, z).mean()
     with torch.no_grad():
         log_w = target.log_prob(x) - log_q.detach()
-    return Estimate(loss=_with_value(-log_q.mean(), surrogate), log_weights=log_w)
+    return Estimate(loss=with_value(-log_q.mean(), surrogate), log_weights=log_w)
 
 
 #: forward-KL estimator name -> function ``(flow, x, target=None) -> Estimate``.

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from flowvi.diagnostics.importance import normalized_ess
-from flowvi.objectives.estimators import Estimate, _with_value, masked_mean
+from flowvi.objectives.estimators import Estimate, masked_mean, with_value
 from flowvi.samplers.hmc import HMCState, step
 from flowvi.targets.base import log_prob_and_grad
 
@@ -173,7 +173,7 @@ class FAB:
         weights = torch.softmax(log_w.detach(), 0)
         surrogate = -(weights * flow.log_prob(x)).sum()
         self.last = {"accept": accept, "ais_ess": normalized_ess(log_w)}
-        return Estimate(loss=_with_value(-_finite_mean(log_w0), surrogate), log_weights=log_w0.detach())
+        return Estimate(loss=with_value(-_finite_mean(log_w0), surrogate), log_weights=log_w0.detach())
 
     def _replay(self, flow, target, batch_size: int) -> Estimate:
         """One training step from the prioritized buffer; AIS refills it every ``replay`` steps."""
@@ -193,7 +193,7 @@ class FAB:
         if not buf or not len(buf["log_w"]):  # no AIS draw has had a finite weight yet: a skipped step
             with torch.no_grad():
                 x0 = flow.sample(batch_size)
-            return Estimate(loss=_with_value(torch.tensor(math.nan), -flow.log_prob(x0).mean()), log_weights=log_w0)
+            return Estimate(loss=with_value(torch.tensor(math.nan), -flow.log_prob(x0).mean()), log_weights=log_w0)
         self.last["buffer_ess"] = normalized_ess(buf["log_w"])
         pick = torch.multinomial(torch.softmax(buf["log_w"], 0), batch_size, replacement=True)
         log_q = flow.log_prob(buf["x"][pick].to(log_w0.dtype))
@@ -201,7 +201,7 @@ class FAB:
             new_q = log_q.detach().to(buf["log_q"].dtype)
             buf["log_w"][pick] = buf["log_w"][pick] + (self.alpha - 1) * (buf["log_q"][pick] - new_q)
             buf["log_q"][pick] = new_q
-        return Estimate(loss=_with_value(-_finite_mean(log_w0), -log_q.mean()), log_weights=log_w0.detach())
+        return Estimate(loss=with_value(-_finite_mean(log_w0), -log_q.mean()), log_weights=log_w0.detach())
 
     def _push(self, x: Tensor, log_w: Tensor, log_q: Tensor) -> None:
         """Add an AIS run's draws (float32), the oldest leaving once ``capacity`` is reached."""
