@@ -9,10 +9,10 @@ The package by concept: ``core`` (Flow, bases), ``transforms``, ``flows`` (build
 from flowvi import _compat, diagnostics, targets, transforms
 from flowvi.core import Flow, StandardNormal, StudentT, make_base
 from flowvi.diagnostics.evaluate import evaluate, importance_log_weights
-from flowvi.diagnostics.inference_data import to_arviz
 from flowvi.flows.realnvp import realnvp
 from flowvi.objectives import estimators
 from flowvi.objectives.estimators import ESTIMATORS
+from flowvi.runs.inference_data import to_arviz
 from flowvi.training.loop import TrainConfig, TrainingDiverged, fit
 from flowvi.training.pretrain import pretrain_on_draws
 

@@ -74,7 +74,7 @@ def write_plots(idata, run_dir: Path, names, max_pair: int) -> list[Path]:
 def run(args):
     import arviz as az
 
-    from flowvi.diagnostics.inference_data import to_arviz
+    from flowvi.runs.inference_data import to_arviz
 
     device = "cpu" if args.device == "auto" else args.device
     idata = to_arviz(args.run_dir, device=device)

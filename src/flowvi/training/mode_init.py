@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from flowvi.training.pretrain import _last_affine
+from flowvi.training.pretrain import last_affine
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _elbo(flow, target, n: int) -> float:
 
 
 def _set_affine(flow, mode: torch.Tensor, scale: torch.Tensor) -> bool:
-    found = _last_affine(flow)
+    found = last_affine(flow)
     if found is None:
         return False
     i, affine = found
@@ -140,7 +140,7 @@ def init_at_mode(flow, target, restarts: int = 4, max_iter: int = 200, check_dra
     import time
 
     t0 = time.perf_counter()
-    found = _last_affine(flow)
+    found = last_affine(flow)
     if found is None:
         return InitReport(False, "the flow has no elementwise affine layer to place")
     device = found[1].loc.device

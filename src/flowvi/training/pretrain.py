@@ -96,7 +96,7 @@ def draws_digest(x: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes()).hexdigest()[:16]
 
 
-def _last_affine(flow) -> tuple[int, ElementwiseAffine] | None:
+def last_affine(flow) -> tuple[int, ElementwiseAffine] | None:
     layers = list(getattr(flow, "transform", []))
     for i in reversed(range(len(layers))):
         if isinstance(layers[i], ElementwiseAffine):
@@ -108,7 +108,7 @@ def _last_affine(flow) -> tuple[int, ElementwiseAffine] | None:
 def standardize_affine(flow, x: Tensor) -> bool:
     """Set the flow's last :class:`~flowvi.transforms.ElementwiseAffine` to the mean and sd of the draws' pre-image
     under the layers after it (module docstring). False (and nothing changed) when the flow has none."""
-    found = _last_affine(flow)
+    found = last_affine(flow)
     if found is None:
         return False
     i, affine = found
