@@ -166,6 +166,19 @@ def test_torchrun_cli_fit(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_torchrun_cli_fit_until_converged(tmp_path):
+    """--steps auto under torchrun: the ranks' batch ELBOs differ, rank 0's stop decision holds for all (issue 20)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    argv = [a for a in _fit_command(out) if a not in ("--steps", "20")] + ["--max-steps", "400"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *argv]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-8000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] and summary["steps"] <= 400 and summary["steps"] % 100 == 0
+    assert proc.stdout.strip().splitlines()[-1].startswith(("trustworthy", "not trustworthy"))
+
+
 def _free_port():
     import socket
 
