@@ -60,6 +60,12 @@ def register(sub):
     g.add_argument("--cut-at-blocks", action="store_true", help="one part per scale (cut after each split)")
     g.add_argument("--finetune-fraction", type=float, default=1 / 3, help="alternate_then_finetune: end-to-end share")
     g.add_argument("--switch-every", type=int, default=1, help="alternate: consecutive steps per part")
+    g.add_argument(
+        "--cache-prefix",
+        action="store_true",
+        help="reuse the frozen parts' output per example while they are unchanged (pays with sequential or a long "
+        "--switch-every; a cached example keeps its dequantization noise; see docs/parts.md)",
+    )
     g.add_argument("--part-devices", help="comma-separated device of each part, e.g. cuda:0,cuda:1 (or cpu,cpu)")
     g = p.add_argument_group("flow (Glow)")
     g.add_argument(
@@ -119,6 +125,7 @@ def config_from_args(args) -> dict:
         clip=args.clip or None,
         finetune_fraction=args.finetune_fraction,
         switch_every=args.switch_every,
+        cache_prefix=args.cache_prefix,
         estimator=args.estimator,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,

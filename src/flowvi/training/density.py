@@ -88,9 +88,14 @@ class Prepared:
         return int(np.prod(self.data.x.shape[1:]))
 
     def sample_batch(self, generator, n: int) -> torch.Tensor:
+        return self.sample_indexed(generator, n)[0]
+
+    def sample_indexed(self, generator, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """A training batch (dequantized with fresh noise), its example indices and the training set size."""
         idx = torch.randint(0, len(self.train), (n,), generator=generator, device=self.train.device)
         x = self.train[idx]
-        return uniform_dequantize(x, self.data.levels, generator, check=False) if self.data.is_image else x
+        x = uniform_dequantize(x, self.data.levels, generator, check=False) if self.data.is_image else x
+        return x, idx, len(self.train)
 
     def loss(self, log_prob: torch.Tensor) -> torch.Tensor:
         if self.data.is_image:
@@ -157,7 +162,7 @@ def run(config: dict, out, resume: bool = False, progress: bool = True, log=prin
     cfg = PartsConfig(**config["train"])
     init_gen = torch.Generator(device=first).manual_seed(config["seed"] + 1)
     parted.initialize(prep.sample_batch(init_gen, min(len(prep.train), 1024)))
-    trainer = PartsTrainer(parted, cfg, prep.sample_batch, prep.evaluate)
+    trainer = PartsTrainer(parted, cfg, prep.sample_batch, prep.evaluate, sample_indexed=prep.sample_indexed)
     log(
         f"flowvi fit-data: {data.name} {tuple(data.x.shape)}, {len(prep.train)} train / {len(prep.test_eval)} test, "
         f"{sum(p.numel() for p in model.parameters())} parameters in {len(parted)} part(s), "
