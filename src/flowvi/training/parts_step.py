@@ -33,6 +33,7 @@ class StepClock:
         self.cuda = sorted({torch.device(d) for d in devices if torch.device(d).type == "cuda"}, key=str)
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self._current: dict[str, float] = {}
+        self.last: dict[str, float] = {}  # the phases of the last finished step
         self._last = None
 
     def _now(self) -> float:
@@ -53,7 +54,8 @@ class StepClock:
         """End one step: its phase times (seconds), also appended to ``seconds``."""
         for label, t in self._current.items():
             self.seconds[label].append(t)
-        return dict(self._current)
+        self.last = dict(self._current)
+        return self.last
 
 
 class PrefixCache:
