@@ -160,6 +160,7 @@ def profile(args, prep, device, n: int) -> dict:
             trainer.sample_indexed = subset_sampler(prep, 512)
             for _ in range(4 * 512 // args.batch_size):
                 trainer._part_input(len(parted) - 1, *trainer._batch([len(parted) - 1]))
+            trainer.cache.hits = trainer.cache.misses = 0
         trainer.clock = StepClock([device])
         rows: dict[str, list[dict]] = {}
         for i in range(n + 2 * len(parted)):

@@ -75,17 +75,19 @@ class PrefixCache:
         if key != self.key:
             self.key, self.values, self.valid = key, None, None
         miss = torch.ones(len(idx), dtype=torch.bool) if self.valid is None else ~self.valid[idx.cpu()]
-        if bool(miss.any()):
-            fresh = compute(x[miss.to(x.device)])
-            if self.values is None:
-                self.values = fresh.new_empty((self.n, *fresh.shape[1:]))
-                self.valid = torch.zeros(self.n, dtype=torch.bool)
+        fresh = compute(x[miss.to(x.device)]) if bool(miss.any()) else None
+        if self.values is None:
+            self.values = fresh.new_empty((self.n, *fresh.shape[1:]))
+            self.valid = torch.zeros(self.n, dtype=torch.bool)
+        out = self.values[idx.to(self.values.device)]
+        if fresh is not None:
+            out[miss.to(out.device)] = fresh  # a miss gets its own noise draw's output (also for repeated rows)
             rows = idx.cpu()[miss]
             self.values[rows.to(self.values.device)] = fresh
             self.valid[rows] = True
         self.misses += int(miss.sum())
         self.hits += len(idx) - int(miss.sum())
-        return self.values[idx.to(self.values.device)]
+        return out
 
 
 @contextmanager
