@@ -35,14 +35,19 @@ MIN_RANGE = 4
 def photographs(source: str) -> list[np.ndarray]:
     """The ``(H, W, 3)`` uint8 photographs of one source, read from the installed package."""
     package, name = SOURCES[source]
-    if package == "skimage":
+    try:
         import skimage.data
+        import sklearn.datasets
+    except ImportError as e:
+        raise ImportError(
+            f"the patch data sets cut photographs shipped in scikit-image and scikit-learn ({e.name} is missing): "
+            "pip install 'flowvi[images]'"
+        ) from None
+    if package == "skimage":
 
         images = getattr(skimage.data, name)()
         return [images[0], images[1]] if name == "stereo_motorcycle" else [images]
-    from sklearn.datasets import load_sample_images
-
-    sample = load_sample_images()
+    sample = sklearn.datasets.load_sample_images()
     return [next(im for im, f in zip(sample.images, sample.filenames, strict=True) if f.endswith(name))]
 
 
