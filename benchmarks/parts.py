@@ -58,8 +58,11 @@ def build(args, prep, devices, schedule, steps, cache=False, switch_every=1):
     model = glow(prep.data.x.shape[1:], levels=size["scales"], steps=size["steps"], hidden=size["hidden"], seed=0)
     model = model.to(devices[0])
     n_parts = 1 if schedule == "end_to_end" else args.parts
-    parted = make_parted(model, {"parts": n_parts}, devices if len(devices) == n_parts else devices[:1] * n_parts)
-    parted.initialize(prep.sample_batch(torch.Generator(device=devices[0]).manual_seed(1), 512))
+    init = prep.sample_batch(torch.Generator(device=devices[0]).manual_seed(1), 512)
+    with torch.no_grad():
+        model.log_prob(init)  # ActNorm's data-dependent initialisation
+    cut = {"parts": n_parts, "balance": args.balance}
+    parted = make_parted(model, cut, devices if len(devices) == n_parts else devices[:1] * n_parts, init[:64])
     cfg = PartsConfig(
         schedule=schedule,
         steps=steps,
@@ -263,6 +266,7 @@ def parse(argv):
     p.add_argument("--preset", default="glow-cpu", choices=list(PRESETS) + ["tiny"])
     p.add_argument("--steps", type=int, default=400, help="end-to-end steps")
     p.add_argument("--parts", type=int, default=2)
+    p.add_argument("--balance", action="store_true", help="cut into parts of equal activation bytes (--balance-parts)")
     p.add_argument("--parts-factor", type=float, default=1.5, help="by-parts step budget / end-to-end steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -6,7 +6,14 @@ import torch
 
 from flowvi.flows.glow import glow
 from flowvi.training.parts import PartedFlow, PartsConfig, PartsTrainer, normalizing_layers, part_starts
-from flowvi.training.parts_step import PrefixCache, StepClock, saved_tensor_bytes, state_bytes
+from flowvi.training.parts_step import (
+    PrefixCache,
+    StepClock,
+    balanced_starts,
+    layer_costs,
+    saved_tensor_bytes,
+    state_bytes,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +127,18 @@ def test_step_clock_times_each_phase(schedule, step, present, absent):
     phases = trainer.clock.last
     assert present <= set(phases) and not absent & set(phases)
     assert all(t >= 0 for t in phases.values())
+
+
+def test_balanced_cuts_split_the_measured_cost_evenly():
+    model = glow((1, 8, 8), levels=3, steps=2, hidden=8)
+    layers, _ = normalizing_layers(model)
+    # unsqueeze, 2 steps, split | unsqueeze, 2 steps, split | unsqueeze, 2 steps: cuts only after steps
+    costs = [0, 10, 10, 1, 0, 3, 3, 1, 0, 1, 1]
+    assert balanced_starts(layers, 2, costs) == [0, 2]  # 10 | 20 (a cut after 2 steps would give 21 | 9)
+    assert balanced_starts(layers, 3, costs) == [0, 2, 4]
+    assert balanced_starts(layers, 1, costs) == [0]
+    assert balanced_starts(layers, 2, [1.0] * len(layers)) == part_starts(layers, parts=2) == [0, 6]
+    with pytest.raises(ValueError, match="number of parts"):
+        balanced_starts(layers, 7, costs)
+    measured = layer_costs(layers, DATA[:8])
+    assert len(measured) == len(layers) and measured[1] > 0 and measured[0] == 0  # a squeeze saves nothing

@@ -57,6 +57,12 @@ def register(sub):
     g.add_argument("--schedule", default="end_to_end", help=f"one of {', '.join(SCHEDULES)}")
     g.add_argument("--parts", type=int, default=2, help="number of parts with equal flow steps (default 2)")
     g.add_argument("--layers-per-part", type=int, help="cut after every N flow steps instead of --parts")
+    g.add_argument(
+        "--balance-parts",
+        action="store_true",
+        help="with --parts K: cut where the parts hold about equal activation bytes (measured on one batch) "
+        "instead of equal numbers of flow steps",
+    )
     g.add_argument("--cut-at-blocks", action="store_true", help="one part per scale (cut after each split)")
     g.add_argument("--finetune-fraction", type=float, default=1 / 3, help="alternate_then_finetune: end-to-end share")
     g.add_argument("--switch-every", type=int, default=1, help="alternate: consecutive steps per part")
@@ -149,6 +155,7 @@ def config_from_args(args) -> dict:
             "parts": parts,
             "every": args.layers_per_part,
             "blocks": args.cut_at_blocks,
+            "balance": args.balance_parts,
             "devices": devices,
         },
         "train": asdict(train),

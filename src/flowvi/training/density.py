@@ -33,6 +33,7 @@ from flowvi.flows.glow import flat_glow, glow
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import resolve_device, resolve_dtype
 from flowvi.training.parts import PartedFlow, PartsConfig, PartsTrainer, normalizing_layers, part_starts
+from flowvi.training.parts_step import balanced_starts, layer_costs
 
 FLOW_DEFAULTS = {
     "scales": None,  # images: min(3, log2 of the smaller side); vectors: 2 when dim >= 4
@@ -134,9 +135,15 @@ def prepare(data: ArrayData, test_fraction: float, seed: int, device, dtype, max
     return Prepared(data, std(train), std(test), std(train_eval), "nats/dim", std)
 
 
-def make_parted(model, parts: dict, devices) -> PartedFlow:
+def make_parted(model, parts: dict, devices, batch=None) -> PartedFlow:
+    """Cut ``model`` as ``parts`` says (``blocks``, ``every`` or ``parts``, with ``balance``: parts of about equal
+    activation bytes on ``batch``, :func:`flowvi.training.parts_step.balanced_starts`)."""
     layers, _ = normalizing_layers(model)
-    if parts.get("blocks"):
+    if parts.get("balance") and not (parts.get("blocks") or parts.get("every")):
+        if batch is None:
+            raise ValueError("balanced parts need a batch to measure the layers on")
+        starts = balanced_starts(layers, parts.get("parts", 1), layer_costs(layers, batch))
+    elif parts.get("blocks"):
         starts = part_starts(layers, blocks=True)
     elif parts.get("every"):
         starts = part_starts(layers, every=parts["every"])
@@ -158,10 +165,12 @@ def run(config: dict, out, resume: bool = False, progress: bool = True, log=prin
     data = load_data(d["spec"], key=d.get("key"), levels=d.get("levels"))
     prep = prepare(data, d["test_fraction"], config["seed"], first, dtype)
     model = build_flow(data, **config["flow"]).to(first, dtype)
-    parted = make_parted(model, config["parts"], devices)
     cfg = PartsConfig(**config["train"])
     init_gen = torch.Generator(device=first).manual_seed(config["seed"] + 1)
-    parted.initialize(prep.sample_batch(init_gen, min(len(prep.train), 1024)))
+    init_batch = prep.sample_batch(init_gen, min(len(prep.train), 1024))
+    with torch.no_grad():
+        model.log_prob(init_batch)  # ActNorm's data-dependent initialisation, before measuring or cutting
+    parted = make_parted(model, config["parts"], devices, init_batch[: cfg.batch_size])
     trainer = PartsTrainer(parted, cfg, prep.sample_batch, prep.evaluate, sample_indexed=prep.sample_indexed)
     log(
         f"flowvi fit-data: {data.name} {tuple(data.x.shape)}, {len(prep.train)} train / {len(prep.test_eval)} test, "

@@ -115,3 +115,35 @@ def state_bytes(params, optimizer=None) -> dict[str, int]:
         for state in optimizer.state.values():
             opt += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
     return {"parameters": p, "gradients": p, "optimizer": opt}
+
+
+def layer_costs(layers, x: Tensor) -> list[int]:
+    """Bytes each layer saves for the backward pass on the batch ``x`` (normalizing direction): the activation
+    memory a part holds in a step, and a proxy of its arithmetic (both scale with the layer's activations)."""
+    from flowvi.flows.multiscale import normalize_layer
+
+    costs = []
+    with torch.enable_grad():
+        h = x
+        for layer in layers:
+            with saved_tensor_bytes() as saved:
+                h, _ = normalize_layer(layer, h.detach())
+            costs.append(saved["bytes"])
+    return costs
+
+
+def balanced_starts(layers, parts: int, costs: list[float]) -> list[int]:
+    """Starts of ``parts`` parts of about equal total ``costs``, cut only where ``part_starts`` may cut (after
+    a flow step, a split directly after it going with the part before)."""
+    from flowvi.training.parts import part_starts
+
+    candidates = part_starts(layers, every=1)[1:]
+    if not 1 <= parts <= len(candidates) + 1:
+        raise ValueError(f"number of parts must lie in 1..{len(candidates) + 1} (the flow steps), got {parts}")
+    cumulative = [sum(costs[:c]) for c in candidates]
+    total = sum(costs)
+    starts = [0]
+    for i in range(1, parts):
+        free = [c for c in candidates if c > starts[-1] and len([d for d in candidates if d > c]) >= parts - 1 - i]
+        starts.append(min(free, key=lambda c: abs(cumulative[candidates.index(c)] - i * total / parts)))
+    return starts
