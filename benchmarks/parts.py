@@ -273,7 +273,9 @@ def parse(argv):
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default steps/20)")
     p.add_argument("--test-subset", type=int, default=512, help="test patches scored along the curves")
-    p.add_argument("--final-test", type=int, default=2048, help="test patches scored at the end of each run")
+    p.add_argument(
+        "--final-test", type=int, default=2048, help="test patches scored at the end of each run (a superset)"
+    )
     p.add_argument("--profile-steps", type=int, default=12, help="steps per kind in the step profile")
     p.add_argument("--schedules", default="alternate_then_finetune,alternate,parallel")
     p.add_argument("--max-seconds", type=float, default=420.0, help="training time cap of each run")
@@ -341,8 +343,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     data = load_data(args.data)
     prep = prepare(data, 0.2, args.seed, device, torch.float32, max_train_eval=16)
-    test_x = prep.test_eval[torch.randperm(len(prep.test_eval), generator=torch.Generator().manual_seed(3))]
-    test_x = test_x[: args.test_subset]
+    # the test patches in a seeded random order (test_eval is ordered by source photograph)
+    prep.test_eval = prep.test_eval[torch.randperm(len(prep.test_eval), generator=torch.Generator().manual_seed(3))]
+    test_x = prep.test_eval[: args.test_subset]
     env = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
