@@ -69,3 +69,11 @@ def test_histogram_baseline_bits_per_dim():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 16, size=(20000, 3))
     assert histogram_bits_per_dim(x[:10000], x[10000:], 16) == pytest.approx(4.0, abs=0.01)
+
+
+def test_missing_packages_give_a_one_line_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "skimage.data", None)  # import fails as if scikit-image were not installed
+    with pytest.raises(ValueError, match=r"pip install 'flowvi\[images\]'"):
+        photographs("astronaut")

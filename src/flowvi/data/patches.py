@@ -38,13 +38,12 @@ def photographs(source: str) -> list[np.ndarray]:
     try:
         import skimage.data
         import sklearn.datasets
-    except ImportError as e:
-        raise ImportError(
+    except ImportError as e:  # a ValueError so that the command line reports it in one line
+        raise ValueError(
             f"the patch data sets cut photographs shipped in scikit-image and scikit-learn ({e.name} is missing): "
             "pip install 'flowvi[images]'"
         ) from None
     if package == "skimage":
-
         images = getattr(skimage.data, name)()
         return [images[0], images[1]] if name == "stereo_motorcycle" else [images]
     sample = sklearn.datasets.load_sample_images()
