@@ -119,3 +119,15 @@ def test_bad_input_gives_a_one_line_error(tmp_path, capsys, make, extra, message
     rc, _, err = run(["fit-data", str(path), "--out", str(tmp_path / "run"), "--steps", "1", *extra, *TINY], capsys)
     assert rc == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_image_runs_report_the_histogram_baseline_and_presets_set_the_size(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["fit-data", "digits", "--preset", "glow-cpu", "--flow-steps", "1", "--hidden", "8", "--steps", "4"]
+    rc, stdout, _ = run([*argv, "--eval-every", "2", "--quiet", "--threads", "1", "--out", str(out)], capsys)
+    assert rc == 0, stdout
+    config = json.loads((out / "config.json").read_text())
+    assert (config["flow"]["scales"], config["flow"]["steps"], config["flow"]["hidden"]) == (2, 1, 8)
+    summary = json.loads((out / "summary.json").read_text())
+    # independent per-pixel histograms of the 17 digit levels: well below uniform log2(17) = 4.09 bits/dim
+    assert 1.0 < summary["baseline_test_loss"] < 4.09 and "baseline" in stdout

@@ -31,7 +31,12 @@ def register(sub):
     p.add_argument("data", help=f"shipped name ({', '.join(SHIPPED)}) or path/to/array.npy|.npz")
     p.add_argument("--key", help="array name inside a .npz holding several arrays")
     p.add_argument("--levels", type=int, help="pixel levels of integer images (default: 256 for uint8, else max+1)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (default 0.2)")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="held-out fraction (default 0.2; the patch sets have a fixed split by source photograph)",
+    )
     p.add_argument("--out", help="run directory (default runs/DATA-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
@@ -63,14 +68,35 @@ def register(sub):
     )
     g.add_argument("--parts", type=int, default=2, help="number of parts with equal flow steps (default 2)")
     g.add_argument("--layers-per-part", type=int, help="cut after every N flow steps instead of --parts")
+    g.add_argument(
+        "--balance-parts",
+        action="store_true",
+        help="with --parts K: cut where the parts hold about equal activation bytes (measured on one batch) "
+        "instead of equal numbers of flow steps",
+    )
     g.add_argument("--cut-at-blocks", action="store_true", help="one part per scale (cut after each split)")
     g.add_argument("--finetune-fraction", type=float, default=1 / 3, help="alternate_then_finetune: end-to-end share")
     g.add_argument("--switch-every", type=int, default=1, help="alternate: consecutive steps per part")
+    g.add_argument(
+        "--cache-prefix",
+        action="store_true",
+        help="reuse the frozen parts' output per example while they are unchanged (pays with sequential or a long "
+        "--switch-every; a cached example keeps its dequantization noise; see docs/parts.md)",
+    )
     g.add_argument("--part-devices", help="comma-separated device of each part, e.g. cuda:0,cuda:1 (or cpu,cpu)")
     g = p.add_argument_group("flow (Glow)")
+    g.add_argument(
+        "--preset",
+        choices=list(density.PRESETS),
+        help="named Glow size: "
+        + "; ".join(
+            f"{k}: {v['scales']} scales x {v['steps']} steps, width {v['hidden']}" for k, v in density.PRESETS.items()
+        )
+        + " (explicit --scales/--flow-steps/--hidden win)",
+    )
     g.add_argument("--scales", type=int, help="images: squeeze levels (default min(3, log2 side)); vectors: blocks")
-    g.add_argument("--flow-steps", type=int, default=4, help="flow steps per scale (default 4)")
-    g.add_argument("--hidden", type=int, default=64, help="coupling network width (default 64)")
+    g.add_argument("--flow-steps", type=int, help="flow steps per scale (default 4)")
+    g.add_argument("--hidden", type=int, help="coupling network width (default 64)")
     g.add_argument("--depth", type=int, default=2, help="vectors: coupling MLP hidden layers")
     g.add_argument("--clamp", default="asymmetric", help=f"coupling scale clamp: {', '.join(CLAMPS)}")
     g.add_argument("--alpha-pos", type=float, default=0.1)
@@ -95,7 +121,16 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _flow_size(args) -> None:
+    """Fill --scales/--flow-steps/--hidden from --preset, then from the defaults, where not given."""
+    preset = density.PRESETS[args.preset] if args.preset else {}
+    for arg, key in (("scales", "scales"), ("flow_steps", "steps"), ("hidden", "hidden")):
+        if getattr(args, arg) is None:
+            setattr(args, arg, preset.get(key, density.FLOW_DEFAULTS[key]))
+
+
 def config_from_args(args) -> dict:
+    _flow_size(args)
     if args.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {args.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if args.estimator not in FORWARD_ESTIMATORS:
@@ -119,6 +154,7 @@ def config_from_args(args) -> dict:
         clip=args.clip or None,
         finetune_fraction=args.finetune_fraction,
         switch_every=args.switch_every,
+        cache_prefix=args.cache_prefix,
         estimator=args.estimator,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
@@ -142,6 +178,7 @@ def config_from_args(args) -> dict:
             "parts": parts,
             "every": args.layers_per_part,
             "blocks": args.cut_at_blocks,
+            "balance": args.balance_parts,
             "devices": devices,
         },
         "train": asdict(train),
@@ -173,6 +210,8 @@ def run(args):
     unit = summary["unit"]
     print(f"  train        {summary['train_loss']:.4f} {unit}")
     print(f"  test         {summary['test_loss']:.4f} {unit}   (best {summary['best_test_loss']:.4f})")
+    if "baseline_test_loss" in summary:
+        print(f"  baseline     {summary['baseline_test_loss']:.4f} {unit}   ({summary['baseline']}, test)")
     print(f"  steps        {summary['steps']} ({summary['skipped_steps']} skipped), {summary['train_seconds']:.1f} s")
     extra = ",samples.png" if unit == "bits/dim" else ""
     print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,flow.pt,learning_curve.png,samples.npy{extra}}}")

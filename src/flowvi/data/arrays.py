@@ -21,11 +21,15 @@ from flowvi import data as shipped
 
 @dataclass
 class ArrayData:
-    """An array of examples; ``levels`` is the number of pixel values of images, None for real vectors."""
+    """An array of examples; ``levels`` is the number of pixel values of images, None for real vectors.
+    ``test_index``: a fixed held-out split (e.g. by source image), used instead of a random one;
+    ``groups``: the source of each example, where known."""
 
     name: str
     x: np.ndarray
     levels: int | None = None
+    test_index: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     @property
     def is_image(self) -> bool:
@@ -45,11 +49,22 @@ def _breast_cancer() -> ArrayData:
     return ArrayData("breast_cancer", shipped.load_breast_cancer()[0].astype(np.float64))
 
 
+def _patches(size: int) -> ArrayData:
+    from flowvi.data.patches import patches  # cut at load time from scikit-image / scikit-learn photographs
+
+    return patches(size)
+
+
 #: name -> (loader, description)
 SHIPPED = {
     "digits": (_digits, "UCI optdigits 8x8 images, 1797 x (1, 8, 8), 17 levels (scikit-learn's load_digits)"),
     "wine": (_wine, "UCI wine, 178 x 13 real features"),
     "breast_cancer": (_breast_cancer, "UCI breast cancer Wisconsin (diagnostic), 569 x 30 real features"),
+    "patches32": (
+        lambda: _patches(32),
+        "32x32 RGB patches cut from the photographs in scikit-image / scikit-learn, split by photograph",
+    ),
+    "patches16": (lambda: _patches(16), "16x16 RGB patches of the same photographs, split by photograph"),
 }
 
 

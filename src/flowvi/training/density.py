@@ -33,6 +33,7 @@ from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import resolve_device, resolve_dtype
 from flowvi.runs.run_files import read_metrics, start_run
 from flowvi.training.parts import PartedFlow, PartsConfig, PartsTrainer, normalizing_layers, part_starts
+from flowvi.training.parts_step import balanced_starts, layer_costs
 
 FLOW_DEFAULTS = {
     "scales": None,  # images: min(3, log2 of the smaller side); vectors: 2 when dim >= 4
@@ -44,6 +45,16 @@ FLOW_DEFAULTS = {
     "alpha_neg": 2.0,
     "alpha": 2.0,
     "seed": 0,
+}
+
+
+#: named flow configurations (``flowvi fit-data --preset NAME``); explicit --scales/--flow-steps/--hidden win
+PRESETS = {
+    # compute-bound multi-scale Glow of the Glow paper's CIFAR-10 size class (GPU)
+    "glow-large": {"scales": 3, "steps": 32, "hidden": 512},
+    "glow-medium": {"scales": 3, "steps": 16, "hidden": 256},
+    # CPU-sized: the convolutions, not the per-layer overhead, dominate a step on a 2-core CPU
+    "glow-cpu": {"scales": 2, "steps": 8, "hidden": 96},
 }
 
 
@@ -78,9 +89,14 @@ class Prepared:
         return int(np.prod(self.data.x.shape[1:]))
 
     def sample_batch(self, generator, n: int) -> torch.Tensor:
+        return self.sample_indexed(generator, n)[0]
+
+    def sample_indexed(self, generator, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """A training batch (dequantized with fresh noise), its example indices and the training set size."""
         idx = torch.randint(0, len(self.train), (n,), generator=generator, device=self.train.device)
         x = self.train[idx]
-        return uniform_dequantize(x, self.data.levels, generator, check=False) if self.data.is_image else x
+        x = uniform_dequantize(x, self.data.levels, generator, check=False) if self.data.is_image else x
+        return x, idx, len(self.train)
 
     def loss(self, log_prob: torch.Tensor) -> torch.Tensor:
         if self.data.is_image:
@@ -96,8 +112,17 @@ class Prepared:
         return out
 
 
+def split(data: ArrayData, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The data set's own held-out split (``data.test_index``, e.g. by source image) or a seeded random one."""
+    if data.test_index is None:
+        return train_test_split(len(data.x), test_fraction, seed)
+    test = np.zeros(len(data.x), dtype=bool)
+    test[data.test_index] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
 def prepare(data: ArrayData, test_fraction: float, seed: int, device, dtype, max_train_eval: int = 2000) -> Prepared:
-    train_idx, test_idx = train_test_split(len(data.x), test_fraction, seed)
+    train_idx, test_idx = split(data, test_fraction, seed)
     x = torch.as_tensor(data.x, dtype=dtype, device=device)
     train, test = x[train_idx], x[test_idx]
     eval_gen = torch.Generator(device=device).manual_seed(seed + 12345)
@@ -110,9 +135,15 @@ def prepare(data: ArrayData, test_fraction: float, seed: int, device, dtype, max
     return Prepared(data, std(train), std(test), std(train_eval), "nats/dim", std)
 
 
-def make_parted(model, parts: dict, devices) -> PartedFlow:
+def make_parted(model, parts: dict, devices, batch=None) -> PartedFlow:
+    """Cut ``model`` as ``parts`` says (``blocks``, ``every`` or ``parts``, with ``balance``: parts of about equal
+    activation bytes on ``batch``, :func:`flowvi.training.parts_step.balanced_starts`)."""
     layers, _ = normalizing_layers(model)
-    if parts.get("blocks"):
+    if parts.get("balance") and not (parts.get("blocks") or parts.get("every")):
+        if batch is None:
+            raise ValueError("balanced parts need a batch to measure the layers on")
+        starts = balanced_starts(layers, parts.get("parts", 1), layer_costs(layers, batch))
+    elif parts.get("blocks"):
         starts = part_starts(layers, blocks=True)
     elif parts.get("every"):
         starts = part_starts(layers, every=parts["every"])
@@ -135,11 +166,13 @@ def run(config: dict, out, resume: bool = False, progress: bool = True, log=prin
     data = load_data(d["spec"], key=d.get("key"), levels=d.get("levels"))
     prep = prepare(data, d["test_fraction"], config["seed"], first, dtype)
     model = build_flow(data, **config["flow"]).to(first, dtype)
-    parted = make_parted(model, config["parts"], devices)
     cfg = PartsConfig(**config["train"])
     init_gen = torch.Generator(device=first).manual_seed(config["seed"] + 1)
-    parted.initialize(prep.sample_batch(init_gen, min(len(prep.train), 1024)))
-    trainer = PartsTrainer(parted, cfg, prep.sample_batch, prep.evaluate)
+    init_batch = prep.sample_batch(init_gen, min(len(prep.train), 1024))
+    with torch.no_grad():
+        model.log_prob(init_batch)  # ActNorm's data-dependent initialisation, before measuring or cutting
+    parted = make_parted(model, config["parts"], devices, init_batch[: cfg.batch_size])
+    trainer = PartsTrainer(parted, cfg, prep.sample_batch, prep.evaluate, sample_indexed=prep.sample_indexed)
     log(
         f"flowvi fit-data: {data.name} {tuple(data.x.shape)}, {len(prep.train)} train / {len(prep.test_eval)} test, "
         f"{sum(p.numel() for p in model.parameters())} parameters in {len(parted)} part(s), "
@@ -149,6 +182,7 @@ def run(config: dict, out, resume: bool = False, progress: bool = True, log=prin
     state = trainer.run(run_dir=out, resume=resume, progress=progress)
     ckpt.save_atomic(model.state_dict(), out / "flow.pt")
     tests = [m["test_loss"] for m in state.history if "test_loss" in m]
+    baseline = image_baseline(data, d["test_fraction"], config["seed"]) if data.is_image else {}
     summary = {
         "data": data.name,
         "unit": prep.unit,
@@ -163,12 +197,22 @@ def run(config: dict, out, resume: bool = False, progress: bool = True, log=prin
         "dim": prep.dim,
         **prep.evaluate(parted),
         "best_test_loss": min(tests) if tests else float("nan"),
+        **baseline,
     }
     ckpt.write_json_atomic(summary, out / "summary.json")
     write_samples(model, prep, out, config.get("n_samples", 64), config.get("temperature", 1.0))
     switch = round((1 - cfg.finetune_fraction) * cfg.steps) if cfg.schedule == "alternate_then_finetune" else None
     plot_learning_curve(out, prep.unit, switch)
     return summary
+
+
+def image_baseline(data: ArrayData, test_fraction: float, seed: int) -> dict:
+    """Test bits/dim of independent per-pixel histograms fitted on the training split (a scale for flowvi's)."""
+    from flowvi.data.patches import histogram_bits_per_dim
+
+    train_idx, test_idx = split(data, test_fraction, seed)
+    bpd = histogram_bits_per_dim(data.x[train_idx], data.x[test_idx], data.levels)
+    return {"baseline": "independent per-pixel histogram (add-one)", "baseline_test_loss": bpd}
 
 
 @torch.no_grad()

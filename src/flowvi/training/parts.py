@@ -50,6 +50,7 @@ from flowvi.flows.multiscale import MultiscaleFlow, Split, normalize_layer
 from flowvi.objectives.estimators import FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_files import truncate_metrics
+from flowvi.training.parts_step import PrefixCache
 from flowvi.transforms.squeeze import Squeeze, Unsqueeze
 
 SCHEDULES = ("end_to_end", "alternate", "sequential", "alternate_then_finetune", "parallel")
@@ -148,13 +149,27 @@ class PartedFlow:
         h_out, terms = self.run_part(k, h_in.detach())
         return -(terms + self.prior_log_prob(h_out)), h_out
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """The full log p(x) through all parts (gradients cross the boundaries), on the first part's device."""
+    def log_prob(self, x: Tensor, clock=None) -> Tensor:
+        """The full log p(x) through all parts (gradients cross the boundaries), on the first part's device.
+
+        ``clock`` (a :class:`flowvi.training.parts_step.StepClock`) times each part's forward and, through a
+        hook on each part's input, the backward pass that follows up to that boundary."""
         h, total = x, None
         for k in range(len(self.parts)):
+            if clock is not None and k > 0 and h.requires_grad:
+                h.register_hook(lambda g, k=k: clock.mark(f"backward part {k}"))
             h, terms = self.run_part(k, h)
             total = terms if total is None else total.to(terms.device) + terms
+            if clock is not None:
+                clock.mark(f"forward part {k}")
         return (total + self.prior_log_prob(h)).to(self.devices[0])
+
+    def prefix(self, k: int, x: Tensor) -> Tensor:
+        """The output of parts < k on ``x``, without autograd (no graph, nothing kept for a backward pass)."""
+        with torch.no_grad():
+            for j in range(k):
+                x, _ = self.run_part(j, x)
+        return x
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -173,6 +188,7 @@ class PartsConfig:
     clip: float | None = 50.0  # gradient-norm clip of each part; None turns it off
     finetune_fraction: float = 1 / 3  # alternate_then_finetune: the last fraction runs end to end
     switch_every: int = 1  # alternate: consecutive steps per part
+    cache_prefix: bool = False  # reuse frozen parts' outputs per example while they are unchanged (parts_step.py)
     estimator: str = "ml"
     eval_every: int = 100
     checkpoint_every: int = 500
@@ -249,10 +265,14 @@ class PartsTrainer:
     ``sample_batch(generator, batch_size) -> Tensor`` draws a training batch on the first part's device
     (``generator`` is a ``torch.Generator`` on that device, saved in checkpoints); ``evaluate(parted) -> dict``
     returns metrics logged with every evaluation (its time is not counted as training time); ``target`` is
-    needed by the ``path`` estimator only.
+    needed by the ``path`` estimator only. ``cfg.cache_prefix`` needs ``sample_indexed(generator, n) ->
+    (batch, example indices, number of examples)`` (:class:`flowvi.training.parts_step.PrefixCache`). Set
+    ``clock`` to a :class:`flowvi.training.parts_step.StepClock` to time each step's phases.
     """
 
-    def __init__(self, parted: PartedFlow, cfg: PartsConfig, sample_batch, evaluate=None, target=None):
+    def __init__(
+        self, parted: PartedFlow, cfg: PartsConfig, sample_batch, evaluate=None, target=None, sample_indexed=None
+    ):
         cfg.check()
         if cfg.estimator == "path":
             if cfg.schedule != "end_to_end" or target is None or not isinstance(parted.model, Flow):
@@ -267,6 +287,12 @@ class PartsTrainer:
             evaluate,
             target,
         )
+        if cfg.cache_prefix and sample_indexed is None:
+            raise ValueError("the prefix cache needs the example index of each batch row (sample_indexed)")
+        self.sample_indexed = sample_indexed if cfg.cache_prefix else None
+        self.cache = None
+        self.clock = None
+        self.updates = [0] * len(parted)  # optimizer steps per part (the prefix cache's validity)
         self.optimizers = [torch.optim.Adam(parted.parameters(k), lr=cfg.lr) for k in range(len(parted))]
         self.generator = torch.Generator(device=parted.devices[0]).manual_seed(cfg.seed)
         self.state = PartsState()
@@ -280,39 +306,91 @@ class PartsTrainer:
                 group["lr"] = lr
         return lr
 
+    def _mark(self, label: str) -> None:
+        if self.clock is not None:
+            self.clock.mark(label)
+
+    def _batch(self, active) -> tuple[Tensor, Tensor | None]:
+        """The step's batch, with its example indices when the prefix cache will serve it."""
+        if self.sample_indexed is None or active is None or len(active) != 1 or active[0] == 0:
+            return self.sample_batch(self.generator, self.cfg.batch_size), None
+        x, idx, n = self.sample_indexed(self.generator, self.cfg.batch_size)
+        if self.cache is None:
+            self.cache = PrefixCache(n)
+        return x, idx
+
+    def _part_input(self, k: int, x: Tensor, idx: Tensor | None) -> Tensor:
+        """Input of part k: x for k = 0, else the frozen parts' output (no graph; cached when enabled)."""
+        if k == 0:
+            return x
+        if idx is None:
+            h = self.parted.prefix(k, x)
+        else:
+            h = self.cache.inputs((k, tuple(self.updates[:k])), idx, x, lambda xs: self.parted.prefix(k, xs))
+        self._mark("frozen prefix" + (" (cache)" if idx is not None else " (no grad)"))
+        return h
+
+    def _losses(self, active, x: Tensor, idx) -> list[Tensor]:
+        """The step's losses: [-log p] end to end, or each active part's L_k (disjoint graphs)."""
+        parted = self.parted
+        if active is None:
+            if self.cfg.estimator == "path":
+                return [FORWARD_ESTIMATORS["path"](parted.model, x, self.target).loss]
+            return [-parted.log_prob(x, clock=self.clock).mean()]
+        losses, h = [], self._part_input(min(active), x, idx)
+        for k in range(min(active), max(active) + 1):
+            if k in active:
+                per_example, h = parted.truncated_objective(k, h)
+                losses.append(per_example.mean())
+                self._mark(f"forward part {k}")
+            else:
+                h = self._run_frozen(k, h)
+        return losses
+
+    def _run_frozen(self, k: int, h: Tensor) -> Tensor:
+        with torch.no_grad():
+            h, _ = self.parted.run_part(k, h)
+        self._mark(f"forward part {k} (no grad)")
+        return h
+
+    def _backward(self, losses: list[Tensor], active) -> None:
+        if self.clock is None or active is None:
+            torch.autograd.backward(losses)  # disjoint graphs: each part gets the gradient of its own L_k
+            self._mark("backward part 0" if active is None else "backward")
+            return
+        for k, loss in zip(active, losses, strict=True):  # timed one part at a time
+            loss.backward()
+            self._mark(f"backward part {k}")
+
     def step(self) -> tuple[bool, Tensor]:
-        """One optimisation step of the schedule; returns (finite, detached loss of the step)."""
+        """One optimisation step of the schedule; returns (finite, detached loss of the step).
+
+        A step that trains some parts runs the frozen parts before them without autograd (or takes their output
+        from the prefix cache), skips the parts after the last trained one, and runs backward and the optimizer
+        of the trained parts only, each part with its own Adam state."""
         cfg, parted = self.cfg, self.parted
-        x = self.sample_batch(self.generator, cfg.batch_size)
+        if self.clock is not None:
+            self.clock.start()
         active = active_parts(cfg, self.state.step, len(parted))
+        x, idx = self._batch(active)
+        self._mark("data")
         self._set_lr(self.state.step)
         trained = list(range(len(parted))) if active is None else active
         for k in trained:
             self.optimizers[k].zero_grad(set_to_none=True)
-        if active is None:
-            if cfg.estimator == "path":
-                loss = FORWARD_ESTIMATORS["path"](parted.model, x, self.target).loss
-            else:
-                loss = -parted.log_prob(x).mean()
-            loss.backward()
-            losses = [loss.detach()]
-        else:
-            losses, h = [], x
-            for k in range(max(active) + 1):
-                if k in active:
-                    per_example, h = parted.truncated_objective(k, h)
-                    losses.append(per_example.mean())
-                else:
-                    with torch.no_grad():
-                        h, _ = parted.run_part(k, h)
-            torch.autograd.backward(losses)  # disjoint graphs: each part gets the gradient of its own L_k
-            losses = [loss.detach() for loss in losses]
+        losses = self._losses(active, x, idx)
+        self._backward(losses, active)
+        losses = [loss.detach() for loss in losses]
         ok = _clip_and_check([parted.parameters(k) for k in trained], cfg.clip)
-        if ok:
-            for k in trained:
-                self.optimizers[k].step()
+        self._mark("clip")
         for k in trained:
+            if ok:
+                self.optimizers[k].step()
+                self.updates[k] += 1
             self.optimizers[k].zero_grad(set_to_none=True)
+            self._mark(f"optimizer part {k}")
+        if self.clock is not None:
+            self.clock.stop()
         return ok, sum(loss.to(losses[0].device) for loss in losses)
 
     # -- the loop -------------------------------------------------------------------------------------------
