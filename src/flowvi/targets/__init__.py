@@ -16,6 +16,7 @@ from .horseshoe import (
     HorseshoeNCI60,
     HorseshoeSynthetic,
 )
+from .posteriordb import POSTERIORDB_TARGETS, PosteriorTarget
 from .regression import ConjugateLinearRegression
 from .regularized_horseshoe import (
     RegularizedHorseshoeLogisticRegression,
@@ -23,6 +24,7 @@ from .regularized_horseshoe import (
     RegularizedHorseshoeSynthetic,
 )
 from .student_t import MultivariateStudentT
+from .suite import SUITE_TARGETS
 
 #: name -> (constructor, one-line description). Other modules add their targets here.
 TARGETS = {
@@ -51,6 +53,8 @@ TARGETS = {
     "u1": (U1Gauge, "2D compact U(1) lattice gauge theory, Wilson action; link angles (2, L, L)"),
     "schwinger": (Schwinger, "2D Schwinger model, 2 Wilson fermion flavours (S_g - 2 log|det D|); links (2, L, L)"),
     "phi4": (Phi4, "real scalar phi^4 on an L x L periodic lattice (hopping form; params L, kappa, lam, preset)"),
+    **POSTERIORDB_TARGETS,  # reference posteriors of benchmarks/posteriors.py
+    **SUITE_TARGETS,
 }
 
 
@@ -97,6 +101,7 @@ __all__ = [
     "HorseshoeNCI60",
     "HorseshoeSynthetic",
     "MultivariateStudentT",
+    "PosteriorTarget",
     "RegularizedHorseshoeLogisticRegression",
     "RegularizedHorseshoeNCI60",
     "RegularizedHorseshoeSynthetic",
