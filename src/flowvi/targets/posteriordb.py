@@ -107,14 +107,19 @@ class Arma11(PosteriorTarget):
         self._buffer("y", load_data("arma")["y"])
 
     def log_prob(self, x):
+        lp = self._log_prob(x.double())  # |theta| > 1 makes err grow like theta^T: float64, then -inf
+        return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf)).to(x.dtype)
+
+    def _log_prob(self, x):
         mu, phi, theta = x[:, 0], x[:, 1], x[:, 2]
         sigma, log_jac = positive(x[:, 3])
         prior = normal_lpdf(mu, 0.0, 10.0) + normal_lpdf(x[:, 1:3], 0.0, 2.0).sum(-1)
         prior = prior + half_cauchy_lpdf(sigma, 2.5) + log_jac
-        err = self.y[0] - mu - phi * mu
+        y = self.y.double()
+        err = y[0] - mu - phi * mu
         sq = err * err
-        for t in range(1, len(self.y)):
-            err = self.y[t] - mu - phi * self.y[t - 1] - theta * err
+        for t in range(1, len(y)):
+            err = y[t] - mu - phi * y[t - 1] - theta * err
             sq = sq + err * err
         n = len(self.y)
         return prior - 0.5 * sq / sigma**2 - n * torch.log(sigma) - 0.5 * n * LOG_2PI

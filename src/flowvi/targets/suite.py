@@ -21,14 +21,15 @@ class SeparatedGaussianMixture(PosteriorTarget):
     ``E[x_i] = sum_k w_k m_k``, ``E[x_i^2] = sum_k w_k (s_k^2 + m_k^2)``."""
 
     log_evidence = 0.0
+    WEIGHTS, CENTRES, SCALES = (0.2, 0.3, 0.5), (-6.0, 0.0, 6.0), (1.0, 0.7, 1.3)
 
     def __init__(self, dim: int = 5):
         super().__init__()
         self.event_shape = (int(dim),)
         self.param_names = _indexed("x", self.dim)
-        self._buffer("weights", [0.2, 0.3, 0.5])
-        self._buffer("centres", [-6.0, 0.0, 6.0])
-        self._buffer("scales", [1.0, 0.7, 1.3])
+        self._buffer("weights", self.WEIGHTS)
+        self._buffer("centres", self.CENTRES)
+        self._buffer("scales", self.SCALES)
 
     def log_prob(self, x):
         z = (x[:, None, :] - self.centres[:, None]) / self.scales[:, None]  # (batch, K, d)
@@ -39,9 +40,9 @@ class SeparatedGaussianMixture(PosteriorTarget):
         return x
 
     def exact_moments(self) -> tuple[list[float], list[float]]:
-        w, m, s = (t.double() for t in (self.weights, self.centres, self.scales))
-        mean = float((w * m).sum())
-        sd = math.sqrt(float((w * (s**2 + m**2)).sum()) - mean**2)
+        terms = list(zip(self.WEIGHTS, self.CENTRES, self.SCALES, strict=True))
+        mean = sum(w * m for w, m, _ in terms)
+        sd = math.sqrt(sum(w * (s**2 + m**2) for w, m, s in terms) - mean**2)
         return [mean] * self.dim, [sd] * self.dim
 
     def sample(self, n):
