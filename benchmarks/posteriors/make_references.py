@@ -148,7 +148,14 @@ def cmd_nuts(args):
     from numpyro_models import reported_draws, run_nuts
 
     t0 = time.perf_counter()
-    res = run_nuts(args.name, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed)
+    res = run_nuts(
+        args.name,
+        chains=args.chains,
+        warmup=args.warmup,
+        draws=args.draws,
+        seed=args.seed,
+        target_accept=args.target_accept,
+    )
     seconds = time.perf_counter() - t0
     params, draws = reported_draws(args.name, res["samples"])  # draws (chains, n, k)
     rhat = np.array([float(az.rhat(draws[:, :, j], method="rank")) for j in range(draws.shape[2])])
@@ -169,9 +176,9 @@ def cmd_nuts(args):
         divergences=int(res["divergences"]),
         seconds=round(seconds, 1),
         source=f"NumPyro NUTS, {args.chains} chains x ({args.warmup} warm-up + {args.draws}), seed {args.seed}, "
-        "float64, target_accept 0.95",
+        f"float64, target_accept {args.target_accept}",
         command=f"benchmarks/posteriors/make_references.py nuts {args.name} --chains {args.chains} "
-        f"--warmup {args.warmup} --draws {args.draws} --seed {args.seed}",
+        f"--warmup {args.warmup} --draws {args.draws} --seed {args.seed} --target-accept {args.target_accept}",
     )
 
 
@@ -188,6 +195,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2000)
     p.add_argument("--draws", type=int, default=5000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--target-accept", type=float, default=0.95)
     args = ap.parse_args(argv)
     REFS.mkdir(parents=True, exist_ok=True)
     DATA.mkdir(parents=True, exist_ok=True)
