@@ -75,6 +75,7 @@ class Options:
     skip_nuts: bool = False
     skip_logz: bool = False
     workdir: str = ""
+    threads: int = 1
 
 
 def load_reference(name: str) -> dict:
@@ -139,6 +140,9 @@ def final_draws(run_dir: Path) -> Path:
 
 def _cli(args: list[str], timeout: float) -> tuple[int, float, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("OMP_NUM_THREADS", os.environ.get("FLOWVI_BENCH_THREADS", ""))
+    if not env["OMP_NUM_THREADS"]:
+        del env["OMP_NUM_THREADS"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -148,6 +152,20 @@ def _cli(args: list[str], timeout: float) -> tuple[int, float, str]:
         return 124, time.perf_counter() - t0, f"timed out after {timeout:.0f} s"
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
     return proc.returncode, time.perf_counter() - t0, " | ".join(tail)
+
+
+def set_threads(n: int):
+    """The same thread count for flowvi (its subprocesses and torch here), pocoMC and NumPyro (XLA); before
+    JAX is imported."""
+    if n <= 0:
+        return
+    import torch
+
+    os.environ["FLOWVI_BENCH_THREADS"] = str(n)
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={n}"
+    )
+    torch.set_num_threads(n)
 
 
 def has_refine() -> bool:
@@ -302,6 +320,9 @@ def parse_args(argv):
     ap.add_argument("--skip-nuts", action="store_true")
     ap.add_argument("--skip-logz", action="store_true", help="no pocoMC and SMC runs")
     ap.add_argument("--workdir", help="run directories (default: a temporary directory)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="CPU threads of every method (OMP_NUM_THREADS, torch, XLA); 0: default"
+    )
     return ap.parse_args(argv)
 
 
@@ -325,6 +346,8 @@ def main(argv=None) -> list[dict]:
         opts.nuts_chains, opts.nuts_warmup, opts.nuts_draws = 2, 200, 200
         opts.smc_args += " --particles 256 --moves 2"
         opts.pocomc_effective, opts.pocomc_total = 128, 512
+    set_threads(args.threads)
+    opts.threads = args.threads
     refine_ok = has_refine()
     with tempfile.TemporaryDirectory() as tmp:
         opts.workdir = args.workdir or tmp

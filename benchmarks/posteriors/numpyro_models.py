@@ -148,7 +148,7 @@ def gauss_mix_separated(data, dim=5):
 
 def stochastic_volatility(data):
     y, t = jnp.asarray(data["y"]), data["T"]
-    mu = numpyro.sample("mu", dist.Normal(0, 5))
+    mu = numpyro.sample("mu", dist.Normal(0, 1))
     phi = numpyro.deterministic("phi", 2 * numpyro.sample("phi_raw", dist.Beta(20, 1.5)) - 1)
     sigma = numpyro.sample("sigma", dist.HalfNormal(1))
     z = numpyro.sample("z", dist.Normal(0, 1).expand([t]))

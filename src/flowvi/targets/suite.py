@@ -53,7 +53,7 @@ class SeparatedGaussianMixture(PosteriorTarget):
 class StochasticVolatility(PosteriorTarget):
     """Stochastic volatility (Kim, Shephard & Chib 1998), non-centered as in the Stan user's guide:
     ``y_t ~ N(0, exp(h_t / 2))``, ``h_1 = mu + sigma z_1 / sqrt(1 - phi^2)``, ``h_t = mu + phi (h_{t-1} - mu) +
-    sigma z_t``, ``z ~ N(0, 1)``; ``mu ~ N(0, 5)``, ``(phi + 1) / 2 ~ Beta(20, 1.5)``, ``sigma ~ half-N(0, 1)``.
+    sigma z_t``, ``z ~ N(0, 1)``; ``mu ~ N(0, 1)``, ``(phi + 1) / 2 ~ Beta(20, 1.5)``, ``sigma ~ half-N(0, 1)``.
     T = 100 simulated returns; d = T + 3. Coordinates ``(mu, logit((phi + 1) / 2), log sigma, z_1..T)``;
     reports ``mu, phi, sigma, h``."""
 
@@ -76,7 +76,7 @@ class StochasticVolatility(PosteriorTarget):
     def log_prob(self, x):
         mu, _, sigma, h = self._latent(x)
         raw, log_jac_phi = unit_interval(x[:, 1])
-        prior = normal_lpdf(mu, 0.0, 5.0) + 19 * F.logsigmoid(x[:, 1]) + 0.5 * F.logsigmoid(-x[:, 1]) + log_jac_phi
+        prior = normal_lpdf(mu, 0.0, 1.0) + 19 * F.logsigmoid(x[:, 1]) + 0.5 * F.logsigmoid(-x[:, 1]) + log_jac_phi
         prior = prior + normal_lpdf(sigma, 0.0, 1.0) + x[:, 2] + normal_lpdf(x[:, 3:], 0.0, 1.0).sum(-1)
         lik = normal_lpdf(self.y, 0.0, torch.exp(h / 2)).sum(-1)
         return prior + lik
