@@ -344,31 +344,31 @@ def main(argv=None) -> list[dict]:
     if args.quick:  # short runs: the harness end to end in well under a minute
         opts.fit_args = opts.fit_args or "--steps 150 --layers 2 --hidden 32 --eval-samples 4000 --n-samples 4000"
         opts.nuts_chains, opts.nuts_warmup, opts.nuts_draws = 2, 200, 200
+        opts.fit_timeout = min(opts.fit_timeout, 300.0)
         opts.smc_args += " --particles 256 --moves 2"
         opts.pocomc_effective, opts.pocomc_total = 128, 512
     set_threads(args.threads)
     opts.threads = args.threads
     refine_ok = has_refine()
+    record = {
+        "command": "python benchmarks/posteriors.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "flowvi_refine_available": refine_ok,
+        "options": asdict(opts) | {"workdir": None},
+        "results": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         opts.workdir = args.workdir or tmp
-        rows = []
         for name in names:
             t0 = time.perf_counter()
-            rows.append(run_one(name, opts, refine_ok))
+            record["results"].append(run_one(name, opts, refine_ok))
             print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    print(table(rows))
-    if args.json:
-        record = {
-            "command": "python benchmarks/posteriors.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "flowvi_refine_available": refine_ok,
-            "options": asdict(opts) | {"workdir": None},
-            "results": rows,
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=1, default=float) + "\n")
-    return rows
+            if args.json:  # after every posterior: an interrupted run keeps what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(table(record["results"]))
+    return record["results"]
 
 
 if __name__ == "__main__":
