@@ -150,8 +150,9 @@ def _cli(args: list[str], timeout: float) -> tuple[int, float, str]:
         )
     except subprocess.TimeoutExpired:
         return 124, time.perf_counter() - t0, f"timed out after {timeout:.0f} s"
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-    return proc.returncode, time.perf_counter() - t0, " | ".join(tail)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    errors = [ln for ln in lines if "error" in ln.lower() and "warning" not in ln.lower()]
+    return proc.returncode, time.perf_counter() - t0, errors[-1] if errors else " | ".join(lines[-3:])
 
 
 def set_threads(n: int):
@@ -287,9 +288,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         f, n = r["flowvi"], r.get("nuts", {})
         verdict = f.get("error") or f.get("verdict_after_refine") or f.get("verdict") or "–"
+        verdict = str(verdict).replace("flowvi fit: error: ", "error: ").replace("|", "/")
         lines.append(
             f"| {r['name']} | {r['dim']} | {_pct(f, 'means_ok')} / {_pct(f, 'sds_ok')} | {_num(f.get('pareto_k'))} "
-            f"| {str(verdict)[:60]} | {f['seconds']:.0f} | {_pct(n, 'means_ok')} / {_pct(n, 'sds_ok')} "
+            f"| {verdict[:70]} | {f['seconds']:.0f} | {_pct(n, 'means_ok')} / {_pct(n, 'sds_ok')} "
             f"| {n.get('divergences', '–')} | {_num(n.get('max_rank_rhat'), '.3f')} | {_num(n.get('seconds'), '.0f')} |"
         )
     out = head + "\n".join(lines)
