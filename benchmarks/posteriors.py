@@ -129,6 +129,15 @@ def trustworthy(verdict) -> bool | None:
     return text.startswith("trustworthy") or text.startswith("refined")
 
 
+def verdict_consistent(verdict, scores: dict, share: float = 0.95) -> bool | None:
+    """False when the verdict says trustworthy but the draws miss the accuracy criterion (>= ``share`` of means
+    within 0.1 sd and of sd ratios in [0.9, 1.1]); None without a verdict."""
+    trusted = trustworthy(verdict)
+    if trusted is None:
+        return None
+    return not (trusted and (scores["means_ok"] < share or scores["sds_ok"] < share))
+
+
 def final_draws(run_dir: Path) -> Path:
     """The refined draws of ``flowvi refine`` when present (the newest .npy naming refine/neutra/imh), else
     samples.npy."""
@@ -202,6 +211,7 @@ def run_flowvi(name: str, ref: dict, opts: Options, refine_ok: bool) -> dict:
     draws_path = final_draws(out)
     res["draws_file"] = draws_path.name
     res.update(score(to_reference_space(name, np.load(draws_path)), ref))
+    res["verdict_consistent"] = verdict_consistent(res.get("verdict_after_refine", res["verdict"]), res)
     if ref.get("log_z") is not None and res["log_z"] is not None:
         res["log_z_error"] = res["log_z"] - ref["log_z"]
     return res
@@ -295,6 +305,9 @@ def table(rows: list[dict]) -> str:
             f"| {n.get('divergences', '–')} | {_num(n.get('max_rank_rhat'), '.3f')} | {_num(n.get('seconds'), '.0f')} |"
         )
     out = head + "\n".join(lines)
+    wrong = [r["name"] for r in rows if r["flowvi"].get("verdict_consistent") is False]
+    if wrong:
+        out += f"\n\nverdict 'trustworthy' on draws that miss the criterion: {', '.join(wrong)}"
     logz = [r for r in rows if r["ref_log_z"] is not None]
     if logz:
         out += "\n\n| posterior | exact log Z | flowvi IS log Z | s | SMC log Z | s | pocoMC log Z | s |\n"

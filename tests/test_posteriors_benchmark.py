@@ -46,6 +46,9 @@ def test_reference_space_verdict_and_draw_file(tmp_path):
     assert bench.trustworthy(None) is None
     assert bench.trustworthy("trustworthy: PSIS k̂ 0.41") and bench.trustworthy("refined: NeuTra-HMC, R-hat ≤ 1.01")
     assert bench.trustworthy("not trustworthy: k̂ 1.2") is False and bench.trustworthy({"trustworthy": False}) is False
+    good, bad = {"means_ok": 1.0, "sds_ok": 0.96}, {"means_ok": 1.0, "sds_ok": 0.5}
+    assert bench.verdict_consistent("trustworthy: k̂ 0.4", good) and not bench.verdict_consistent("trustworthy", bad)
+    assert bench.verdict_consistent("not trustworthy: k̂ 1.2", bad) and bench.verdict_consistent(None, bad) is None
     np.save(tmp_path / "samples.npy", x)
     assert bench.final_draws(tmp_path).name == "samples.npy"
     np.save(tmp_path / "refined_neutra.npy", x)
