@@ -34,6 +34,6 @@ def run(args):
     width = max(len(n) for n in TARGETS)
     for name in sorted(TARGETS):
         params = describe_parameters(name)
-        print(f"{name:<{width}}  {TARGETS[name][1]}\n{'':<{width}}  parameters: {params}")
+        print(f"{name:<{width}}  {TARGETS[name][1]}\n{'':<{width}}  parameters: {params or 'none'}")
     print("\nA user target: flowvi fit path/to/file.py:function --dim D (function maps (batch, D) to (batch,))")
     return 0

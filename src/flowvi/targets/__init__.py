@@ -16,6 +16,7 @@ from flowvi.targets.horseshoe import (
     HorseshoeSynthetic,
 )
 from flowvi.targets.phi4 import Phi4
+from flowvi.targets.posteriordb import POSTERIORDB_TARGETS, PosteriorTarget
 from flowvi.targets.pymc import PyMCTarget, from_pymc
 from flowvi.targets.pyro import PyroTarget, from_pyro, pyro_target_from_file, uses_pyro
 from flowvi.targets.regression import ConjugateLinearRegression
@@ -25,6 +26,7 @@ from flowvi.targets.regularized_horseshoe import (
     RegularizedHorseshoeSynthetic,
 )
 from flowvi.targets.student_t import MultivariateStudentT
+from flowvi.targets.suite import SUITE_TARGETS
 
 #: name -> (constructor, one-line description). Other modules add their targets here.
 TARGETS = {
@@ -56,6 +58,8 @@ TARGETS = {
         Phi4,
         "real scalar phi^4 on an L x L periodic lattice (hopping form; -p preset=nicoli|small|upg-default sets L, kappa, lam)",
     ),
+    **POSTERIORDB_TARGETS,  # reference posteriors of benchmarks/posteriors.py
+    **SUITE_TARGETS,
 }
 
 
@@ -111,6 +115,7 @@ __all__ = [
     "HorseshoeNCI60",
     "HorseshoeSynthetic",
     "MultivariateStudentT",
+    "PosteriorTarget",
     "RegularizedHorseshoeLogisticRegression",
     "RegularizedHorseshoeNCI60",
     "PyMCTarget",
