@@ -7,7 +7,7 @@ For every posterior (references in benchmarks/posteriors/references/, made by ma
 
 * flowvi: ``python -m flowvi fit NAME --out DIR`` with the defaults of the day (plus ``--fit-args``); when
   summary.json carries a ``verdict`` that is not trustworthy and ``flowvi refine`` exists, ``python -m flowvi
-  refine DIR --method neutra``. The final draws (refined draws when written, else samples.npy) are mapped to
+  refine DIR`` (independence MH, then NeuTra-HMC if needed). The final draws (refined draws when written, else samples.npy) are mapped to
   the reference's parameters by the target's ``constrain``.
 * NumPyro NUTS (``--nuts-chains`` x (``--nuts-warmup`` + ``--nuts-draws``), chains one after another),
   with divergences and the largest rank-normalized split R-hat (ArviZ, Vehtari et al. 2021).
@@ -185,7 +185,7 @@ def has_refine() -> bool:
 
 
 def run_flowvi(name: str, ref: dict, opts: Options, refine_ok: bool) -> dict:
-    """``flowvi fit`` (then ``refine --method neutra`` when the verdict asks for it), scored."""
+    """``flowvi fit`` (then ``flowvi refine`` when the verdict asks for it), scored."""
     out = Path(opts.workdir) / f"flowvi-{name}"
     rc, seconds, tail = _cli(
         ["fit", name, "--out", str(out), "--force", "--quiet", *shlex.split(opts.fit_args)], opts.fit_timeout
@@ -202,15 +202,17 @@ def run_flowvi(name: str, ref: dict, opts: Options, refine_ok: bool) -> dict:
         fit_seconds=round(seconds, 1),
     )
     if trustworthy(res["verdict"]) is False and refine_ok:
-        rc, t_ref, tail = _cli(["refine", str(out), "--method", "neutra"], opts.fit_timeout)
+        rc, t_ref, tail = _cli(["refine", str(out)], opts.fit_timeout)
         res.update(refine_rc=rc, refine_seconds=round(t_ref, 1), seconds=round(seconds + t_ref, 1))
         if rc != 0:
             res["refine_error"] = tail
-        verdict = json.loads((out / "summary.json").read_text()).get("verdict")
-        res["verdict_after_refine"] = verdict
+        if (out / "refine.json").exists():
+            record = json.loads((out / "refine.json").read_text())
+            res.update(verdict_after_refine=record.get("verdict"), refine_method=record.get("method"))
     draws_path = final_draws(out)
     res["draws_file"] = draws_path.name
-    res.update(score(to_reference_space(name, np.load(draws_path)), ref))
+    draws = np.load(draws_path)
+    res.update(score(to_reference_space(name, draws.reshape(-1, draws.shape[-1])), ref))
     res["verdict_consistent"] = verdict_consistent(res.get("verdict_after_refine", res["verdict"]), res)
     if ref.get("log_z") is not None and res["log_z"] is not None:
         res["log_z_error"] = res["log_z"] - ref["log_z"]

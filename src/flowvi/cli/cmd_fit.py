@@ -192,6 +192,15 @@ def register(sub):
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=int, default=100_000, help="importance samples of the final evaluation")
     g.add_argument("--n-samples", type=int, default=10_000, help="draws saved to samples.npy")
+    g.add_argument(
+        "--refine",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=["auto", "imh", "neutra"],
+        help="when the fit's verdict is not trustworthy, run 'flowvi refine' at once (auto: independence MH, then "
+        "NeuTra-HMC); off when not given",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -475,7 +484,19 @@ def _run(args):
     ckpt.write_json_atomic(summary, out / "summary.json")
     plot_training_curve(out, summary)
     print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,samples.npz,training_curve.png,flow.pt}}")
+    if args.refine and not summary["verdict"]["trustworthy"]:
+        _refine_now(flow, target, out, summary, args.refine, config["seed"])
     return 0
+
+
+def _refine_now(flow, target, out: Path, summary: dict, method: str, seed: int) -> None:
+    """``--refine``: ``flowvi refine`` on the run just written; its verdict joins summary.json."""
+    from flowvi.cli.cmd_refine import refine_and_write
+    from flowvi.samplers.neutra import RefineOptions
+
+    record = refine_and_write(flow, target, out, RefineOptions(method=method, seed=seed))
+    summary["refined"] = {"method": record["method"], "verdict": record["verdict"]}
+    ckpt.write_json_atomic(summary, out / "summary.json")
 
 
 def _start_at_mode(flow, target, config, main) -> dict:

@@ -1,17 +1,16 @@
-"""``flowvi refine RUN_DIR --method neutra|imh``: exact MCMC draws from a fitted flow (NeuTra-HMC or independence MH).
+"""``flowvi refine RUN_DIR``: exact MCMC draws from a fitted flow (independence MH, NeuTra-HMC, or both in turn).
 
 Writes ``refined_samples.npy`` (chains, draws, d) and ``refine.json`` (settings, R-hat, bulk/tail ESS, acceptance,
 divergences, the verdict) into the run directory; the fit's own files are left as they are."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from flowvi.cli.common import add_device_options
-from flowvi.diagnostics.verdict import format_verdict, refine_verdict
+from flowvi.diagnostics.verdict import format_verdict
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import load_run
 
@@ -19,11 +18,16 @@ from flowvi.runs.run_dir import load_run
 def register(sub):
     p = sub.add_parser(
         "refine",
-        help="exact MCMC draws from a fitted run: NeuTra-HMC in the flow's latent space, or independence MH",
-        description="Refine a 'flowvi fit' run by MCMC that uses its flow (docs/refine.md).",
+        help="exact MCMC draws from a fitted run: independence MH with the flow as proposal, or NeuTra-HMC",
+        description="Refine a 'flowvi fit' run by MCMC that uses its flow (docs/convergence.md).",
     )
     p.add_argument("run_dir")
-    p.add_argument("--method", default="neutra", choices=["neutra", "imh"])
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "imh", "neutra"],
+        help="auto: independence MH, then NeuTra-HMC if its verdict fails",
+    )
     p.add_argument("--chains", type=int, default=None, help="chains (default: neutra 32, imh 8)")
     p.add_argument("--warmup", type=int, default=300, help="neutra: adaptation iterations")
     p.add_argument("--draws", type=int, default=None, help="draws per chain (default: neutra 500, imh 10000)")
@@ -34,10 +38,27 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def run(args):
+def refine_and_write(flow, target, run_dir: Path, options) -> dict:
+    """:func:`flowvi.samplers.neutra.refine`, its summary printed, then its files written; returns its record."""
     import torch
 
-    from flowvi.samplers.neutra import imh_chains, mcmc_diagnostics, neutra_hmc
+    from flowvi.samplers.neutra import refine
+
+    flow.eval()
+    torch.manual_seed(options.seed)
+    x, record = refine(flow, target, options)
+    print(f"  R-hat max    {record['rhat_max']:.4f}")
+    print(f"  bulk ESS     {record['bulk_ess_min']:.0f} (smallest)   tail ESS {record['tail_ess_min']:.0f}")
+    print(f"  acceptance   {record['accept']:.3f}   divergences {record['divergences']}   {record['seconds']:.1f} s")
+    print(format_verdict(record["verdict"], refined=True).replace("RUN_DIR", str(run_dir)), flush=True)
+    ckpt.atomic_write(run_dir / "refined_samples.npy", lambda f: np.save(f, x.astype(np.float32)))
+    ckpt.write_json_atomic(record, run_dir / "refine.json")
+    print(f"wrote {run_dir}/{{refined_samples.npy,refine.json}}")
+    return record
+
+
+def run(args):
+    from flowvi.samplers.neutra import RefineOptions
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "flow.pt").exists() and not (run_dir / "checkpoint.pt").exists():
@@ -46,50 +67,18 @@ def run(args):
         raise FileNotFoundError(
             f"{run_dir} holds no trained flow (no flow.pt or checkpoint.pt): run 'flowvi fit' first"
         )
-    chains = args.chains or (32 if args.method == "neutra" else 8)
-    draws = args.draws or (500 if args.method == "neutra" else 10_000)
-    if chains < 2 or draws < 4:
-        raise ValueError(f"refine needs --chains >= 2 and --draws >= 4 (R-hat compares chains); got {chains}, {draws}")
-    flow, target, _ = load_run(run_dir, device=args.device)
-    flow.eval()
-    torch.manual_seed(args.seed)
-    print(f"flowvi refine: {run_dir} ({args.method}, {chains} chains x {draws} draws)")
-    if args.method == "neutra":
-        x, info = neutra_hmc(
-            flow,
-            target,
-            chains=chains,
-            warmup=args.warmup,
-            draws=draws,
-            max_leapfrog=args.max_leapfrog,
-            target_accept=args.target_accept,
-            seed=args.seed,
+    options = RefineOptions(
+        method=args.method, chains=args.chains, draws=args.draws, warmup=args.warmup,
+        max_leapfrog=args.max_leapfrog, target_accept=args.target_accept, seed=args.seed,
+    )  # fmt: skip
+    if (options.chains is not None and options.chains < 2) or (options.draws is not None and options.draws < 4):
+        raise ValueError(
+            f"refine needs --chains >= 2 and --draws >= 4 (R-hat compares chains); got {args.chains}, {args.draws}"
         )
-    else:
-        x, info = imh_chains(flow, target, chains=chains, draws=draws, seed=args.seed)
-    diag = mcmc_diagnostics(x)
-    verdict = refine_verdict(
-        args.method, diag["rhat_max"], diag["bulk_ess_min"], diag["tail_ess_min"], info["divergences"]
-    )
-    record = {
-        "method": args.method,
-        "chains": chains,
-        "draws": draws,
-        "seed": args.seed,
-        **info,
-        **diag,
-        "verdict": verdict,
-    }
-    tmp = run_dir / "refined_samples.tmp.npy"
-    np.save(tmp, x.astype(np.float32))
-    tmp.replace(run_dir / "refined_samples.npy")
-    ckpt.write_json_atomic(record, run_dir / "refine.json")
-    print(f"  R-hat max    {diag['rhat_max']:.4f}")
-    print(f"  bulk ESS     {diag['bulk_ess_min']:.0f} (smallest)   tail ESS {diag['tail_ess_min']:.0f}")
-    print(f"  acceptance   {info['accept']:.3f}   divergences {info['divergences']}   {info['seconds']:.1f} s")
-    print(f"wrote {run_dir}/{{refined_samples.npy,refine.json}}")
-    print(format_verdict(verdict, refined=True))
+    flow, target, _ = load_run(run_dir, device=args.device)
+    print(f"flowvi refine: {run_dir}")
+    refine_and_write(flow, target, run_dir, options)
     return 0
 
 
-__all__ = ["register", "run", "json"]
+__all__ = ["refine_and_write", "register", "run"]

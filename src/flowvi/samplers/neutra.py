@@ -20,10 +20,14 @@ matrix, chains in lock-step on one batched gradient) does the sampling, started 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
+from flowvi.diagnostics.mcmc import rank_diagnostics
+from flowvi.diagnostics.verdict import refine_verdict
 from flowvi.samplers.adaptive_hmc import adaptive_hmc
 from flowvi.samplers.nmcmc import flow_proposals, imh_indices
 
@@ -116,18 +120,70 @@ def imh_chains(flow, target, chains=8, draws=10_000, seed=0, batch_size=4096):
 
 
 def mcmc_diagnostics(draws: np.ndarray) -> dict:
-    """Worst-coordinate rank-normalized split R-hat, bulk- and tail-ESS of ``draws`` (chains, n, d), by ArviZ."""
-    import arviz as az
-
-    data = az.convert_to_dataset(np.asarray(draws, dtype=np.float64))
-    rhat = az.rhat(data, method="rank").to_array().values
-    bulk = az.ess(data, method="bulk").to_array().values
-    tail = az.ess(data, method="tail").to_array().values
+    """Worst-coordinate rank-normalized split R-hat, bulk- and tail-ESS of ``draws`` (chains, n, d)
+    (:mod:`flowvi.diagnostics.mcmc`, equal to ArviZ's)."""
+    stats = rank_diagnostics(torch.as_tensor(np.asarray(draws, dtype=np.float64)))
+    nanmax = lambda t: float(np.nanmax(t.cpu().numpy()))  # noqa: E731
+    nanmin = lambda t: float(np.nanmin(t.cpu().numpy()))  # noqa: E731
     return {
-        "rhat_max": float(np.nanmax(rhat)),
-        "bulk_ess_min": float(np.nanmin(bulk)),
-        "tail_ess_min": float(np.nanmin(tail)),
+        "rhat_max": nanmax(stats["rank_rhat"]),
+        "bulk_ess_min": nanmin(stats["bulk_ess"]),
+        "tail_ess_min": nanmin(stats["tail_ess"]),
     }
 
 
-__all__ = ["LatentTarget", "imh_chains", "mcmc_diagnostics", "neutra_hmc"]
+@dataclass(frozen=True)
+class RefineOptions:
+    """``method``: ``imh``, ``neutra`` or ``auto`` (independence MH first, it is cheap; NeuTra-HMC when its verdict
+    fails). ``chains`` and ``draws`` per chain default by method (imh 8 x 10000, neutra 32 x 500); NeuTra adapts
+    for ``warmup`` iterations with at most ``max_leapfrog`` leapfrog steps towards ``target_accept``."""
+
+    method: str = "auto"
+    chains: int | None = None
+    draws: int | None = None
+    warmup: int = 300
+    max_leapfrog: int = 8
+    target_accept: float = 0.8
+    seed: int = 0
+
+
+def refine(flow, target, options: RefineOptions | None = None, log=print) -> tuple[np.ndarray, dict]:
+    """Exact MCMC draws that use the fitted ``flow``: returns the draws (chains, draws, d) and their record
+    (settings, acceptance, divergences, R-hat, bulk/tail ESS and the verdict of
+    :func:`flowvi.diagnostics.verdict.refine_verdict`)."""
+    o = options or RefineOptions()
+    if o.method not in ("auto", "imh", "neutra"):
+        raise ValueError(f"unknown refine method {o.method!r}; choose auto, imh or neutra")
+    tried = []
+    for method in ("imh", "neutra") if o.method == "auto" else (o.method,):
+        chains = o.chains or (32 if method == "neutra" else 8)
+        draws = o.draws or (500 if method == "neutra" else 10_000)
+        if chains < 2 or draws < 4:
+            raise ValueError(f"refine needs chains >= 2 and draws >= 4 (R-hat compares chains); got {chains}, {draws}")
+        log(f"  refine       {method}: {chains} chains x {draws} draws")
+        if method == "neutra":
+            x, info = neutra_hmc(flow, target, chains=chains, warmup=o.warmup, draws=draws,
+                                 max_leapfrog=o.max_leapfrog, target_accept=o.target_accept, seed=o.seed)  # fmt: skip
+        else:
+            x, info = imh_chains(flow, target, chains=chains, draws=draws, seed=o.seed)
+        diag = mcmc_diagnostics(x)
+        verdict = refine_verdict(
+            method, diag["rhat_max"], diag["bulk_ess_min"], diag["tail_ess_min"], info["divergences"]
+        )
+        record = {
+            "method": method,
+            "chains": chains,
+            "draws": draws,
+            "seed": o.seed,
+            **info,
+            **diag,
+            "verdict": verdict,
+        }
+        tried.append({"method": method, "verdict": verdict})
+        if verdict["trustworthy"]:
+            break
+    record["tried"] = tried
+    return x, record
+
+
+__all__ = ["LatentTarget", "RefineOptions", "imh_chains", "mcmc_diagnostics", "neutra_hmc", "refine"]
