@@ -56,6 +56,15 @@ def register(sub):
     add_device_options(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, training and sampling")
+    _training_options(p)
+    _speed_options(p)
+    _flow_options(p)
+    _warm_start_options(p)
+    _evaluation_options(p)
+    p.set_defaults(func=run)
+
+
+def _training_options(p) -> None:
     g = p.add_argument_group("training")
     g.add_argument(
         "--steps",
@@ -99,6 +108,9 @@ def register(sub):
         "--fab-replay", type=int, default=4, help="--estimator fab with a buffer: training steps per AIS run"
     )
     g.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
+
+
+def _speed_options(p) -> None:
     g = p.add_argument_group("speed (docs/performance.md)")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision of the networks")
     g.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="torch.compile the step")
@@ -122,6 +134,9 @@ def register(sub):
         choices=list(COMM_DTYPES),
         help="dtype of the torchrun gradient all-reduce (bf16/fp16 halve the traffic, round the gradients)",
     )
+
+
+def _flow_options(p) -> None:
     g = p.add_argument_group("flow")
     arch = "default: the flow's own (Real NVP {}; lattice targets: their field flow's)"
     g.add_argument("--layers", type=int, default=None, help="coupling layers (" + arch.format(8) + ")")
@@ -160,6 +175,9 @@ def register(sub):
     )
     g.add_argument("--gauge-masks", choices=["stripes", "2x1"], help="gauge flows: coupling masks")
     g.add_argument("--dilations", type=_int_list, help="gauge flows: conditioner dilations, e.g. 1,2,3 (depth + 1)")
+
+
+def _warm_start_options(p) -> None:
     g = p.add_argument_group("warm start (pre-training on a sampler's draws, or another run's flow)")
     g.add_argument(
         "--init-draws",
@@ -189,6 +207,9 @@ def register(sub):
         action="store_false",
         help="do not set the flow's elementwise affine layer to the draws' mean and sd before pre-training",
     )
+
+
+def _evaluation_options(p) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=int, default=100_000, help="importance samples of the final evaluation")
     g.add_argument("--n-samples", type=int, default=10_000, help="draws saved to samples.npy")
@@ -202,7 +223,6 @@ def register(sub):
         "NeuTra-HMC); off when not given",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def config_from_args(args) -> dict:

@@ -131,116 +131,162 @@ def fit(
     """
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     cfg.check()
-    fab = {"stages": cfg.fab_stages, "leapfrog": cfg.fab_leapfrog, "buffer": cfg.fab_buffer, "replay": cfg.fab_replay}
-    fab = fab if cfg.estimator == "fab" else {}
-    estimator = get_estimator(cfg.estimator, **fab)
-    params = [p for p in flow.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the flow has no trainable parameters")
-    device = params[0].device
-    world, rank = dist.world_size(), dist.rank()
-    main = rank == 0
-    options = resolve_options(cfg, device, distributed=world > 1, eager_only=getattr(estimator, "eager_only", False))
-    optimizer = make_optimizer(params, cfg, options)
-    scheduler = make_scheduler(optimizer, cfg)
-    state = TrainState()
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
-    metrics_path = run_dir / "metrics.jsonl" if run_dir and main else None
-    if world > 1:
-        dist.broadcast_parameters(flow)
+    run = _Run(flow, target, cfg, Path(run_dir) if run_dir is not None else None)
+    saved = run.restore() if resume else run.start()
+    run.make_step(saved)
+    try:
+        run.loop(progress, callback)
+    except Exception as e:
+        err = target_error(e, target, f"training step {run.state.step + 1}")
+        if err is None:
+            raise
+        raise err from e
+    finally:
+        run.close()
+    return run.state
 
-    if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
-        device = next(iter(flow.state_dict().values())).device
-        saved = ckpt.load(ckpt_path, map_location=device, keys=("flow", "optimizer", "scheduler", "state", "rng"))
-        ckpt.load_state_into(flow, saved["flow"], ckpt_path)
-        load_optimizer_state(optimizer, saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if "estimator" in saved and hasattr(estimator, "load_state_dict"):
+
+class _Run:
+    """One call of :func:`fit`: the optimizer, schedule, step function, counters and the run directory's files."""
+
+    def __init__(self, flow, target, cfg: TrainConfig, run_dir: Path | None):
+        self.flow, self.target, self.cfg = flow, target, cfg
+        fab = {
+            "stages": cfg.fab_stages,
+            "leapfrog": cfg.fab_leapfrog,
+            "buffer": cfg.fab_buffer,
+            "replay": cfg.fab_replay,
+        }
+        self.estimator = get_estimator(cfg.estimator, **(fab if cfg.estimator == "fab" else {}))
+        self.params = [p for p in flow.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the flow has no trainable parameters")
+        self.world, self.rank = dist.world_size(), dist.rank()
+        self.main = self.rank == 0
+        eager = getattr(self.estimator, "eager_only", False)
+        self.options = resolve_options(cfg, self.params[0].device, distributed=self.world > 1, eager_only=eager)
+        self.optimizer = make_optimizer(self.params, cfg, self.options)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.state = TrainState()
+        self.run_dir = run_dir
+        self.ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
+        self.metrics_path = run_dir / "metrics.jsonl" if run_dir and self.main else None
+        self.grad_hook = self.step_fn = self.scaler = self.bar = None
+        if self.world > 1:
+            dist.broadcast_parameters(flow)
+
+    def restore(self) -> dict:
+        """Parameters, optimizer, schedule, estimator, counters and RNG state from the run's checkpoint."""
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {self.run_dir}")
+        device = next(iter(self.flow.state_dict().values())).device
+        keys = ("flow", "optimizer", "scheduler", "state", "rng")
+        saved = ckpt.load(self.ckpt_path, map_location=device, keys=keys)
+        ckpt.load_state_into(self.flow, saved["flow"], self.ckpt_path)
+        load_optimizer_state(self.optimizer, saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if "estimator" in saved and hasattr(self.estimator, "load_state_dict"):
             ranks = saved.get("estimator_ranks")
-            estimator.load_state_dict(ranks[rank] if ranks is not None and len(ranks) == world else saved["estimator"])
-        state = TrainState(**saved["state"])
-        if state.stop_reason and not state.stop_reason.startswith("converged") and state.step < cfg.step_limit:
+            mine = ranks is not None and len(ranks) == self.world
+            self.estimator.load_state_dict(ranks[self.rank] if mine else saved["estimator"])
+        state = self.state = TrainState(**saved["state"])
+        if state.stop_reason and not state.stop_reason.startswith("converged") and state.step < self.cfg.step_limit:
             state.stop_reason = None  # resumed with a larger step limit (or more time): train on
         rng = saved["rng"]
         if "rng_ranks" in saved:
-            if len(saved["rng_ranks"]) != world:
+            if len(saved["rng_ranks"]) != self.world:
                 raise ValueError(
-                    f"--resume: the checkpoint was written by {len(saved['rng_ranks'])} processes, now {world} run"
+                    f"--resume: the checkpoint was written by {len(saved['rng_ranks'])} processes, now {self.world} run"
                 )
-            rng = saved["rng_ranks"][rank]
+            rng = saved["rng_ranks"][self.rank]
         _set_rng_state(rng)
-        _truncate_metrics(metrics_path, state.step)
-    else:
-        check_target(flow, target)
-        if world > 1:
+        _truncate_metrics(self.metrics_path, state.step)
+        return saved
+
+    def start(self) -> None:
+        """A fresh run: the target's first check, each rank its own sample stream, an empty metrics file."""
+        check_target(self.flow, self.target)
+        if self.world > 1:
             # Each rank its own sample stream: seed + rank (the flow was built from ``seed`` on every rank).
-            torch.manual_seed(torch.initial_seed() + rank)
-        if metrics_path is not None:
-            metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            metrics_path.write_text("")
+            torch.manual_seed(torch.initial_seed() + self.rank)
+        if self.metrics_path is not None:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.write_text("")
 
-    grad_hook = dist.GradientAverager(params, comm_dtype=cfg.grad_comm) if world > 1 else None
-    step_fn = make_step(flow, target, estimator, optimizer, params, cfg, options, grad_hook)
-    scaler = getattr(step_fn, "scaler", None)
-    if resume and scaler is not None and "scaler" in saved:
-        scaler.load_state_dict(saved["scaler"])
+    def make_step(self, saved: dict | None) -> None:
+        cfg = self.cfg
+        self.grad_hook = dist.GradientAverager(self.params, comm_dtype=cfg.grad_comm) if self.world > 1 else None
+        self.step_fn = make_step(
+            self.flow, self.target, self.estimator, self.optimizer, self.params, cfg, self.options, self.grad_hook
+        )
+        self.scaler = getattr(self.step_fn, "scaler", None)
+        if saved is not None and self.scaler is not None and "scaler" in saved:
+            self.scaler.load_state_dict(saved["scaler"])
 
-    def save():
-        if ckpt_path is None:
+    def save(self) -> None:
+        """The checkpoint (every rank's RNG and estimator state gathered; rank 0 writes)."""
+        if self.ckpt_path is None:
             return
         rng = _rng_state()
-        rng_ranks = dist.all_gather_objects(rng) if world > 1 else None
-        stateful = hasattr(estimator, "state_dict")  # FAB: step sizes and replay buffer, one per rank
-        est_ranks = dist.all_gather_objects(estimator.state_dict()) if stateful and world > 1 else None
-        if not main:
+        many = self.world > 1
+        rng_ranks = dist.all_gather_objects(rng) if many else None
+        stateful = hasattr(self.estimator, "state_dict")  # FAB: step sizes and replay buffer, one per rank
+        est_ranks = dist.all_gather_objects(self.estimator.state_dict()) if stateful and many else None
+        if not self.main:
             return
         payload = {
-            "flow": flow.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": asdict(state),
+            "flow": self.flow.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
             "rng": rng,
-            "config": asdict(cfg),
+            "config": asdict(self.cfg),
         }
-        if rng_ranks is not None:
-            payload["rng_ranks"] = rng_ranks
-        if scaler is not None:
-            payload["scaler"] = scaler.state_dict()
-        if stateful:
-            payload["estimator"] = estimator.state_dict()
-        if est_ranks is not None:
-            payload["estimator_ranks"] = est_ranks
-        ckpt.save_atomic(payload, ckpt_path)
+        extras = {
+            "rng_ranks": rng_ranks,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "estimator": self.estimator.state_dict() if stateful else None,
+            "estimator_ranks": est_ranks,
+        }
+        payload.update({k: v for k, v in extras.items() if v is not None})
+        ckpt.save_atomic(payload, self.ckpt_path)
 
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
+    def log(self, m: dict, callback) -> None:
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(
+                elbo=f"{m['elbo']:.3f}", ess=f"{m['ess']:.3f}", dropped=sum(self.state.dropped),
+                skipped=self.state.skipped, refresh=False,
+            )  # fmt: skip
+        if callback is not None:
+            callback(self.state, m)
 
-        total = cfg.step_limit
-        bar = tqdm(total=total, initial=state.step, desc="fit", dynamic_ncols=True, disable=None)  # off without a TTY
-    monitor = Monitor(cfg, scheduler.lr_lambdas[0] if cfg.auto and cfg.schedule == "auto" else None, flow, target)
-    need = max(2, math.ceil(MIN_FINITE_FRACTION * cfg.batch_size))
-    flow.train()
-    t0 = time.perf_counter() - state.elapsed
-    try:
-        with matmul_precision(options.tf32):
+    def loop(self, progress: bool, callback) -> None:
+        """Steps until the stopping rule (or the step limit) says stop; metrics and checkpoints on the way."""
+        cfg, state, world = self.cfg, self.state, self.world
+        if progress and self.main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.step_limit, initial=state.step, desc="fit", dynamic_ncols=True, disable=None)
+        rule = self.scheduler.lr_lambdas[0] if cfg.auto and cfg.schedule == "auto" else None
+        monitor = Monitor(cfg, rule, self.flow, self.target)
+        need = max(2, math.ceil(MIN_FINITE_FRACTION * cfg.batch_size))
+        self.flow.train()
+        t0 = time.perf_counter() - state.elapsed
+        with matmul_precision(self.options.tf32):
             while state.stop_reason is None:
-                result = step_fn()
+                result = self.step_fn()
                 # one host read per step, as before: ok, the dropped draws and the batch ELBO together
                 ok, n_finite, elbo = _read_step(result, state)
                 if not ok:
                     state.skipped += 1
                     state.skipped_finite += n_finite < need
-                scheduler.step()
+                self.scheduler.step()
                 state.step += 1
-                if (
-                    not ok
-                    and state.step >= cfg.min_steps_before_stop
-                    and state.skipped > cfg.max_skip_fraction * state.step
-                ):
+                too_many = state.skipped > cfg.max_skip_fraction * state.step
+                if not ok and state.step >= cfg.min_steps_before_stop and too_many:
                     raise TrainingDiverged(diverged_message(state))
                 state.elapsed_now = time.perf_counter() - t0
                 reason = monitor.observe(state, elbo)
@@ -250,39 +296,21 @@ def fit(
                 state.stop_reason = reason
                 last = state.stop_reason is not None
                 if state.step % cfg.log_every == 0 or last:
-                    m = _log_metrics(state, result, scheduler, estimator, world, t0)
-                    if metrics_path is not None:
-                        with open(metrics_path, "a") as f:
-                            f.write(json.dumps(m) + "\n")
-                    if bar is not None:
-                        bar.set_postfix(
-                            elbo=f"{m['elbo']:.3f}",
-                            ess=f"{m['ess']:.3f}",
-                            dropped=sum(state.dropped),
-                            skipped=state.skipped,
-                            refresh=False,
-                        )
-                    if callback is not None:
-                        callback(state, m)
-                if bar is not None:
-                    bar.update(1)
+                    self.log(_log_metrics(state, result, self.scheduler, self.estimator, world, t0), callback)
+                if self.bar is not None:
+                    self.bar.update(1)
                 if state.step % cfg.checkpoint_every == 0 or last:
                     state.elapsed = time.perf_counter() - t0
-                    save()
-    except Exception as e:
-        err = target_error(e, target, f"training step {state.step + 1}")
-        if err is None:
-            raise
-        raise err from e
-    finally:
-        if bar is not None:
-            bar.close()
+                    self.save()
+        state.elapsed = time.perf_counter() - t0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
         # Gradients may live in a CUDA graph's memory pool; none of them is needed after training.
-        optimizer.zero_grad(set_to_none=True)
-        if grad_hook is not None:
-            grad_hook.close()
-    state.elapsed = time.perf_counter() - t0
-    return state
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_hook is not None:
+            self.grad_hook.close()
 
 
 def _read_step(result, state) -> tuple[bool, int, float]:
