@@ -383,26 +383,7 @@ def run(args):
 def _run(args):
     """``flowvi fit``; under torchrun every rank trains and rank 0 alone writes and prints."""
     main = dist.rank() == 0
-    config = config_from_args(args)
-    size_from_dim(config, args)
-    if dist.world_size() > 1:
-        config["world_size"] = dist.world_size()
-    if dist.world_size() > 1 and not args.out:
-        raise ValueError("--out is needed under torchrun (every process must name the same run directory)")
-    out = Path(args.out or f"runs/{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_out(out, resume=args.resume, force=args.force)
-    if args.resume:
-        saved = read_config(out)
-        if "train" in saved:  # options added to TrainConfig since the run was written take their defaults
-            # (FAB runs written before the replay buffer existed had none)
-            old_fab = {"fab_buffer": 0} if saved["train"].get("estimator") == "fab" else {}
-            saved["train"] = TrainConfig(**{**old_fab, **saved["train"]}).flat()
-        saved.setdefault("start", config.get("start"))  # runs written before --init mode: a resume never starts anew
-        diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
-        if diff:
-            raise ValueError(
-                f"--resume: the options differ from the run in {out} ({', '.join(diff)}); resume with the same options"
-            )
+    config, out = _prepare(args)
     dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
     flow, target = build(config)
     init = config.get("init")
@@ -426,19 +407,57 @@ def _run(args):
         if hasattr(target, "describe"):  # a Pyro model: its sites
             print(target.describe())
     dist.barrier()
+    _warm_start(args, flow, target, config, out, draws, pretrained)
+    start = None
+    if config.get("start") == "mode" and not (resume_fit or draws is not None or pretrained or "init_flow" in config):
+        check_target(flow, target)  # a broken target gets its one-line error before the mode search
+        start = _start_at_mode(flow, target, config, main)
+    state = fit(flow, target, TrainConfig(**config["train"]), run_dir=out, resume=resume_fit,
+                progress=not args.quiet and main)  # fmt: skip
+    with guarded(target, "evaluation"):
+        if dist.world_size() > 1:
+            summary = dist.evaluate(flow, target, n=args.eval_samples)
+        else:
+            summary = evaluate(flow, target, n=args.eval_samples)
+    if main:
+        _finish(args, flow, target, config, out, state, summary, start)
+    return 0
+
+
+def _prepare(args) -> tuple[dict, Path]:
+    """The run's config and directory, checked (a resume must repeat the run's options)."""
+    config = config_from_args(args)
+    size_from_dim(config, args)
+    if dist.world_size() > 1:
+        config["world_size"] = dist.world_size()
+    if dist.world_size() > 1 and not args.out:
+        raise ValueError("--out is needed under torchrun (every process must name the same run directory)")
+    out = Path(args.out or f"runs/{Path(args.target.split(':')[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out(out, resume=args.resume, force=args.force)
+    if args.resume:
+        saved = read_config(out)
+        if "train" in saved:  # options added to TrainConfig since the run was written take their defaults
+            # (FAB runs written before the replay buffer existed had none)
+            old_fab = {"fab_buffer": 0} if saved["train"].get("estimator") == "fab" else {}
+            saved["train"] = TrainConfig(**{**old_fab, **saved["train"]}).flat()
+        saved.setdefault("start", config.get("start"))  # runs written before --init mode: a resume never starts anew
+        diff = sorted(k for k in set(saved) | set(config) if k != "device" and saved.get(k) != config.get(k))
+        if diff:
+            raise ValueError(
+                f"--resume: the options differ from the run in {out} ({', '.join(diff)}); resume with the same options"
+            )
+    return config, out
+
+
+def _warm_start(args, flow, target, config: dict, out: Path, draws, pretrained: bool) -> None:
+    """``--init-draws``: pre-train on the draws (once), or take the pre-trained flow of a killed run."""
+    main, init = dist.rank() == 0, config.get("init")
     if draws is not None:
         info = pretrain_on_draws(
-            flow,
-            draws,
-            steps=init["steps"],
-            batch_size=init["batch_size"],
-            lr=init["lr"],
-            estimator=init["estimator"],
-            target=target,
-            standardize=init["standardize"],
-            seed=config["seed"],
+            flow, draws, steps=init["steps"], batch_size=init["batch_size"], lr=init["lr"],
+            estimator=init["estimator"], target=target, standardize=init["standardize"], seed=config["seed"],
             progress=not args.quiet and main,
-        )
+        )  # fmt: skip
         if main:
             ckpt.save_atomic({"flow": flow.state_dict(), "info": info}, out / "pretrain.pt")
             ckpt.write_json_atomic(info, out / "pretrain.json")
@@ -451,46 +470,24 @@ def _run(args):
         ckpt.load_state_into(flow, saved["flow"], out / "pretrain.pt")
         if main:
             print(f"  the pre-trained flow from {out / 'pretrain.pt'} (pre-training not repeated)")
-    start = None
-    if (
-        config.get("start") == "mode"
-        and not resume_fit
-        and draws is None
-        and not pretrained
-        and "init_flow" not in config
-    ):
-        check_target(flow, target)  # a broken target gets its one-line error before the mode search
-        start = _start_at_mode(flow, target, config, main)
-    state = fit(
-        flow,
-        target,
-        TrainConfig(**config["train"]),
-        run_dir=out,
-        resume=resume_fit,
-        progress=not args.quiet and main,
-    )
-    with guarded(target, "evaluation"):
-        if dist.world_size() > 1:
-            summary = dist.evaluate(flow, target, n=args.eval_samples)
-        else:
-            summary = evaluate(flow, target, n=args.eval_samples)
-    if not main:
-        return 0
+
+
+def _finish(args, flow, target, config: dict, out: Path, state, summary: dict, start) -> None:
+    """Rank 0: the summary, the resampled draws and the verdict, printed before the files are written."""
     summary.update({"steps": state.step, "skipped_steps": state.skipped, "train_seconds": state.elapsed})
     summary["stop_reason"] = state.stop_reason
-    summary["dropped_draws"] = {
+    d = summary["dropped_draws"] = {
         "target": state.dropped[0],
         "flow": state.dropped[1],
         "fraction": sum(state.dropped) / max(state.draws, 1),
     }
     if start is not None:
         summary["init"] = start
-    if init is not None and (out / "pretrain.json").exists():
+    if config.get("init") is not None and (out / "pretrain.json").exists():
         summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
     samples, summary["samples"] = psis_resample(z2_proposal(flow), target, args.n_samples, seed=config["seed"])
     summary["verdict"] = fit_verdict(summary, state.stop_reason)
     print(format_summary(summary))  # before the files: a failed write loses nothing computed
-    d = summary["dropped_draws"]
     print(f"  skipped      {state.skipped} of {state.step} steps; {state.elapsed:.1f} s")
     if d["target"] or d["flow"]:
         print(f"  dropped      {d['target']} draws (target not finite), {d['flow']} (flow not finite)")
@@ -506,7 +503,6 @@ def _run(args):
     print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,samples.npz,training_curve.png,flow.pt}}")
     if args.refine and not summary["verdict"]["trustworthy"]:
         _refine_now(flow, target, out, summary, args.refine, config["seed"])
-    return 0
 
 
 def _refine_now(flow, target, out: Path, summary: dict, method: str, seed: int) -> None:
