@@ -50,14 +50,18 @@ def test_conjugate_regression_evidence_by_quadrature():
     assert abs(val - 1.0) < 1e-5
 
 
-def test_registry_and_errors():
+def test_registry_and_errors(tmp_path):
     assert make_target("conjugate_regression", dim=5).dim == 5
     with pytest.raises(TargetError, match="unknown target 'nope'"):
         make_target("nope")
     with pytest.raises(TargetError, match="has no parameter bogus"):
         make_target("funnel", bogus=1)
-    with pytest.raises(TargetError, match="--dim"):
+    with pytest.raises(TargetError, match="does not exist"):
         make_target("some/file.py:f")
+    user = tmp_path / "user.py"
+    user.write_text("def f(x):\n    return -(x**2).sum(-1)\n")
+    with pytest.raises(TargetError, match="--dim"):
+        make_target(f"{user}:f")
 
 
 class _Fn:

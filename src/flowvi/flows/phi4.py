@@ -157,6 +157,10 @@ class Z2Symmetrized(nn.Module):
     def event_shape(self):
         return self.flow.event_shape
 
+    @property
+    def dim(self) -> int:
+        return self.flow.dim
+
     def log_prob(self, x):
         return torch.logaddexp(self.flow.log_prob(x), self.flow.log_prob(-x)) - math.log(2.0)
 
