@@ -62,6 +62,7 @@ def check_run(out, tmp_path, names, nuts=True):
         ref = bench.load_reference(r["name"])
         f = r["flowvi"]
         draws = np.load(tmp_path / "work" / f"flowvi-{r['name']}" / f["draws_file"])
+        draws = draws.reshape(-1, draws.shape[-1])  # refined draws are (chains, draws, d)
         again = bench.score(bench.to_reference_space(r["name"], draws), ref)  # the harness scored these draws
         assert f["means_ok"] == again["means_ok"] and f["sds_ok"] == again["sds_ok"] and f["seconds"] > 0
         if nuts:

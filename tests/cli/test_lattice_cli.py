@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from flowvi.runs.ensemble import load_configs
 
 from flowvi.cli import main
 from flowvi.physics.u1 import average_plaquette, topological_charge
+from flowvi.runs.ensemble import load_configs
 from flowvi.runs.run_dir import load_run
 
 TINY = ["--steps", "2", "--batch-size", "8", "--layers", "2", "--eval-samples", "64", "--n-samples", "8", "--quiet"]

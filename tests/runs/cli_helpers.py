@@ -8,7 +8,7 @@ from pathlib import Path
 from flowvi.cli import main
 
 SMALL = ["--steps", "20", "--batch-size", "16", "--layers", "2", "--hidden", "8", "--eval-samples", "200",
-         "--n-samples", "10", "--checkpoint-every", "10", "--quiet"]  # fmt: skip
+         "--n-samples", "10", "--checkpoint-every", "10", "--init", "none", "--quiet"]  # fmt: skip
 
 
 def cli(argv, capsys):

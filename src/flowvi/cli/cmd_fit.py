@@ -494,13 +494,13 @@ def _finish(args, flow, target, config: dict, out: Path, state, summary: dict, s
     print(f"  stopped      {state.stop_reason}")
     how = "PSIS-resampled" if summary["samples"]["resampled"] else "the flow's draws, not resampled"
     print(f"  samples.npy  {args.n_samples} draws, {how}")
-    print(format_verdict(summary["verdict"]).replace("RUN_DIR", str(out)), flush=True)
     ckpt.save_atomic(flow.state_dict(), out / "flow.pt")
     ckpt.atomic_write(out / "samples.npy", lambda f: np.save(f, samples))
     write_named_samples(target, samples, out / "samples.npz")
     ckpt.write_json_atomic(summary, out / "summary.json")
     plot_training_curve(out, summary)
     print(f"wrote {out}/{{config.json,metrics.jsonl,summary.json,samples.npy,samples.npz,training_curve.png,flow.pt}}")
+    print(format_verdict(summary["verdict"]).replace("RUN_DIR", str(out)), flush=True)
     if args.refine and not summary["verdict"]["trustworthy"]:
         _refine_now(flow, target, out, summary, args.refine, config["seed"])
 
@@ -517,7 +517,8 @@ def _refine_now(flow, target, out: Path, summary: dict, method: str, seed: int) 
 
 def _start_at_mode(flow, target, config, main) -> dict:
     """``--init mode`` (:func:`flowvi.training.mode_init.init_at_mode`), said in one line."""
-    report = init_at_mode(flow, target, seed=config["seed"])
+    with guarded(target, "the search for the mode (--init mode)"):
+        report = init_at_mode(flow, target, seed=config["seed"])
     if main:
         print(f"  start        {report.reason} ({report.seconds:.1f} s)")
     return report.to_dict()

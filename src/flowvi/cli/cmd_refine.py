@@ -50,10 +50,10 @@ def refine_and_write(flow, target, run_dir: Path, options) -> dict:
     print(f"  R-hat max    {record['rhat_max']:.4f}")
     print(f"  bulk ESS     {record['bulk_ess_min']:.0f} (smallest)   tail ESS {record['tail_ess_min']:.0f}")
     print(f"  acceptance   {record['accept']:.3f}   divergences {record['divergences']}   {record['seconds']:.1f} s")
-    print(format_verdict(record["verdict"], refined=True).replace("RUN_DIR", str(run_dir)), flush=True)
     ckpt.atomic_write(run_dir / "refined_samples.npy", lambda f: np.save(f, x.astype(np.float32)))
     ckpt.write_json_atomic(record, run_dir / "refine.json")
     print(f"wrote {run_dir}/{{refined_samples.npy,refine.json}}")
+    print(format_verdict(record["verdict"], refined=True).replace("RUN_DIR", str(run_dir)))
     return record
 
 

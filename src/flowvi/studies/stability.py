@@ -184,9 +184,16 @@ def run_one(
     return row
 
 
+def _numpy(v) -> np.ndarray:
+    """A reference's statistics may come as tensors (:func:`flowvi.diagnostics.mcmc.summarize_chains` of torch
+    draws): NumPy for the scores."""
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
 def share_within(mean: np.ndarray, reference: dict, tol: float = 0.1) -> float:
     """Share of coordinates whose mean lies within ``tol`` reference posterior sds of the reference mean."""
-    z = np.abs(mean - reference["mean"]) / np.maximum(reference["sd"], 1e-12)
+    mean, ref_mean, ref_sd = (_numpy(v) for v in (mean, reference["mean"], reference["sd"]))
+    z = np.abs(mean - ref_mean) / np.maximum(ref_sd, 1e-12)
     return float((z < tol).mean())
 
 
@@ -199,7 +206,10 @@ def share_within_robust(median: np.ndarray, reference: dict, tol: float = 0.1) -
     The robust sd is the interquartile range over 1.349 (= the sd for a Gaussian). Unlike the mean and the sd, the
     median and the quartiles exist and are estimated at the usual rate for any posterior, including the
     heavy-tailed coefficients of a horseshoe, whose sample sd is dominated by rare excursions into the tails."""
-    z = np.abs(median - reference["median"]) / np.maximum((reference["q75"] - reference["q25"]) / 1.349, 1e-12)
+    median, ref_median, q25, q75 = (
+        _numpy(v) for v in (median, reference["median"], reference["q25"], reference["q75"])
+    )
+    z = np.abs(median - ref_median) / np.maximum((q75 - q25) / 1.349, 1e-12)
     return float((z < tol).mean())
 
 
@@ -207,9 +217,9 @@ def zero_guess_scores(reference: dict) -> dict:
     """The scores of the guess "every coefficient is 0", with no flow at all: what a flow collapsed onto
     beta = 0 (the horseshoe's spike at a small global scale) gets. A configuration's share means something only
     above this line."""
-    out = {"within_0.1_sd": share_within(np.zeros_like(reference["mean"]), reference)}
+    out = {"within_0.1_sd": share_within(np.zeros_like(_numpy(reference["mean"])), reference)}
     if "median" in reference:
-        out[ROBUST] = share_within_robust(np.zeros_like(reference["median"]), reference)
+        out[ROBUST] = share_within_robust(np.zeros_like(_numpy(reference["median"])), reference)
     return out
 
 

@@ -287,7 +287,7 @@ class _Run:
                 state.step += 1
                 too_many = state.skipped > cfg.max_skip_fraction * state.step
                 if not ok and state.step >= cfg.min_steps_before_stop and too_many:
-                    raise TrainingDiverged(diverged_message(state))
+                    raise TrainingDiverged(diverged_message(state, self.flow))
                 state.elapsed_now = time.perf_counter() - t0
                 reason = monitor.observe(state, elbo)
                 if world > 1:  # decided together, once a window (rank 0's decision)
@@ -360,7 +360,7 @@ def _log_metrics(state, result, scheduler, estimator, world, t0) -> dict:
     return m
 
 
-def diverged_message(state) -> str:
+def diverged_message(state, flow=None) -> str:
     """Why training stopped with most steps skipped: the target's or the flow's non-finite draws, or gradients."""
     head = f"training stopped at step {state.step}: {state.skipped} of {state.step} steps had a non-finite loss or gradient"
     target_bad, flow_bad = state.dropped
@@ -380,7 +380,8 @@ def diverged_message(state) -> str:
             )
     other = state.skipped - state.skipped_finite
     if other:
-        causes.append(f"{other} had a non-finite gradient with finite draws: lower --lr or --clip")
+        hint = _stability_hint(flow) if flow is not None else ""
+        causes.append(f"{other} had a non-finite gradient with finite draws: try {hint}a lower --lr or --clip")
     return head + ("; " + "; ".join(causes) if causes else "")
 
 
