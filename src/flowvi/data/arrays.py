@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowvi import data as shipped
+from flowvi.data import load_breast_cancer, load_digits, load_wine
 
 
 @dataclass
@@ -37,16 +37,16 @@ class ArrayData:
 
 
 def _digits() -> ArrayData:
-    images, _ = shipped.load_digits()
+    images, _ = load_digits()
     return ArrayData("digits", images[:, None].astype(np.int64), levels=17)
 
 
 def _wine() -> ArrayData:
-    return ArrayData("wine", shipped.load_wine()[0].astype(np.float64))
+    return ArrayData("wine", load_wine()[0].astype(np.float64))
 
 
 def _breast_cancer() -> ArrayData:
-    return ArrayData("breast_cancer", shipped.load_breast_cancer()[0].astype(np.float64))
+    return ArrayData("breast_cancer", load_breast_cancer()[0].astype(np.float64))
 
 
 def _patches(size: int) -> ArrayData:
