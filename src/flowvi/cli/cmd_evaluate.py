@@ -33,8 +33,10 @@ def run(args):
     with guarded(target, "evaluation"):
         summary = evaluate(flow, target, n=args.samples, batch_size=args.batch_size)
     fitted = Path(args.run_dir) / "summary.json"
-    stop_reason = json.loads(fitted.read_text()).get("stop_reason") if fitted.exists() else None
-    summary["verdict"] = fit_verdict(summary, stop_reason)
+    fit_summary = json.loads(fitted.read_text()) if fitted.exists() else {}
+    if fit_summary.get("modes"):  # the fit's mode check (the trained flow is the same)
+        summary["modes"] = fit_summary["modes"]
+    summary["verdict"] = fit_verdict(summary, fit_summary.get("stop_reason"))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

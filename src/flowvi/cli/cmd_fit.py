@@ -33,7 +33,7 @@ from flowvi.training import distributed as dist
 from flowvi.training.distributed import COMM_DTYPES
 from flowvi.training.fast_step import PRECISIONS
 from flowvi.training.loop import TrainConfig, check_target, fit
-from flowvi.training.mode_init import init_at_mode
+from flowvi.training.mode_init import init_at_mode, mode_coverage
 from flowvi.training.pretrain import load_draws, pretrain_on_draws
 from flowvi.training.sizing import default_size
 from flowvi.transforms import CLAMPS
@@ -162,9 +162,13 @@ def _flow_options(p) -> None:
     g.add_argument("--spline-bound", type=float, default=5.0, help="the spline acts on [-B, B], identity outside")
     g.add_argument(
         "--hierarchical",
-        action="store_true",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=["auto", "on", "off"],
         help="per-coordinate couplings along the target's hierarchy, e.g. z_j given log lambda_j and log tau "
-        "(learned partial non-centring; horseshoe, regularized horseshoe and funnel targets)",
+        "(learned partial non-centring); auto: on for targets that declare a hierarchy (horseshoe, regularized "
+        "horseshoe, funnel, target files with fn.hierarchy)",
     )
     g.add_argument("--hierarchy-hidden", type=int, default=8, help="each child's own network width (0: linear)")
     g.add_argument(
@@ -293,8 +297,11 @@ def config_from_args(args) -> dict:
             ),
             **{k: getattr(args, k) for k in ("gauge_arch", "gauge_masks", "dilations") if getattr(args, k, None)},
             **(
-                {"hierarchical": True, "hierarchy_hidden": args.hierarchy_hidden}
-                if getattr(args, "hierarchical", False)
+                {
+                    "hierarchical": {"on": True, "auto": "auto"}[args.hierarchical],
+                    "hierarchy_hidden": args.hierarchy_hidden,
+                }
+                if getattr(args, "hierarchical", "off") in ("on", "auto")
                 else {}
             ),
         },
@@ -482,7 +489,11 @@ def _finish(args, flow, target, config: dict, out: Path, state, summary: dict, s
         "fraction": sum(state.dropped) / max(state.draws, 1),
     }
     if start is not None:
-        summary["init"] = start
+        summary["init"] = start.to_dict()
+        if start.ends:  # the modes the search found: does the flow cover them? (refine starts chains there)
+            summary["modes"] = mode_coverage(flow, target, start.ends)
+            modes = torch.stack([x for _, x in start.ends]).cpu().numpy()
+            ckpt.atomic_write(out / "modes.npy", lambda f: np.save(f, modes))
     if config.get("init") is not None and (out / "pretrain.json").exists():
         summary["pretrain"] = json.loads((out / "pretrain.json").read_text())
     samples, summary["samples"] = psis_resample(z2_proposal(flow), target, args.n_samples, seed=config["seed"])
@@ -521,7 +532,7 @@ def _start_at_mode(flow, target, config, main) -> dict:
         report = init_at_mode(flow, target, seed=config["seed"])
     if main:
         print(f"  start        {report.reason} ({report.seconds:.1f} s)")
-    return report.to_dict()
+    return report
 
 
 def size_from_dim(config: dict, args) -> None:

@@ -46,7 +46,9 @@ def refine_and_write(flow, target, run_dir: Path, options) -> dict:
 
     flow.eval()
     torch.manual_seed(options.seed)
-    x, record = refine(flow, target, options)
+    modes = run_dir / "modes.npy"  # the fit's mode search: some chains start there
+    starts = np.load(modes, allow_pickle=False) if modes.exists() else None
+    x, record = refine(flow, target, options, starts=starts)
     print(f"  R-hat max    {record['rhat_max']:.4f}")
     print(f"  bulk ESS     {record['bulk_ess_min']:.0f} (smallest)   tail ESS {record['tail_ess_min']:.0f}")
     print(f"  acceptance   {record['accept']:.3f}   divergences {record['divergences']}   {record['seconds']:.1f} s")

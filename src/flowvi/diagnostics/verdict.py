@@ -1,7 +1,8 @@
 """One verdict on a run's draws: can they be trusted, why, and what to do if not.
 
 After a fit (or ``flowvi evaluate``), the draws are the flow's, importance-resampled: they can be trusted when
-the PSIS k-hat of the importance weights is below 0.7 (Vehtari et al. 2024, *Pareto smoothed importance
+the flow covers every mode the mode search found (:func:`flowvi.training.mode_init.mode_coverage`: importance
+weights cannot reveal a mode that the flow never draws from), the PSIS k-hat of the importance weights is below 0.7 (Vehtari et al. 2024, *Pareto smoothed importance
 sampling*: below it the self-normalized estimates have finite variance and vanishing bias) and the effective
 number of draws ``n * ESS/n`` is at least ``MIN_ESS``. After ``flowvi refine``, the draws are MCMC draws: they
 can be trusted when the rank-normalized split R-hat is at most 1.01 and the bulk- and tail-ESS are at least 400
@@ -23,6 +24,14 @@ def fit_verdict(summary: dict, stop_reason: str | None = None) -> dict:
     training's stop reason (which says whether the ELBO was still rising)."""
     k, ess = summary.get("pareto_k", math.nan), summary.get("ess", 0.0) * summary.get("n", 0)
     rising = bool(stop_reason and "still rising" in stop_reason)
+    modes = summary.get("modes") or {}
+    if modes.get("uncovered"):  # k-hat cannot see a mode the flow never draws from
+        return {
+            "trustworthy": False,
+            "reason": f"the flow misses {modes['uncovered']} of {modes['found']} modes found by the mode search "
+            f"(log-weight gap {modes['gap']:.1f} nats)",
+            "action": "run `flowvi refine RUN_DIR` (its chains start at those modes), or train with --estimator fab",
+        }
     if math.isfinite(k) and k < KHAT and ess >= MIN_ESS:
         return {"trustworthy": True, "reason": f"PSIS k-hat {k:.2f}, {ess:.0f} effective draws", "action": None}
     why = [f"k-hat {k:.2f}" if math.isfinite(k) else "k-hat undefined (no finite importance weight)"]

@@ -56,16 +56,25 @@ def build(config: dict):
     # flow architecture through ``default_flow(**flow_options)``; every other target gets Real NVP.
     make_flow = getattr(target, "default_flow", None)
     options = dict(config.get("flow", {}))
-    if options.pop("hierarchical", False):
+    hierarchical = options.pop("hierarchical", False)
+    if hierarchical == "auto":  # on where the target declares a hierarchy (and gets a Real NVP)
+        hierarchical = not make_flow and bool(_declared_hierarchy(target))
+        if not hierarchical:
+            options.pop("hierarchy_hidden", None)
+    if hierarchical:
         options["hierarchy"] = hierarchy_of(target, config["target"]["name"])
     flow = make_flow(**options) if make_flow else realnvp(target.dim, **options)
     return flow.to(device, dtype), target.to(device, dtype)
 
 
+def _declared_hierarchy(target) -> list | None:
+    declared = getattr(target, "hierarchy", None)
+    return declared() if callable(declared) and not hasattr(target, "default_flow") else None
+
+
 def hierarchy_of(target, name: str) -> list:
     """``target.hierarchy()`` for a Real NVP's hierarchical couplings, or a ValueError that names the target."""
-    declared = getattr(target, "hierarchy", None)
-    pairs = declared() if callable(declared) and not hasattr(target, "default_flow") else None
+    pairs = _declared_hierarchy(target)
     if not pairs:
         raise ValueError(
             f"target {name!r} declares no hierarchy, so --hierarchical cannot be used (targets with one: "

@@ -40,6 +40,7 @@ FLOWVI_FILES = (
     "pair.png",
     "refined_samples.npy",
     "refine.json",
+    "modes.npy",
 )
 _GENERATED = re.compile(r"samples-\d+(\.tmp)?\.np[yz]|\.(" + "|".join(map(re.escape, FLOWVI_FILES)) + r")\.[^/]+")
 

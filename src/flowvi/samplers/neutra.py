@@ -54,9 +54,12 @@ class LatentTarget(nn.Module):
         return torch.cat([self.flow.transform(z[i : i + batch_size])[0] for i in range(0, len(z), batch_size)])
 
 
-def neutra_hmc(flow, target, chains=32, warmup=300, draws=500, max_leapfrog=8, target_accept=0.8, seed=0, **kw):
+def neutra_hmc(
+    flow, target, chains=32, warmup=300, draws=500, max_leapfrog=8, target_accept=0.8, seed=0, starts=None, **kw
+):
     """NeuTra-HMC (module docstring): returns ``(draws (chains, draws, d) in x, info)`` where ``info`` holds the
-    sampler's step size, acceptance, divergences, gradient evaluations and seconds."""
+    sampler's step size, acceptance, divergences, gradient evaluations and seconds. The first chains start at
+    ``starts`` (points in x, mapped to the latent space by the flow's inverse), the others at base draws."""
     for p in flow.parameters():
         p.requires_grad_(False)
     latent = LatentTarget(flow, target)
@@ -65,6 +68,11 @@ def neutra_hmc(flow, target, chains=32, warmup=300, draws=500, max_leapfrog=8, t
         torch.manual_seed(seed)
         with torch.no_grad():
             z0 = flow.base.sample(chains)
+            if starts is not None and len(starts):
+                s = torch.as_tensor(starts[:chains]).to(z0.device, z0.dtype)
+                zs = flow.transform.inverse(s)[0]
+                ok = torch.isfinite(zs).all(1)
+                z0[: len(s)][ok] = zs[ok]
     out = adaptive_hmc(
         latent,
         chains=chains,
@@ -92,9 +100,10 @@ def neutra_hmc(flow, target, chains=32, warmup=300, draws=500, max_leapfrog=8, t
 
 
 @torch.no_grad()
-def imh_chains(flow, target, chains=8, draws=10_000, seed=0, batch_size=4096):
+def imh_chains(flow, target, chains=8, draws=10_000, seed=0, batch_size=4096, starts=None):
     """``chains`` independence-MH chains of ``draws`` steps with the flow as proposal: ``(draws (chains, draws, d),
-    info)``. Each chain starts at its first proposal; a proposal with a NaN or -inf weight is never accepted."""
+    info)``. Chain c starts at ``starts[c]`` (the first ones, given as (k, d) points) or else at its first
+    proposal; a proposal with a NaN or -inf weight is never accepted."""
     import time
 
     t0 = time.perf_counter()
@@ -104,6 +113,12 @@ def imh_chains(flow, target, chains=8, draws=10_000, seed=0, batch_size=4096):
         x, logw = flow_proposals(flow, target, chains * draws, batch_size)
     logw = torch.nan_to_num(logw.double(), nan=-torch.inf).reshape(chains, draws).cpu()
     x = x.reshape(chains, draws, -1)
+    if starts is not None and len(starts):  # dispersed starts: a chain stuck where the flow has no mass shows
+        s = torch.as_tensor(starts[:chains]).to(x.device, x.dtype)
+        lw0 = (target.log_prob(s).double() - flow.log_prob(s).double()).cpu()
+        ok = torch.isfinite(lw0)
+        x[: len(s)][ok, 0] = s[ok]
+        logw[: len(s)][ok, 0] = lw0[ok]
     out, rates = [], []
     for c in range(chains):
         lw = logw[c].clone()
@@ -147,10 +162,11 @@ class RefineOptions:
     seed: int = 0
 
 
-def refine(flow, target, options: RefineOptions | None = None, log=print) -> tuple[np.ndarray, dict]:
+def refine(flow, target, options: RefineOptions | None = None, log=print, starts=None) -> tuple[np.ndarray, dict]:
     """Exact MCMC draws that use the fitted ``flow``: returns the draws (chains, draws, d) and their record
     (settings, acceptance, divergences, R-hat, bulk/tail ESS and the verdict of
-    :func:`flowvi.diagnostics.verdict.refine_verdict`)."""
+    :func:`flowvi.diagnostics.verdict.refine_verdict`). ``starts`` (k, d): points where the first chains start
+    (the modes the fit's search found), so that R-hat sees a mode the flow does not reach."""
     o = options or RefineOptions()
     if o.method not in ("auto", "imh", "neutra"):
         raise ValueError(f"unknown refine method {o.method!r}; choose auto, imh or neutra")
@@ -163,9 +179,10 @@ def refine(flow, target, options: RefineOptions | None = None, log=print) -> tup
         log(f"  refine       {method}: {chains} chains x {draws} draws")
         if method == "neutra":
             x, info = neutra_hmc(flow, target, chains=chains, warmup=o.warmup, draws=draws,
-                                 max_leapfrog=o.max_leapfrog, target_accept=o.target_accept, seed=o.seed)  # fmt: skip
+                                 max_leapfrog=o.max_leapfrog, target_accept=o.target_accept, seed=o.seed,
+                                 starts=starts)  # fmt: skip
         else:
-            x, info = imh_chains(flow, target, chains=chains, draws=draws, seed=o.seed)
+            x, info = imh_chains(flow, target, chains=chains, draws=draws, seed=o.seed, starts=starts)
         diag = mcmc_diagnostics(x)
         verdict = refine_verdict(
             method, diag["rhat_max"], diag["bulk_ess_min"], diag["tail_ess_min"], info["divergences"]

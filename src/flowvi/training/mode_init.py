@@ -5,8 +5,9 @@ or latent log-rates whose likelihood overflows a few sds away) throws the first 
 where the log density is -inf or overflows. :func:`init_at_mode` moves the start first:
 
 1. **Mode search**: L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search; Nocedal & Wright 2006, Alg. 7.5)
-   on ``-log p(x)`` in the target's (unconstrained) space, from ``restarts`` draws of the flow's base, each at
-   most ``max_iter`` iterations; the best finite end point wins.
+   on ``-log p(x)`` in the target's (unconstrained) space, from ``restarts`` over-dispersed draws of the flow's
+   base (scaled by 1 to 10), each at most ``max_iter`` iterations; the best finite end point wins. The stationary
+   end points are kept: :func:`mode_coverage` later asks whether the trained flow covers each of them.
 2. **Scales from the curvature**: the Hessian diagonal ``H_ii = d^2(-log p)/dx_i^2`` at the mode by central
    differences of the gradient, ``(g_i(x + h e_i) - g_i(x - h e_i)) / 2h``, all ``2d`` points evaluated as one
    batch (chunked), and ``s_i = 1 / sqrt(H_ii)`` (the Laplace approximation's marginal sds when the Hessian is
@@ -23,7 +24,7 @@ Whatever happens, the result says what was done and why (``InitReport``); the fl
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -40,18 +41,19 @@ class InitReport:
     scale_min: float | None = None
     scale_max: float | None = None
     seconds: float = 0.0
+    ends: list = field(default_factory=list, repr=False, compare=False)  # (log p, end point) of the search
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "ends"}
 
 
 def _neg_log_p(target, x):
     return -target.log_prob(x.unsqueeze(0)).squeeze(0)
 
 
-def find_mode(target, starts: torch.Tensor, max_iter: int = 200) -> tuple[torch.Tensor | None, float]:
+def find_mode(target, starts: torch.Tensor, max_iter: int = 200, ends: list | None = None):
     """The best end point of L-BFGS on ``-log p`` from each row of ``starts`` (module docstring), with its log p;
-    ``(None, nan)`` when no run ends finite."""
+    ``(None, nan)`` when no run ends finite. ``ends`` collects every finite ``(log p, end point)``."""
     best, best_lp = None, -math.inf
     for x0 in starts:
         x = _lbfgs(target, x0, max_iter)
@@ -59,9 +61,47 @@ def find_mode(target, starts: torch.Tensor, max_iter: int = 200) -> tuple[torch.
             continue
         with torch.no_grad():
             lp = float(-_neg_log_p(target, x))
-        if math.isfinite(lp) and torch.isfinite(x).all() and lp > best_lp:
+        if not math.isfinite(lp):
+            continue
+        if ends is not None and _stationary(target, x):
+            ends.append((lp, x))
+        if lp > best_lp:
             best, best_lp = x, lp
     return best, (best_lp if best is not None else math.nan)
+
+
+def _stationary(target, x: torch.Tensor, tol: float = 1e-3) -> bool:
+    """Is ``x`` a stationary point of log p (the largest |gradient| at most ``tol`` (1 + max |x|))? Only these
+    count as modes: a run that stopped on its iteration limit, or ran off along an unbounded direction, is none."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(-_neg_log_p(target, x), x)
+    return bool(torch.isfinite(g).all() and g.abs().max() <= tol * (1 + float(x.detach().abs().max())))
+
+
+#: end points of the mode search within this many nats of the best count as modes the posterior has mass at
+MODE_WINDOW = 10.0
+#: a mode whose importance log weight log p - log q is this many nats above the best-covered one is uncovered
+UNCOVERED = 5.0
+
+
+@torch.no_grad()
+def mode_coverage(flow, target, ends: list) -> dict:
+    """Does the trained flow put mass at every mode the search found? For the end points within
+    :data:`MODE_WINDOW` nats of the highest, the log weights ``w_i = log p(m_i) - log q(m_i)``: a mode the flow
+    covers as well as the others has ``w_i`` close to theirs; one with ``w_i - min_j w_j > UNCOVERED`` gets
+    ``e^UNCOVERED`` times less of q's mass than of p's, relative to the best-covered mode (reverse KL drops
+    separated modes: Bishop 2006, Sec. 10.1.2). Returns ``{"found", "uncovered", "gap"}``."""
+    if not ends:
+        return {"found": 0, "uncovered": 0, "gap": 0.0}
+    top = max(lp for lp, _ in ends)
+    points = torch.stack([x for lp, x in ends if lp >= top - MODE_WINDOW])
+    anchor = next(flow.parameters())
+    xs = points.to(anchor.device, anchor.dtype)
+    w = (target.log_prob(xs).double() - flow.log_prob(xs).double()).cpu()
+    w = torch.where(torch.isfinite(w), w, torch.full_like(w, math.inf))
+    gaps = w - w.min()
+    return {"found": len(points), "uncovered": int((gaps > UNCOVERED).sum()), "gap": float(gaps.max())}
 
 
 def _lbfgs(target, x0: torch.Tensor, max_iter: int) -> torch.Tensor | None:
@@ -78,9 +118,10 @@ def _lbfgs(target, x0: torch.Tensor, max_iter: int) -> torch.Tensor | None:
 
     try:
         opt.step(closure)
-    except (RuntimeError, ValueError):
-        return None
-    return x.detach().clone()
+    except (RuntimeError, ValueError, IndexError):  # IndexError: torch's strong-Wolfe search on a degenerate bracket
+        pass  # keep the last point reached; it is checked below
+    x = x.detach().clone()
+    return x if torch.isfinite(x).all() else None
 
 
 def hessian_diagonal(target, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
@@ -133,7 +174,7 @@ def _set_affine(flow, mode: torch.Tensor, scale: torch.Tensor) -> bool:
     return True
 
 
-def init_at_mode(flow, target, restarts: int = 4, max_iter: int = 200, check_draws: int = 512, seed: int = 0):
+def init_at_mode(flow, target, restarts: int = 6, max_iter: int = 200, check_draws: int = 512, seed: int = 0):
     """Set the flow's location-scale layer from the mode and curvature of ``target`` (module docstring); returns
     an :class:`InitReport`. Draws its start points and check draws under a forked RNG (the caller's stream is
     untouched)."""
@@ -146,9 +187,10 @@ def init_at_mode(flow, target, restarts: int = 4, max_iter: int = 200, check_dra
     device = found[1].loc.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        with torch.no_grad():
-            starts = flow.base.sample(restarts)
-        mode, lp = find_mode(target, starts, max_iter)
+        with torch.no_grad():  # over-dispersed starts (Gelman & Rubin 1992): base draws at scales 1 to 10
+            starts = flow.base.sample(restarts) * torch.logspace(0, 1, restarts).to(device)[:, None]
+        ends = []
+        mode, lp = find_mode(target, starts, max_iter, ends)
         if mode is None:
             why = "the mode search (L-BFGS) ended at no point with a finite log density (unbounded, or -inf); flow left at its start"
             return InitReport(False, why, seconds=_dt(t0))
@@ -161,7 +203,7 @@ def init_at_mode(flow, target, restarts: int = 4, max_iter: int = 200, check_dra
             placed = _set_affine(flow, mode, scale)
         torch.manual_seed(seed + 1)
         after = _elbo(flow, target, check_draws) if placed else -math.inf
-    report = InitReport(False, "", lp, before, after, float(scale.min()), float(scale.max()), _dt(t0))
+    report = InitReport(False, "", lp, before, after, float(scale.min()), float(scale.max()), _dt(t0), ends)
     if not placed:
         found[1].load_state_dict(saved)
         report.reason = "the mode lies beyond the last layer's range (LOFT threshold); flow left at its start"
@@ -181,4 +223,4 @@ def _dt(t0) -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["InitReport", "find_mode", "hessian_diagonal", "init_at_mode"]
+__all__ = ["MODE_WINDOW", "UNCOVERED", "InitReport", "find_mode", "hessian_diagonal", "init_at_mode", "mode_coverage"]
