@@ -138,7 +138,9 @@ def test_targets_lists_parameters(capsys):
     assert rc == 0 and "funnel" in stdout and "conjugate_regression" in stdout and "sigma=3.0" in stdout
 
 
-@pytest.mark.parametrize("argv", [["fit", "u1", "--lattice", "4"], ["fit", "funnel", "--dim", "6"]])
+@pytest.mark.parametrize(
+    "argv", [["fit", "u1", "--lattice", "4"], ["fit", "funnel", "--dim", "6", "--hierarchical", "off"]]
+)
 def test_fit_without_size_options_uses_the_flows_own_defaults(argv):
     """`--layers/--hidden/--depth` left out: Real NVP gets 8 x 256 x 2, a lattice target its field flow's own
     defaults (a 256-channel convolution would make `flowvi fit u1` take hours on a CPU)."""
