@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,9 @@ def small_python(code: str) -> str:
 
 
 def run_examples(items, workdir: Path, monkeypatch, capsys) -> None:
+    examples = workdir / "examples"  # the pages run the repository's example models by their relative path
+    if not examples.exists():
+        shutil.copytree(ROOT / "examples", examples)
     monkeypatch.chdir(workdir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
