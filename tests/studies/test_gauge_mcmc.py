@@ -4,8 +4,8 @@ topological susceptibility of the 2D theory, for an untrained flow too (IMH is e
 import numpy as np
 import pytest
 import torch
-from flowvi.runs.ensemble import chain_record, load_configs, save_configs
 
+from flowvi.runs.ensemble import chain_record, load_configs, save_configs
 from flowvi.studies.gauge_mcmc import nmcmc_gauge
 from flowvi.targets.gauge import U1Gauge
 
