@@ -73,10 +73,6 @@ def run(args):
         method=args.method, chains=args.chains, draws=args.draws, warmup=args.warmup,
         max_leapfrog=args.max_leapfrog, target_accept=args.target_accept, seed=args.seed,
     )  # fmt: skip
-    if (options.chains is not None and options.chains < 2) or (options.draws is not None and options.draws < 4):
-        raise ValueError(
-            f"refine needs --chains >= 2 and --draws >= 4 (R-hat compares chains); got {args.chains}, {args.draws}"
-        )
     flow, target, _ = load_run(run_dir, device=args.device)
     print(f"flowvi refine: {run_dir}")
     refine_and_write(flow, target, run_dir, options)

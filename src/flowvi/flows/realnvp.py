@@ -11,6 +11,7 @@ import torch
 
 from flowvi.core.bases import make_base
 from flowvi.core.flow import Flow
+from flowvi.core.options import split_options
 from flowvi.transforms import (
     LOFT,
     AffineCoupling,
@@ -79,18 +80,9 @@ class RealNVPOptions:
 
     @classmethod
     def from_flat(cls, **flat) -> RealNVPOptions:
-        groups = {"couplings": Couplings, "clamp": Clamp, "marginals": Marginals, "tails": Tails}
-        parts = {name: {} for name in groups}
-        top = {}
-        for key, value in flat.items():
-            group = next((g for g, kind in groups.items() if key in {f.name for f in fields(kind)}), None)
-            if group is not None:
-                parts[group][key] = value
-            elif key in ("hierarchy_hidden", "seed"):
-                top[key] = value
-            else:
-                raise TypeError(f"realnvp got an unknown option {key!r}")
-        return cls(**{g: groups[g](**parts[g]) for g in groups}, **top)
+        top = {k: flat.pop(k) for k in ("hierarchy_hidden", "seed") if k in flat}
+        couplings, clamp, marginals, tails = split_options(flat, Couplings, Clamp, Marginals, Tails, owner="realnvp")
+        return cls(couplings=couplings, clamp=clamp, marginals=marginals, tails=tails, **top)
 
     def flat(self) -> dict:
         """The flat keywords (the inverse of :meth:`from_flat`)."""

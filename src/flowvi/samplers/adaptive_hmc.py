@@ -36,10 +36,11 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
+from flowvi.core.options import split_options
 from flowvi.samplers.hmc import GraphedLeapfrog, HMCState, kinetic_energy, leapfrog, log_prob_and_grad, step
 
 
@@ -167,17 +168,6 @@ class ChainSchedule:
     thin: int = 1
     seed: int = 0
     max_seconds: float | None = None
-
-
-def split_options(flat: dict, *kinds) -> list:
-    """Sort flat keywords into instances of the dataclasses ``kinds`` (each key to the one that has it)."""
-    parts = [{} for _ in kinds]
-    for key, value in flat.items():
-        i = next((i for i, kind in enumerate(kinds) if key in {f.name for f in fields(kind)}), None)
-        if i is None:
-            raise TypeError(f"unknown option {key!r}")
-        parts[i][key] = value
-    return [kind(**part) for kind, part in zip(kinds, parts, strict=True)]
 
 
 def _check(target, s: ChainSchedule, k: HMCKernel, x0) -> None:

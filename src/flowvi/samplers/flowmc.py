@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from flowvi.core.bases import StandardNormal
+from flowvi.core.options import split_options
 from flowvi.samplers.adaptive_hmc import (
     ChainSchedule,
     HMCKernel,
@@ -62,7 +63,6 @@ from flowvi.samplers.adaptive_hmc import (
     chain_device_dtype,
     flush_denormals,
     hmc_step,
-    split_options,
 )
 from flowvi.samplers.hmc import GraphedLeapfrog, leapfrog, log_prob_and_grad
 

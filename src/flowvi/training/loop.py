@@ -200,7 +200,7 @@ class _Run:
                 )
             rng = saved["rng_ranks"][self.rank]
         _set_rng_state(rng)
-        _truncate_metrics(self.metrics_path, state.step)
+        truncate_metrics(self.metrics_path, state.step)  # a torn last line (a kill during the append) is dropped
         return saved
 
     def start(self) -> None:
@@ -383,10 +383,6 @@ def diverged_message(state, flow=None) -> str:
         hint = _stability_hint(flow) if flow is not None else ""
         causes.append(f"{other} had a non-finite gradient with finite draws: try {hint}a lower --lr or --clip")
     return head + ("; " + "; ".join(causes) if causes else "")
-
-
-def _truncate_metrics(path, step):
-    truncate_metrics(path, step)  # a torn last line (a kill during the append) is dropped with a warning
 
 
 def _stability_hint(flow) -> str:

@@ -24,7 +24,7 @@ Whatever happens, the result says what was done and why (``InitReport``); the fl
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -44,7 +44,7 @@ class InitReport:
     ends: list = field(default_factory=list, repr=False, compare=False)  # (log p, end point) of the search
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "ends"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ends"}
 
 
 def _neg_log_p(target, x):
