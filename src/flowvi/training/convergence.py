@@ -112,7 +112,7 @@ class Monitor:
                 return state.pending_reason
         if state.step >= cfg.step_limit:
             return self._limit_reason(state, f"{cfg.step_limit} steps" + (" (max_steps)" if cfg.auto else ""))
-        if cfg.max_time is not None and state.elapsed_now >= cfg.max_time:
+        if cfg.max_time is not None and state.elapsed >= cfg.max_time:
             return self._limit_reason(state, f"max_time {cfg.max_time:g} s")
         return None
 

@@ -3,10 +3,8 @@ non-finite steps, a live progress bar, atomic checkpoints and exact resume."""
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -14,12 +12,12 @@ import torch
 from flowvi.diagnostics.importance import log_evidence, normalized_ess
 from flowvi.objectives.estimators import MIN_FINITE_FRACTION, get_estimator
 from flowvi.runs import checkpoint as ckpt
-from flowvi.runs.run_files import truncate_metrics
 from flowvi.targets import TargetError, checked_log_prob
 from flowvi.targets.guard import guarded, target_error
 from flowvi.training import distributed as dist
 from flowvi.training.config import TrainConfig
 from flowvi.training.convergence import AutoSchedule, Monitor
+from flowvi.training.core import LoopState, RunFiles, SkipGuard, progress_bar, train_loop
 from flowvi.training.fast_step import load_optimizer_state, make_optimizer, make_step, matmul_precision, resolve_options
 
 
@@ -29,15 +27,12 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainState:
-    step: int = 0
-    skipped: int = 0
-    elapsed: float = 0.0
-    history: list = field(default_factory=list)
+class TrainState(LoopState):
+    """:class:`flowvi.training.core.LoopState` and what reverse-KL training adds to it."""
+
     dropped: list = field(default_factory=lambda: [0, 0])  # draws dropped for a non-finite [log p, log q]
     draws: int = 0  # draws made by all steps
     skipped_finite: int = 0  # steps skipped because too few draws were finite
-    stop_reason: str | None = None
     # convergence monitor (flowvi.training.convergence)
     elbo_trace: list = field(default_factory=list)
     since_change: int = 0
@@ -46,7 +41,11 @@ class TrainState:
     elbo_flat: bool | None = None
     khat_checks: list = field(default_factory=list)
     pending_reason: str | None = None
-    elapsed_now: float = 0.0
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainState:
+        """From a checkpoint's ``state`` (keys of older versions that are no longer kept are ignored)."""
+        return cls(**{k: v for k, v in saved.items() if k in {f.name for f in fields(cls)}})
 
 
 def make_scheduler(optimizer, cfg: TrainConfig):
@@ -121,7 +120,8 @@ def fit(
     checkpoint (parameters, optimizer, scheduler, RNG state, counters) to ``run_dir/checkpoint.pt``
     every ``checkpoint_every`` steps and at the end, written atomically. ``resume=True`` continues
     from that checkpoint and gives the same parameters as an uninterrupted run with the same seed.
-    ``callback(state, metrics)`` is called at every logged step.
+    ``callback(state, metrics)`` is called at every logged step; returning True stops training there (after a
+    checkpoint; ``state.stop_reason`` says so). The loop itself is :func:`flowvi.training.core.train_loop`.
 
     ``steps="auto"`` (the default) trains until the smoothed ELBO is flat and the PSIS k-hat of fresh draws is
     below 0.7, or until ``max_steps``/``max_time`` (the rule: :mod:`flowvi.training.convergence`);
@@ -147,7 +147,8 @@ def fit(
 
 
 class _Run:
-    """One call of :func:`fit`: the optimizer, schedule, step function, counters and the run directory's files."""
+    """One call of :func:`fit` as a :class:`flowvi.training.core.Task`: the optimizer, schedule, step function,
+    stopping rule and checkpoint; the loop itself is :func:`flowvi.training.core.train_loop`."""
 
     def __init__(self, flow, target, cfg: TrainConfig, run_dir: Path | None):
         self.flow, self.target, self.cfg = flow, target, cfg
@@ -168,28 +169,29 @@ class _Run:
         self.optimizer = make_optimizer(self.params, cfg, self.options)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.state = TrainState()
-        self.run_dir = run_dir
-        self.ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
-        self.metrics_path = run_dir / "metrics.jsonl" if run_dir and self.main else None
-        self.grad_hook = self.step_fn = self.scaler = self.bar = None
+        self.files = RunFiles(run_dir, write_metrics=self.main)
+        self.log_every, self.checkpoint_every = cfg.log_every, cfg.checkpoint_every
+        self.guard = SkipGuard(
+            cfg.min_steps_before_stop, cfg.max_skip_fraction, lambda s: diverged_message(s, flow), TrainingDiverged
+        )
+        self.need = max(2, math.ceil(MIN_FINITE_FRACTION * cfg.batch_size))  # finite draws a step needs
+        self.grad_hook = self.step_fn = self.scaler = self.monitor = self.result = None
+        self.elbo = math.nan
         if self.world > 1:
             dist.broadcast_parameters(flow)
 
     def restore(self) -> dict:
         """Parameters, optimizer, schedule, estimator, counters and RNG state from the run's checkpoint."""
-        if self.ckpt_path is None or not self.ckpt_path.exists():
-            raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {self.run_dir}")
         device = next(iter(self.flow.state_dict().values())).device
-        keys = ("flow", "optimizer", "scheduler", "state", "rng")
-        saved = ckpt.load(self.ckpt_path, map_location=device, keys=keys)
-        ckpt.load_state_into(self.flow, saved["flow"], self.ckpt_path)
+        saved = self.files.load(("flow", "optimizer", "scheduler", "state", "rng"), map_location=device)
+        ckpt.load_state_into(self.flow, saved["flow"], self.files.checkpoint)
         load_optimizer_state(self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         if "estimator" in saved and hasattr(self.estimator, "load_state_dict"):
             ranks = saved.get("estimator_ranks")
             mine = ranks is not None and len(ranks) == self.world
             self.estimator.load_state_dict(ranks[self.rank] if mine else saved["estimator"])
-        state = self.state = TrainState(**saved["state"])
+        state = self.state = TrainState.from_dict(saved["state"])
         if state.stop_reason and not state.stop_reason.startswith("converged") and state.step < self.cfg.step_limit:
             state.stop_reason = None  # resumed with a larger step limit (or more time): train on
         rng = saved["rng"]
@@ -200,7 +202,7 @@ class _Run:
                 )
             rng = saved["rng_ranks"][self.rank]
         _set_rng_state(rng)
-        truncate_metrics(self.metrics_path, state.step)  # a torn last line (a kill during the append) is dropped
+        self.files.resumed(state.step)
         return saved
 
     def start(self) -> None:
@@ -209,9 +211,7 @@ class _Run:
         if self.world > 1:
             # Each rank its own sample stream: seed + rank (the flow was built from ``seed`` on every rank).
             torch.manual_seed(torch.initial_seed() + self.rank)
-        if self.metrics_path is not None:
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            self.metrics_path.write_text("")
+        self.files.fresh()
 
     def make_step(self, saved: dict | None) -> None:
         cfg = self.cfg
@@ -222,18 +222,43 @@ class _Run:
         self.scaler = getattr(self.step_fn, "scaler", None)
         if saved is not None and self.scaler is not None and "scaler" in saved:
             self.scaler.load_state_dict(saved["scaler"])
+        rule = self.scheduler.lr_lambdas[0] if cfg.auto and cfg.schedule == "auto" else None
+        self.monitor = Monitor(cfg, rule, self.flow, self.target)
 
-    def save(self) -> None:
-        """The checkpoint (every rank's RNG and estimator state gathered; rank 0 writes)."""
-        if self.ckpt_path is None:
-            return
+    # -- the Task of flowvi.training.core ----------------------------------------------------------------------
+
+    def step(self) -> bool:
+        self.result = self.step_fn()
+        # one host read per step: ok, the dropped draws and the batch ELBO together
+        ok, n_finite, self.elbo = _read_step(self.result, self.state)
+        if not ok:
+            self.state.skipped_finite += n_finite < self.need
+        self.scheduler.step()
+        return ok
+
+    def after_step(self, ok: bool) -> str | None:
+        state = self.state
+        self.guard.check(state, ok)
+        reason = self.monitor.observe(state, self.elbo)
+        if self.world > 1:  # decided together, once a window (rank 0's decision)
+            boundary = state.step % self.cfg.window == 0 or state.step >= self.cfg.step_limit
+            reason = _agree(reason, self.monitor.schedule) if boundary else None
+        return reason
+
+    def metrics(self) -> dict:
+        return _log_metrics(self.state, self.result, self.scheduler, self.estimator, self.world)
+
+    def checkpoint(self) -> dict | None:
+        """The checkpoint (every rank's RNG and estimator state gathered; rank 0's payload, None elsewhere)."""
+        if self.files.checkpoint is None:
+            return None
         rng = _rng_state()
         many = self.world > 1
         rng_ranks = dist.all_gather_objects(rng) if many else None
         stateful = hasattr(self.estimator, "state_dict")  # FAB: step sizes and replay buffer, one per rank
         est_ranks = dist.all_gather_objects(self.estimator.state_dict()) if stateful and many else None
         if not self.main:
-            return
+            return None
         payload = {
             "flow": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -249,63 +274,26 @@ class _Run:
             "estimator_ranks": est_ranks,
         }
         payload.update({k: v for k, v in extras.items() if v is not None})
-        ckpt.save_atomic(payload, self.ckpt_path)
+        return payload
 
-    def log(self, m: dict, callback) -> None:
-        if self.metrics_path is not None:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(m) + "\n")
-        if self.bar is not None:
-            self.bar.set_postfix(
-                elbo=f"{m['elbo']:.3f}", ess=f"{m['ess']:.3f}", dropped=sum(self.state.dropped),
-                skipped=self.state.skipped, refresh=False,
-            )  # fmt: skip
-        if callback is not None:
-            callback(self.state, m)
+    def synchronize(self) -> None:
+        if self.params[0].is_cuda:
+            torch.cuda.synchronize(self.params[0].device)
 
     def loop(self, progress: bool, callback) -> None:
         """Steps until the stopping rule (or the step limit) says stop; metrics and checkpoints on the way."""
-        cfg, state, world = self.cfg, self.state, self.world
-        if progress and self.main:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=cfg.step_limit, initial=state.step, desc="fit", dynamic_ncols=True, disable=None)
-        rule = self.scheduler.lr_lambdas[0] if cfg.auto and cfg.schedule == "auto" else None
-        monitor = Monitor(cfg, rule, self.flow, self.target)
-        need = max(2, math.ceil(MIN_FINITE_FRACTION * cfg.batch_size))
+        self.bar = progress_bar(progress and self.main, self.cfg.step_limit, self.state.step, "fit")
         self.flow.train()
-        t0 = time.perf_counter() - state.elapsed
         with matmul_precision(self.options.tf32):
-            while state.stop_reason is None:
-                result = self.step_fn()
-                # one host read per step, as before: ok, the dropped draws and the batch ELBO together
-                ok, n_finite, elbo = _read_step(result, state)
-                if not ok:
-                    state.skipped += 1
-                    state.skipped_finite += n_finite < need
-                self.scheduler.step()
-                state.step += 1
-                too_many = state.skipped > cfg.max_skip_fraction * state.step
-                if not ok and state.step >= cfg.min_steps_before_stop and too_many:
-                    raise TrainingDiverged(diverged_message(state, self.flow))
-                state.elapsed_now = time.perf_counter() - t0
-                reason = monitor.observe(state, elbo)
-                if world > 1:  # decided together, once a window (rank 0's decision)
-                    boundary = state.step % cfg.window == 0 or state.step >= cfg.step_limit
-                    reason = _agree(reason, monitor.schedule) if boundary else None
-                state.stop_reason = reason
-                last = state.stop_reason is not None
-                if state.step % cfg.log_every == 0 or last:
-                    self.log(_log_metrics(state, result, self.scheduler, self.estimator, world, t0), callback)
-                if self.bar is not None:
-                    self.bar.update(1)
-                if state.step % cfg.checkpoint_every == 0 or last:
-                    state.elapsed = time.perf_counter() - t0
-                    self.save()
-        state.elapsed = time.perf_counter() - t0
+            train_loop(self, self.files, self.bar, callback, postfix=self._postfix)
+
+    def _postfix(self, m: dict) -> dict:
+        state = self.state
+        return {"elbo": f"{m['elbo']:.3f}", "ess": f"{m['ess']:.3f}", "dropped": sum(state.dropped),
+                "skipped": state.skipped}  # fmt: skip
 
     def close(self) -> None:
-        if self.bar is not None:
+        if getattr(self, "bar", None) is not None:
             self.bar.close()
         # Gradients may live in a CUDA graph's memory pool; none of them is needed after training.
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,7 +327,7 @@ def _agree(reason: str | None, schedule) -> str | None:
     return reason
 
 
-def _log_metrics(state, result, scheduler, estimator, world, t0) -> dict:
+def _log_metrics(state, result, scheduler, estimator, world) -> dict:
     lw = result.log_weights.float()
     if world > 1:
         lw = dist.all_gather_tensor(lw)
@@ -353,10 +341,9 @@ def _log_metrics(state, result, scheduler, estimator, world, t0) -> dict:
         "skipped": state.skipped,
         "dropped": len(lw) - len(finite),  # this step's draws with a non-finite log p or log q
         "dropped_total": sum(state.dropped),
-        "time": time.perf_counter() - t0,
+        "time": state.elapsed,
         **(getattr(estimator, "last", None) or {}),  # the estimator's own diagnostics (FAB: AIS)
     }
-    state.history.append(m)
     return m
 
 

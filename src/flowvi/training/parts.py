@@ -35,12 +35,9 @@ accepted only for ``end_to_end`` training of a :class:`flowvi.core.flow.Flow` to
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +46,7 @@ from flowvi.core.flow import Flow
 from flowvi.flows.multiscale import MultiscaleFlow, Split, normalize_layer
 from flowvi.objectives.estimators import FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
-from flowvi.runs.run_files import truncate_metrics
+from flowvi.training.core import LoopState, RunFiles, SkipGuard, progress_bar, train_loop
 from flowvi.training.parts_step import PrefixCache
 from flowvi.transforms.squeeze import Squeeze, Unsqueeze
 
@@ -234,11 +231,16 @@ def lr_factor(cfg: PartsConfig, step: int) -> float:
 
 
 @dataclass
-class PartsState:
-    step: int = 0
-    skipped: int = 0
-    elapsed: float = 0.0  # training wall time, evaluation excluded
-    history: list = field(default_factory=list)
+class PartsState(LoopState):
+    """The by-parts trainer's counters: :class:`flowvi.training.core.LoopState` (``elapsed`` excludes the
+    evaluations)."""
+
+
+def _diverged(state) -> str:
+    return (
+        f"training stopped at step {state.step}: {state.skipped} steps had a non-finite loss or gradient "
+        "(try a smaller --lr or a clamp)"
+    )
 
 
 def _synchronize(devices) -> None:
@@ -296,6 +298,8 @@ class PartsTrainer:
         self.optimizers = [torch.optim.Adam(parted.parameters(k), lr=cfg.lr) for k in range(len(parted))]
         self.generator = torch.Generator(device=parted.devices[0]).manual_seed(cfg.seed)
         self.state = PartsState()
+        self.loss = torch.zeros(())
+        self.guard = SkipGuard(21, 0.5, _diverged, ValueError)
 
     # -- one step -------------------------------------------------------------------------------------------
 
@@ -362,8 +366,9 @@ class PartsTrainer:
             loss.backward()
             self._mark(f"backward part {k}")
 
-    def step(self) -> tuple[bool, Tensor]:
-        """One optimisation step of the schedule; returns (finite, detached loss of the step).
+    def step(self) -> bool:
+        """One optimisation step of the schedule; True when its loss and gradients were finite (the step's
+        detached loss is kept in ``self.loss``).
 
         A step that trains some parts runs the frozen parts before them without autograd (or takes their output
         from the prefix cache), skips the parts after the last trained one, and runs backward and the optimizer
@@ -391,11 +396,41 @@ class PartsTrainer:
             self._mark(f"optimizer part {k}")
         if self.clock is not None:
             self.clock.stop()
-        return ok, sum(loss.to(losses[0].device) for loss in losses)
+        self.loss = sum(loss.to(losses[0].device) for loss in losses)
+        return ok
 
-    # -- the loop -------------------------------------------------------------------------------------------
+    # -- the Task of flowvi.training.core --------------------------------------------------------------------------
 
-    def _checkpoint(self) -> dict:
+    @property
+    def log_every(self) -> int:
+        return self.cfg.eval_every
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.cfg.checkpoint_every
+
+    def after_step(self, ok: bool) -> str | None:
+        self.guard.check(self.state, ok)
+        return "steps" if self.state.step >= self.cfg.steps else None
+
+    def metrics(self) -> dict:
+        """The logged row: phase, the step's objective, learning rate, skipped steps and the evaluation."""
+        step = self.state.step
+        active = active_parts(self.cfg, max(step - 1, 0), len(self.parted))
+        m = {
+            "step": step,
+            "time": self.state.elapsed,
+            "phase": "end_to_end" if active is None else "parts " + ",".join(map(str, active)),
+            # nats per example: the trained parts' truncated objectives (or -log p); None before the first step
+            "step_objective": float(self.loss) if step > 0 else None,
+            "lr": self.cfg.lr * lr_factor(self.cfg, max(step - 1, 0)),
+            "skipped": self.state.skipped,
+        }
+        if self.evaluate is not None:
+            m.update(self.evaluate(self.parted))
+        return m
+
+    def checkpoint(self) -> dict:
         return {
             "model": self.parted.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
@@ -405,94 +440,45 @@ class PartsTrainer:
             "config": asdict(self.cfg),
         }
 
-    def load_checkpoint(self, path) -> None:
-        saved = ckpt.load(path, keys=("model", "optimizers", "state", "generator", "rng"))
-        ckpt.load_state_into(self.parted.model, saved["model"], path)
+    def synchronize(self) -> None:
+        _synchronize(self.parted.devices)
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    def load_checkpoint(self, files: RunFiles) -> None:
+        saved = files.load(("model", "optimizers", "state", "generator", "rng"))
+        ckpt.load_state_into(self.parted.model, saved["model"], files.checkpoint)
         for opt, state in zip(self.optimizers, saved["optimizers"], strict=True):
             opt.load_state_dict(state)
         self.state = PartsState(**saved["state"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["rng"])
-
-    def _log(self, metrics_path, loss: float | None, lr: float) -> dict:
-        active = active_parts(self.cfg, max(self.state.step - 1, 0), len(self.parted))
-        m = {
-            "step": self.state.step,
-            "time": self.state.elapsed,
-            "phase": "end_to_end" if active is None else "parts " + ",".join(map(str, active)),
-            "step_objective": loss,  # nats per example: the trained parts' truncated objectives (or -log p)
-            "lr": lr,
-            "skipped": self.state.skipped,
-        }
-        if self.evaluate is not None:
-            m.update(self.evaluate(self.parted))
-        self.state.history.append(m)
-        if metrics_path is not None:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(m) + "\n")
-        return m
+        files.resumed(self.state.step)
 
     def run(self, run_dir=None, resume: bool = False, progress: bool = False, callback=None) -> PartsState:
-        """Train for ``cfg.steps`` steps; with ``run_dir``: metrics.jsonl per evaluation and an atomic
-        checkpoint.pt every ``checkpoint_every`` steps; ``resume`` continues from it. ``callback(state, metrics)``
-        runs after every evaluation; returning True stops training there (after a checkpoint)."""
-        cfg = self.cfg
-        run_dir = Path(run_dir) if run_dir is not None else None
-        ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
-        metrics_path = run_dir / "metrics.jsonl" if run_dir else None
+        """Train for ``cfg.steps`` steps on :func:`flowvi.training.core.train_loop`; with ``run_dir``:
+        metrics.jsonl per evaluation and an atomic checkpoint.pt every ``checkpoint_every`` steps; ``resume``
+        continues from it. ``callback(state, metrics)`` runs after every evaluation; returning True stops training
+        there (after a checkpoint)."""
+        files = RunFiles(run_dir)
         if resume:
-            if ckpt_path is None or not ckpt_path.exists():
-                raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {run_dir}")
-            self.load_checkpoint(ckpt_path)
-            truncate_metrics(metrics_path, self.state.step)  # a torn last line is dropped with a warning
-        elif metrics_path is not None:
-            metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            metrics_path.write_text("")
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.state.step, desc=cfg.schedule, dynamic_ncols=True, disable=None)
-        devices = self.parted.devices
-        loss = torch.zeros(())
+            self.load_checkpoint(files)
+        else:
+            files.fresh()
+        state = self.state
+        bar = progress_bar(progress, self.cfg.steps, state.step, self.cfg.schedule)
         try:
-            if self.state.step == 0 and self.evaluate is not None and not resume:
-                self._log(metrics_path, None, self._set_lr(0))
-            _synchronize(devices)
-            t0 = time.perf_counter() - self.state.elapsed
-            while self.state.step < cfg.steps:
-                ok, loss = self.step()
-                if not ok:
-                    self.state.skipped += 1
-                self.state.step += 1
-                if self.state.step > 20 and self.state.skipped > 0.5 * self.state.step:
-                    raise ValueError(
-                        f"training stopped at step {self.state.step}: {self.state.skipped} steps had a non-finite "
-                        "loss or gradient (try a smaller --lr or a clamp)"
-                    )
-                if bar is not None:
-                    bar.update(1)
-                stop = False
-                log_now = self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps
-                save_now = self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps
-                if log_now or save_now:
-                    _synchronize(devices)
-                    self.state.elapsed = time.perf_counter() - t0
-                    if log_now:
-                        m = self._log(metrics_path, float(loss), self.cfg.lr * lr_factor(cfg, self.state.step - 1))
-                        if bar is not None:
-                            bar.set_postfix(
-                                {k: f"{v:.4g}" for k, v in m.items() if k.startswith("test")}, refresh=False
-                            )
-                        if callback is not None:
-                            stop = bool(callback(self.state, m))
-                    if (save_now or stop) and ckpt_path is not None:
-                        ckpt.save_atomic(self._checkpoint(), ckpt_path)
-                    if stop:
-                        break
-                    _synchronize(devices)
-                    t0 = time.perf_counter() - self.state.elapsed
+            if state.step == 0 and self.evaluate is not None and not resume:
+                self._set_lr(0)
+                state.history.append(self.metrics())
+                files.append(state.history[-1])
+            state.stop_reason = "steps" if state.step >= self.cfg.steps else None
+            train_loop(self, files, bar, callback, postfix=_test_metrics)
         finally:
             if bar is not None:
                 bar.close()
-        return self.state
+        return state
+
+
+def _test_metrics(m: dict) -> dict:
+    return {k: f"{v:.4g}" for k, v in m.items() if k.startswith("test")}
