@@ -237,6 +237,22 @@ def config_from_args(args) -> dict:
         params["data"] = args.data
     if args.lattice is not None:
         params["L"] = args.lattice
+    _check_args(args)
+    return {
+        "target": {"name": args.target, "params": params},
+        "flow": _flow_config(args),
+        "train": _train_config(args).flat(),
+        **({"init": _init_config(args)} if getattr(args, "init_draws", None) else {}),
+        **({"init_flow": str(args.init_flow)} if getattr(args, "init_flow", None) else {}),
+        "seed": args.seed,
+        "device": args.device,
+        "dtype": args.dtype,
+        "start": getattr(args, "init", "none"),
+    }
+
+
+def _check_args(args) -> None:
+    """One-line errors for option values no builder would catch before training."""
     if args.estimator not in ESTIMATOR_NAMES:
         raise ValueError(f"unknown estimator {args.estimator!r}; choose one of {', '.join(ESTIMATOR_NAMES)}")
     if args.clamp not in CLAMPS:
@@ -253,7 +269,11 @@ def config_from_args(args) -> dict:
         raise ValueError("--schedule cosine needs an integer --steps (with --steps auto: --schedule auto or constant)")
     if getattr(args, "max_time", None) is not None and not args.max_time > 0:
         raise ValueError(f"--max-time must be a positive number of seconds, got {args.max_time:g}")
-    train = TrainConfig(
+
+
+def _train_config(args) -> TrainConfig:
+    """The :class:`TrainConfig` of the options (their defaults where the command has no such option)."""
+    return TrainConfig(
         steps=args.steps,
         max_steps=getattr(args, "max_steps", 20_000),
         max_time=getattr(args, "max_time", None),
@@ -276,42 +296,36 @@ def config_from_args(args) -> dict:
         overlap_layers=getattr(args, "overlap_layers", 1),
         grad_comm=getattr(args, "grad_comm", "fp32"),
     )
+
+
+def _flow_config(args) -> dict:
+    """config.json's ``flow`` section: the architecture's size only where given (Real NVP and the lattice flows
+    have different defaults), the stabilizers, the base, splines, gauge layout and hierarchical couplings."""
     return {
-        "target": {"name": args.target, "params": params},
-        "flow": {
-            # the architecture's size only where given: Real NVP and the lattice flows have different defaults
-            **{k: getattr(args, k) for k in ("layers", "hidden", "depth") if getattr(args, k) is not None},
-            "clamp": args.clamp,
-            "alpha_pos": args.alpha_pos,
-            "alpha_neg": args.alpha_neg,
-            "loft": args.loft,
-            "tau": args.tau,
-            "base": args.base,
-            "df": args.df,
-            "permute": args.permute,
-            "seed": args.seed,
-            **(
-                {"spline": True, "spline_bins": args.spline_bins, "spline_bound": args.spline_bound}
-                if getattr(args, "spline", False)
-                else {}
-            ),
-            **{k: getattr(args, k) for k in ("gauge_arch", "gauge_masks", "dilations") if getattr(args, k, None)},
-            **(
-                {
-                    "hierarchical": {"on": True, "auto": "auto"}[args.hierarchical],
-                    "hierarchy_hidden": args.hierarchy_hidden,
-                }
-                if getattr(args, "hierarchical", "off") in ("on", "auto")
-                else {}
-            ),
-        },
-        "train": train.flat(),
-        **({"init": _init_config(args)} if getattr(args, "init_draws", None) else {}),
-        **({"init_flow": str(args.init_flow)} if getattr(args, "init_flow", None) else {}),
+        **{k: getattr(args, k) for k in ("layers", "hidden", "depth") if getattr(args, k) is not None},
+        "clamp": args.clamp,
+        "alpha_pos": args.alpha_pos,
+        "alpha_neg": args.alpha_neg,
+        "loft": args.loft,
+        "tau": args.tau,
+        "base": args.base,
+        "df": args.df,
+        "permute": args.permute,
         "seed": args.seed,
-        "device": args.device,
-        "dtype": args.dtype,
-        "start": getattr(args, "init", "none"),
+        **(
+            {"spline": True, "spline_bins": args.spline_bins, "spline_bound": args.spline_bound}
+            if getattr(args, "spline", False)
+            else {}
+        ),
+        **{k: getattr(args, k) for k in ("gauge_arch", "gauge_masks", "dilations") if getattr(args, k, None)},
+        **(
+            {
+                "hierarchical": {"on": True, "auto": "auto"}[args.hierarchical],
+                "hierarchy_hidden": args.hierarchy_hidden,
+            }
+            if getattr(args, "hierarchical", "off") in ("on", "auto")
+            else {}
+        ),
     }
 
 

@@ -44,6 +44,18 @@ def register(sub):
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads for torch (small models often run fastest on 1)")
+    _training_options(p)
+    _parts_options(p)
+    _flow_options(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--n-samples", type=int, default=64, help="samples written to samples.npy/.png")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _training_options(p) -> None:
+    """The optimizer, its schedule and the cadence of evaluations and checkpoints."""
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=2000)
     g.add_argument("--batch-size", type=int, default=64)
@@ -56,6 +68,10 @@ def register(sub):
     )
     g.add_argument("--eval-every", type=int, default=100)
     g.add_argument("--checkpoint-every", type=int, default=500)
+
+
+def _parts_options(p) -> None:
+    """How the flow is cut into parts and which schedule trains them."""
     g = p.add_argument_group("training by parts (docs/parts.md)")
     g.add_argument("--parts-schedule", dest="schedule", default="end_to_end", help=f"one of {', '.join(SCHEDULES)}")
     g.add_argument(
@@ -84,6 +100,10 @@ def register(sub):
         "--switch-every; a cached example keeps its dequantization noise; see docs/parts.md)",
     )
     g.add_argument("--part-devices", help="comma-separated device of each part, e.g. cuda:0,cuda:1 (or cpu,cpu)")
+
+
+def _flow_options(p) -> None:
+    """The Glow: its size and coupling clamp."""
     g = p.add_argument_group("flow (Glow)")
     g.add_argument(
         "--preset",
@@ -102,11 +122,6 @@ def register(sub):
     g.add_argument("--alpha-pos", type=float, default=0.1)
     g.add_argument("--alpha-neg", type=float, default=2.0)
     g.add_argument("--alpha", type=float, default=2.0, help="symmetric clamp bound")
-    g = p.add_argument_group("output")
-    g.add_argument("--n-samples", type=int, default=64, help="samples written to samples.npy/.png")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 class DeprecatedAlias(argparse.Action):

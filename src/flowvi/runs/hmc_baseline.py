@@ -89,18 +89,7 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
     ref_out = Path(args.reference_out) if args.reference_out else None
     if ref_out is not None and ref_out.suffix != ".npz":
         raise ValueError(f"--reference-out must end in .npz, got {ref_out}")
-    settings = {
-        "chains": args.chains,
-        "warmup": args.warmup,
-        "draws": args.samples,
-        "max_leapfrog": args.max_leapfrog,
-        "target_accept": args.target_accept,
-        "thin": args.thin,
-        "init_radius": args.init_radius,
-        "max_seconds": args.max_seconds,
-        "store_dtype": args.store_dtype or args.dtype,
-        "cuda_graph": args.cuda_graph,
-    }
+    settings = _settings(args)
     config["hmc"] = settings
     write_config(config, out)
     print(f"flowvi baseline hmc: {config['target']['name']} (d={target.dim}, {args.chains} chains) -> {out}")
@@ -130,7 +119,37 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "sampling": result["seconds_sampling"],
         "summary": time.perf_counter() - t0,
     }
-    summary = {
+    summary = _run_summary(target, result, stats, seconds)
+    _print_summary(summary, seconds)
+    if ref_out is not None:
+        info = reference_info(config["target"], target.dim, {**settings, "seed": args.seed}, result, stats, seconds)
+        write_reference(ref_out, stats, info)
+        ref_out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+        print(f"wrote reference {ref_out} ({ref_out.stat().st_size / 1e6:.2f} MB) and {ref_out.with_suffix('.json')}")
+    samples = None if args.no_samples else draws.cpu().numpy().reshape(-1, target.dim)
+    return samples, summary
+
+
+def _settings(args) -> dict:
+    """The sampler's settings from the CLI's ``args`` (config.json's ``hmc`` section)."""
+    return {
+        "chains": args.chains,
+        "warmup": args.warmup,
+        "draws": args.samples,
+        "max_leapfrog": args.max_leapfrog,
+        "target_accept": args.target_accept,
+        "thin": args.thin,
+        "init_radius": args.init_radius,
+        "max_seconds": args.max_seconds,
+        "store_dtype": args.store_dtype or args.dtype,
+        "cuda_graph": args.cuda_graph,
+    }
+
+
+def _run_summary(target, result: dict, stats: dict, seconds: dict) -> dict:
+    """summary.json of the run: sizes, timings, adaptation, divergences and :func:`draws_convergence`."""
+    draws = result["draws"]
+    return {
         "method": "hmc",
         "sampler": SAMPLER_NAME,
         "chains": int(draws.shape[0]),
@@ -148,6 +167,9 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         "leapfrogs_per_chain": int(result["leapfrogs"]),
         **draws_convergence(target, stats),
     }
+
+
+def _print_summary(summary: dict, seconds: dict) -> None:
     print(
         f"  {summary['chains']} x {summary['num_samples']} draws after {summary['warmup']} warm-up iterations "
         f"in {summary['seconds']:.1f} s{' (stopped at --max-seconds)' if summary['stopped_early'] else ''}\n"
@@ -155,10 +177,3 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
         f"divergences {summary['divergences']} (warm-up {summary['warmup_divergences']})\n"
         f"{format_convergence(summary)}; summary {seconds['summary']:.1f} s"
     )
-    if ref_out is not None:
-        info = reference_info(config["target"], target.dim, {**settings, "seed": args.seed}, result, stats, seconds)
-        write_reference(ref_out, stats, info)
-        ref_out.with_suffix(".json").write_text(json.dumps(info, indent=2))
-        print(f"wrote reference {ref_out} ({ref_out.stat().st_size / 1e6:.2f} MB) and {ref_out.with_suffix('.json')}")
-    samples = None if args.no_samples else draws.cpu().numpy().reshape(-1, target.dim)
-    return samples, summary

@@ -372,6 +372,17 @@ def _produce(chains: _Chains, store: torch.Tensor, deadline, trace: dict) -> dic
 
 
 @flush_denormals()
+def _deadlines(s: Schedule, start: float) -> tuple:
+    """``max_seconds`` shared by the phases in proportion to their HMC iterations: the warm-up's budget and the
+    ends of training and of the whole run (all None without ``max_seconds``)."""
+    if s.max_seconds is None:
+        return None, None, None
+    total_its = s.warmup + s.rounds * s.local_steps + s.draws * s.local_steps / (s.local_steps + 1)
+    warm_budget = s.max_seconds * s.warmup / total_its if s.warmup > 0 else None
+    deadline_train = start + s.max_seconds * (s.warmup + s.rounds * s.local_steps) / total_its
+    return warm_budget, deadline_train, start + s.max_seconds
+
+
 def flowmc(
     target,
     flow,
@@ -417,12 +428,7 @@ def flowmc(
         raise ValueError(f"the flow is on {flow_device}, the chains on {device}: move one of them (flow.to(...))")
 
     start = time.perf_counter()
-    total_its = s.warmup + s.rounds * s.local_steps + s.draws * s.local_steps / (s.local_steps + 1)
-    warm_budget = deadline_train = deadline_all = None
-    if s.max_seconds is not None:  # the phases' shares of max_seconds, by HMC iterations
-        warm_budget = s.max_seconds * s.warmup / total_its if s.warmup > 0 else None
-        deadline_train = start + s.max_seconds * (s.warmup + s.rounds * s.local_steps) / total_its
-        deadline_all = start + s.max_seconds
+    warm_budget, deadline_train, deadline_all = _deadlines(s, start)
     warm_up = ChainSchedule(chains=s.chains, warmup=s.warmup, draws=0, seed=s.seed, max_seconds=warm_budget)
     # raises ValueError if log_prob is not finite at the start
     warm = adaptive_hmc(target, warm_up, hmc, x0=x0, device=device, dtype=dtype, progress=progress)

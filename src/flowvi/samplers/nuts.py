@@ -33,6 +33,34 @@ def _chain_diagnostics(mcmc) -> dict:
     return {name: {"chain 0": value} for name, value in per_chain[0].items()}
 
 
+def _one_chain(potential, init, num_samples, warmup, max_tree_depth, target_accept, progress):
+    """One Pyro NUTS chain from ``init``: its draws (num_samples, d) and its divergences, acceptance, step size."""
+    from pyro.infer import MCMC, NUTS
+
+    kernel = NUTS(
+        potential_fn=potential,
+        adapt_step_size=True,
+        adapt_mass_matrix=True,
+        full_mass=False,
+        max_tree_depth=max_tree_depth,
+        target_accept_prob=target_accept,
+    )
+    mcmc = MCMC(
+        kernel, num_samples=num_samples, warmup_steps=warmup, initial_params={"x": init}, disable_progbar=not progress
+    )
+    mcmc.run()
+    # Per-chain divergences and acceptance rate only: MCMC.diagnostics() also recomputes ESS and R-hat of every
+    # site, which with Pyro 1.9 takes memory growing with the square of the number of draws (15 GB for 1300 draws
+    # of d = 4002); the caller computes those once.
+    extra = _chain_diagnostics(mcmc)
+    stats = {
+        "divergences": len(extra.get("divergences", {}).get("chain 0", [])),
+        "accept_prob": float(extra.get("acceptance rate", {}).get("chain 0", float("nan"))),
+        "step_size": float(kernel.step_size),
+    }
+    return mcmc.get_samples()["x"].detach(), stats
+
+
 def run_nuts(
     target,
     num_samples: int = 1000,
@@ -51,7 +79,6 @@ def run_nuts(
     """
     require_pyro()
     import pyro
-    from pyro.infer import MCMC, NUTS
 
     if num_samples < 1 or warmup < 0 or chains < 1:
         raise ValueError(
@@ -68,34 +95,9 @@ def run_nuts(
     for c in range(chains):
         pyro.set_rng_seed(seed + c)
         init = init_scale * torch.randn(target.dim, dtype=dtype, device=anchor.device)
-        kernel = NUTS(
-            potential_fn=potential,
-            adapt_step_size=True,
-            adapt_mass_matrix=True,
-            full_mass=False,
-            max_tree_depth=max_tree_depth,
-            target_accept_prob=target_accept,
-        )
-        mcmc = MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=warmup,
-            initial_params={"x": init},
-            disable_progbar=not progress,
-        )
-        mcmc.run()
-        draws.append(mcmc.get_samples()["x"].detach())
-        # Per-chain divergences and acceptance rate only: MCMC.diagnostics() also recomputes ESS and R-hat of
-        # every site, which with Pyro 1.9 takes memory growing with the square of the number of draws (15 GB
-        # for 1300 draws of d = 4002); we compute those once below.
-        extra = _chain_diagnostics(mcmc)
-        stats.append(
-            {
-                "divergences": len(extra.get("divergences", {}).get("chain 0", [])),
-                "accept_prob": float(extra.get("acceptance rate", {}).get("chain 0", float("nan"))),
-                "step_size": float(kernel.step_size),
-            }
-        )
+        chain, chain_stats = _one_chain(potential, init, num_samples, warmup, max_tree_depth, target_accept, progress)
+        draws.append(chain)
+        stats.append(chain_stats)
     seconds = time.perf_counter() - start
     x = torch.stack(draws)  # (chains, num_samples, d)
     # Stan's split-chain estimators in NumPy (flowvi.diagnostics.mcmc): Pyro's take memory quadratic in the draws

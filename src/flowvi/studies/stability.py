@@ -97,6 +97,38 @@ def target_device(target):
     return buf.device if buf is not None else torch.device("cpu")
 
 
+def _evaluate(row: dict, flow, target, eval_samples: int, explode_at: float, reference: dict | None) -> dict:
+    """The trained flow's statistics (:func:`flowvi.diagnostics.evaluate.evaluate`), its coordinates' means and
+    medians in ``row`` (scored against ``reference`` when given); exploded draws, a non-finite ELBO or a target error
+    mark the row diverged."""
+    stats = {}
+    try:
+        with torch.no_grad():
+            x = flow.sample(min(eval_samples, 10_000))
+        exploded = ~torch.isfinite(x).all(-1) | (x.abs() > explode_at).any(-1)
+        if exploded.any():
+            row.update(
+                diverged=True, reason=f"{int(exploded.sum())} of {len(x)} draws non-finite or beyond {explode_at:g}"
+            )
+        else:
+            stats = evaluate(flow, target, n=eval_samples)
+            if not math.isfinite(stats["elbo"]):
+                row.update(diverged=True, reason="non-finite ELBO")
+            else:
+                with torch.no_grad():
+                    c = coordinates(target, x.double()).cpu().numpy()
+                # kept so that a reference made later can score this run (see score_against_reference)
+                row["coord_mean"], row["coord_median"] = c.mean(0), np.median(c, 0)
+                if reference is not None:
+                    row["within_0.1_sd"] = share_within(row["coord_mean"], reference)
+                    if "median" in reference:
+                        row[ROBUST] = share_within_robust(row["coord_median"], reference)
+                    row["plot_draws"] = c[:, reference["plot"]]
+    except TargetError as e:
+        row.update(diverged=True, reason=f"evaluation: {e}")
+    return stats
+
+
 def run_one(
     target_spec: dict,
     setting: dict,
@@ -152,32 +184,11 @@ def run_one(
     row["train_seconds"] = time.perf_counter() - start
     row["curve"] = curve
     row["skipped_steps"] = skipped[0]
-    stats = {}
-    if not row["diverged"] and not row["unsupported"]:
-        try:
-            with torch.no_grad():
-                x = flow.sample(min(eval_samples, 10_000))
-            exploded = ~torch.isfinite(x).all(-1) | (x.abs() > explode_at).any(-1)
-            if exploded.any():
-                row.update(
-                    diverged=True, reason=f"{int(exploded.sum())} of {len(x)} draws non-finite or beyond {explode_at:g}"
-                )
-            else:
-                stats = evaluate(flow, target, n=eval_samples)
-                if not math.isfinite(stats["elbo"]):
-                    row.update(diverged=True, reason="non-finite ELBO")
-                else:
-                    with torch.no_grad():
-                        c = coordinates(target, x.double()).cpu().numpy()
-                    # kept so that a reference made later can score this run (see score_against_reference)
-                    row["coord_mean"], row["coord_median"] = c.mean(0), np.median(c, 0)
-                    if reference is not None:
-                        row["within_0.1_sd"] = share_within(row["coord_mean"], reference)
-                        if "median" in reference:
-                            row[ROBUST] = share_within_robust(row["coord_median"], reference)
-                        row["plot_draws"] = c[:, reference["plot"]]
-        except TargetError as e:
-            row.update(diverged=True, reason=f"evaluation: {e}")
+    stats = (
+        {}
+        if row["diverged"] or row["unsupported"]
+        else _evaluate(row, flow, target, eval_samples, explode_at, reference)
+    )
     row["seconds"] = time.perf_counter() - start
     for key in ("elbo", "elbo_se", "log_z", "log_z_se", "ess", "pareto_k"):
         row[key] = stats.get(key, float("nan"))

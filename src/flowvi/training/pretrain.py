@@ -130,6 +130,30 @@ def mean_nll(flow, x: Tensor, batch_size: int = 4096) -> float:
     return -total / len(x)
 
 
+def _check_options(estimator: str, steps: int, batch_size: int, lr: float) -> None:
+    if estimator not in FORWARD_ESTIMATORS:
+        raise ValueError(f"unknown forward-KL estimator {estimator!r}; choose one of {', '.join(FORWARD_ESTIMATORS)}")
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if v < 1:
+            raise ValueError(f"pre-training {name} must be positive, got {v}")
+    if not lr > 0:
+        raise ValueError(f"pre-training lr must be positive, got {lr}")
+
+
+def _finite_nll(flow, x: Tensor) -> float:
+    """:func:`mean_nll` of the draws before training; a one-line error when the flow's density is not finite."""
+    nll = mean_nll(flow, x)
+    if not math.isfinite(nll):
+        with torch.no_grad():
+            bad = int((~torch.isfinite(flow.log_prob(x))).sum())
+        raise ValueError(
+            f"the flow's log density is not finite at {bad} of {len(x)} draws (largest |x| "
+            f"{float(x.abs().max()):.4g}); draws far beyond a LOFT layer's threshold tau overflow its inverse: build "
+            "the flow with a larger tau (--tau), or drop those draws"
+        )
+    return nll
+
+
 def pretrain_on_draws(
     flow,
     draws,
@@ -156,28 +180,14 @@ def pretrain_on_draws(
     Returns ``{"n_draws", "digest", "steps", "standardized", "nll_start", "nll_end", "skipped", "seconds"}``:
     the mean negative log-likelihood of the draws (nats per draw) before and after.
     """
-    if estimator not in FORWARD_ESTIMATORS:
-        raise ValueError(f"unknown forward-KL estimator {estimator!r}; choose one of {', '.join(FORWARD_ESTIMATORS)}")
-    for name, v in (("steps", steps), ("batch_size", batch_size)):
-        if v < 1:
-            raise ValueError(f"pre-training {name} must be positive, got {v}")
-    if not lr > 0:
-        raise ValueError(f"pre-training lr must be positive, got {lr}")
+    _check_options(estimator, steps, batch_size, lr)
     anchor = next(flow.parameters())
     draws = check_draws(draws, flow.dim)
     digest = draws_digest(draws.detach().cpu().numpy() if isinstance(draws, Tensor) else draws)
     x = torch.as_tensor(draws).to(anchor.device, anchor.dtype)
     n = len(x)
     standardized = standardize_affine(flow, x) if standardize else False
-    nll_start = mean_nll(flow, x)
-    if not math.isfinite(nll_start):
-        with torch.no_grad():
-            bad = int((~torch.isfinite(flow.log_prob(x))).sum())
-        raise ValueError(
-            f"the flow's log density is not finite at {bad} of {n} draws (largest |x| {float(x.abs().max()):.4g}); "
-            "draws far beyond a LOFT layer's threshold tau overflow its inverse: build the flow with a larger tau "
-            "(--tau), or drop those draws"
-        )
+    nll_start = _finite_nll(flow, x)
 
     def sample_batch(generator, size):
         return x[torch.randint(0, n, (size,), generator=generator, device=x.device)]
