@@ -49,3 +49,14 @@ def test_package_has_few_top_level_modules():
 
     top = [p.name for p in Path(flowvi.__file__).parent.glob("*.py")]
     assert len(top) <= 8, top
+
+
+def test_names_that_moved_to_their_package_still_resolve_at_the_old_path():
+    from flowvi._compat import PACKAGE_NAMES
+
+    for old, (package, names) in PACKAGE_NAMES.items():
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning):
+            alias = importlib.import_module(old)
+        for name in names:
+            assert getattr(alias, name) is getattr(importlib.import_module(package), name)

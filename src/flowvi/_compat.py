@@ -55,6 +55,9 @@ MOVED = {
     "flowvi.baselines.flowmc": "flowvi.runs.flowmc_baseline",
 }
 
+#: names that left a moved module for its package: old path -> the package that holds them now
+PACKAGE_NAMES = {"flowvi.estimators": ("flowvi.objectives", ("ESTIMATOR_NAMES", "get_estimator"))}
+
 
 class _Alias(types.ModuleType):
     """Forwards to the module at its new path; callable when the new module has a function of its own name."""
@@ -65,6 +68,9 @@ class _Alias(types.ModuleType):
         self.__path__ = []  # a package, so that old sub-module paths (flowvi.lattice.u1) resolve
 
     def __getattr__(self, name):
+        package, names = PACKAGE_NAMES.get(self.__name__, (None, ()))
+        if name in names:
+            return getattr(importlib.import_module(package), name)
         return getattr(self.__dict__["_new"], name)
 
     def __call__(self, *args, **kwargs):

@@ -10,7 +10,8 @@ import torch
 
 from flowvi.core.bases import StandardNormal, StudentT
 from flowvi.core.flow import Flow
-from flowvi.objectives.estimators import ESTIMATORS, FORWARD_ESTIMATORS, Estimate, get_estimator, reinforce_estimator
+from flowvi.objectives import get_estimator
+from flowvi.objectives.estimators import ESTIMATORS, FORWARD_ESTIMATORS, Estimate, reinforce_estimator
 from flowvi.targets.base import Target
 from flowvi.targets.funnel import Funnel
 from flowvi.transforms import LOFT, AffineCoupling, ElementwiseAffine, Permutation, Transform

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flowvi import fit, realnvp
-from flowvi.objectives.estimators import get_estimator
+from flowvi.objectives import get_estimator
 from flowvi.objectives.fab import FAB
 from flowvi.targets import CallableTarget
 

@@ -5,11 +5,17 @@ import pytest
 import torch
 
 from flowvi.flows.glow import glow
-from flowvi.training.parts import PartedFlow, PartsConfig, PartsTrainer, normalizing_layers, part_starts
+from flowvi.training.parts import (
+    PartedFlow,
+    PartsConfig,
+    PartsTrainer,
+    balanced_starts,
+    normalizing_layers,
+    part_starts,
+)
 from flowvi.training.parts_step import (
     PrefixCache,
     StepClock,
-    balanced_starts,
     layer_costs,
     saved_tensor_bytes,
     state_bytes,

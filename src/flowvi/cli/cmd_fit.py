@@ -23,7 +23,7 @@ from flowvi.diagnostics.evaluate import evaluate
 from flowvi.diagnostics.resample import psis_resample
 from flowvi.diagnostics.verdict import fit_verdict, format_verdict
 from flowvi.flows.phi4 import z2_proposal
-from flowvi.objectives.estimators import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
+from flowvi.objectives import ESTIMATOR_NAMES, FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.named import write_named_samples
 from flowvi.runs.run_dir import build, load_flow_weights, plot_training_curve, read_config

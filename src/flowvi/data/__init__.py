@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import bz2
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 COLON_ENV = "FLOWVI_COLON_DATA"
+
+
+@dataclass
+class ArrayData:
+    """An array of examples; ``levels`` is the number of pixel values of images, None for real vectors.
+    ``test_index``: a fixed held-out split (e.g. by source image), used instead of a random one;
+    ``groups``: the source of each example, where known."""
+
+    name: str
+    x: np.ndarray
+    levels: int | None = None
+    test_index: np.ndarray | None = None
+    groups: np.ndarray | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.levels is not None
 
 
 def load_nci60() -> tuple[np.ndarray, np.ndarray]:

@@ -16,24 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowvi.data import load_breast_cancer, load_digits, load_wine
-
-
-@dataclass
-class ArrayData:
-    """An array of examples; ``levels`` is the number of pixel values of images, None for real vectors.
-    ``test_index``: a fixed held-out split (e.g. by source image), used instead of a random one;
-    ``groups``: the source of each example, where known."""
-
-    name: str
-    x: np.ndarray
-    levels: int | None = None
-    test_index: np.ndarray | None = None
-    groups: np.ndarray | None = None
-
-    @property
-    def is_image(self) -> bool:
-        return self.levels is not None
+from flowvi.data import ArrayData, load_breast_cancer, load_digits, load_wine
 
 
 def _digits() -> ArrayData:

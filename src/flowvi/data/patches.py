@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowvi.data.arrays import ArrayData
+from flowvi.data import ArrayData
 
 #: source name -> (package, loader); a source may hold several photographs of one scene (kept on one side)
 SOURCES = {

@@ -213,7 +213,7 @@ def reinforce_estimator(baseline: str = "loo"):
 #: estimator name -> function. Each takes (flow, target, batch_size) and returns an Estimate.
 #: ``reinforce`` uses the leave-one-out baseline (unbiased); ``reinforce_mean`` the batch mean.
 #: reverse-KL gradient estimators by name, each ``(flow, target, batch_size) -> Estimate`` (module docstring);
-#: ``fab`` is built by :func:`get_estimator` since it keeps state (the AIS sampler and its replay buffer)
+#: ``fab`` is built by :func:`flowvi.objectives.get_estimator` since it keeps state (the AIS sampler and its replay buffer)
 ESTIMATORS = {
     "reparam": reparam,
     "path": path,
@@ -221,24 +221,6 @@ ESTIMATORS = {
     "reinforce": reinforce_estimator("loo"),
     "reinforce_mean": reinforce_estimator("mean"),
 }
-
-
-#: every name :func:`get_estimator` knows: the reverse-KL estimators above, and ``fab`` (:class:`flowvi.objectives.fab.FAB`,
-#: the alpha = 2 divergence by annealed importance sampling; a new object per call, as it adapts step sizes).
-ESTIMATOR_NAMES = (*ESTIMATORS, "fab")
-
-
-def get_estimator(name: str, **options):
-    """The estimator called ``name``; ``options`` go to a stateful estimator's constructor (``fab``)."""
-    if name == "fab":
-        from flowvi.objectives.fab import FAB
-
-        return FAB(**options)
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATOR_NAMES)}")
-    if options:
-        raise ValueError(f"the {name!r} estimator takes no options, got {sorted(options)}")
-    return ESTIMATORS[name]
 
 
 # --------------------------------------------------------------------------------------- forward KL
@@ -298,14 +280,12 @@ __all__ = [
     "finite_mask",
     "masked_mean",
     "ESTIMATORS",
-    "ESTIMATOR_NAMES",
     "FORWARD_ESTIMATORS",
     "REINFORCE_BASELINES",
     "Estimate",
     "checked_log_prob",
     "forward_ml",
     "forward_path",
-    "get_estimator",
     "get_forward_estimator",
     "path",
     "path_naive",

@@ -21,7 +21,7 @@ class Optimization:
     warmup: int = 0
     weight_decay: float = 0.0
     clip: float | None = 10.0  # gradient-norm clipping; None turns it off
-    estimator: str = "reparam"  # a name in flowvi.objectives.estimators.ESTIMATOR_NAMES
+    estimator: str = "reparam"  # a name in flowvi.objectives.ESTIMATOR_NAMES
 
 
 @dataclass

@@ -32,8 +32,15 @@ from flowvi.flows.glow import flat_glow, glow
 from flowvi.runs import checkpoint as ckpt
 from flowvi.runs.run_dir import resolve_device, resolve_dtype
 from flowvi.runs.run_files import read_metrics, start_run
-from flowvi.training.parts import PartedFlow, PartsConfig, PartsTrainer, normalizing_layers, part_starts
-from flowvi.training.parts_step import balanced_starts, layer_costs
+from flowvi.training.parts import (
+    PartedFlow,
+    PartsConfig,
+    PartsTrainer,
+    balanced_starts,
+    normalizing_layers,
+    part_starts,
+)
+from flowvi.training.parts_step import layer_costs
 
 FLOW_DEFAULTS = {
     "scales": None,  # images: min(3, log2 of the smaller side); vectors: 2 when dim >= 4
@@ -137,7 +144,7 @@ def prepare(data: ArrayData, test_fraction: float, seed: int, device, dtype, max
 
 def make_parted(model, parts: dict, devices, batch=None) -> PartedFlow:
     """Cut ``model`` as ``parts`` says (``blocks``, ``every`` or ``parts``, with ``balance``: parts of about equal
-    activation bytes on ``batch``, :func:`flowvi.training.parts_step.balanced_starts`)."""
+    activation bytes on ``batch``, :func:`flowvi.training.parts.balanced_starts`)."""
     layers, _ = normalizing_layers(model)
     if parts.get("balance") and not (parts.get("blocks") or parts.get("every")):
         if batch is None:

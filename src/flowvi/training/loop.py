@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from flowvi.diagnostics.importance import log_evidence, normalized_ess
-from flowvi.objectives.estimators import MIN_FINITE_FRACTION, get_estimator
+from flowvi.objectives import get_estimator
+from flowvi.objectives.estimators import MIN_FINITE_FRACTION
 from flowvi.runs import checkpoint as ckpt
 from flowvi.targets import TargetError, checked_log_prob
 from flowvi.targets.guard import guarded, target_error

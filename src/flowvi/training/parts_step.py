@@ -130,20 +130,3 @@ def layer_costs(layers, x: Tensor) -> list[int]:
                 h, _ = normalize_layer(layer, h.detach())
             costs.append(saved["bytes"])
     return costs
-
-
-def balanced_starts(layers, parts: int, costs: list[float]) -> list[int]:
-    """Starts of ``parts`` parts of about equal total ``costs``, cut only where ``part_starts`` may cut (after
-    a flow step, a split directly after it going with the part before)."""
-    from flowvi.training.parts import part_starts
-
-    candidates = part_starts(layers, every=1)[1:]
-    if not 1 <= parts <= len(candidates) + 1:
-        raise ValueError(f"number of parts must lie in 1..{len(candidates) + 1} (the flow steps), got {parts}")
-    cumulative = [sum(costs[:c]) for c in candidates]
-    total = sum(costs)
-    starts = [0]
-    for i in range(1, parts):
-        free = [c for c in candidates if c > starts[-1] and len([d for d in candidates if d > c]) >= parts - 1 - i]
-        starts.append(min(free, key=lambda c: abs(cumulative[candidates.index(c)] - i * total / parts)))
-    return starts
