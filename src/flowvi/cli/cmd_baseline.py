@@ -160,16 +160,42 @@ def _nuts(args, target, config: dict, out):
 
 
 def _mcmc(args, target, config: dict, out):
-    """Many-chain adaptive HMC or flowMC (their runners write their own config section)."""
-    if args.method == "hmc":
-        from flowvi.runs.hmc_baseline import run_hmc_baseline as run_baseline
-    else:
-        from flowvi.runs.flowmc_baseline import run_flowmc_baseline as run_baseline
+    """Many-chain adaptive HMC or flowMC, their grouped options from the arguments (the runners write their own
+    config section)."""
+    from flowvi.runs.hmc_baseline import Output
+    from flowvi.samplers.adaptive_hmc import ChainSchedule, HMCKernel
 
-        if args.reference_out:
-            raise ValueError("--reference-out is for 'flowvi baseline hmc'")
+    if args.method == "flowmc" and args.reference_out:
+        raise ValueError("--reference-out is for 'flowvi baseline hmc'")
+    kernel = HMCKernel(
+        max_leapfrog=args.max_leapfrog, target_accept=args.target_accept, init_radius=args.init_radius,
+        cuda_graph={"auto": None, "true": True, "false": False}[args.cuda_graph],
+    )  # fmt: skip
+    output = Output(
+        dtype=args.dtype, store_dtype=args.store_dtype, progress=not args.quiet, keep_samples=not args.no_samples,
+        reference_out=args.reference_out,
+    )  # fmt: skip
     start_run(out, config, "baseline", force=args.force)  # the runner adds its section to config.json
-    return run_baseline(target, args, config, out)
+    if args.method == "hmc":
+        from flowvi.runs.hmc_baseline import run_hmc_baseline
+
+        schedule = ChainSchedule(
+            chains=args.chains, warmup=args.warmup, draws=args.samples, thin=args.thin, seed=args.seed,
+            max_seconds=args.max_seconds,
+        )  # fmt: skip
+        return run_hmc_baseline(target, schedule, kernel, output, config, out)
+    from flowvi.runs.flowmc_baseline import run_flowmc_baseline
+    from flowvi.samplers.flowmc import FlowTraining, Schedule
+
+    schedule = Schedule(
+        chains=args.chains, warmup=args.warmup, rounds=args.rounds, local_steps=args.local_steps,
+        global_steps=args.global_steps, train_steps=args.train_steps, draws=args.samples, thin=args.thin,
+        seed=args.seed, max_seconds=args.max_seconds,
+    )  # fmt: skip
+    training = FlowTraining(batch_size=args.batch_size, lr=args.lr, buffer_size=args.buffer_size)
+    flow_options = {"layers": args.layers, "hidden": args.hidden, "spline": args.spline, "seed": args.seed}
+    options = (schedule, kernel, training)
+    return run_flowmc_baseline(target, options, flow_options, args.flow_dtype, output, config, out)
 
 
 def _smc(args, target, config: dict, out):

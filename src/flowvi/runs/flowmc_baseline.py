@@ -17,7 +17,7 @@ import torch
 
 from flowvi.diagnostics.mcmc import summarize_chains
 from flowvi.runs import checkpoint as ckpt
-from flowvi.runs.hmc_baseline import draws_convergence, format_convergence
+from flowvi.runs.hmc_baseline import CUDA_GRAPH_NAMES, Output, draws_convergence, format_convergence
 from flowvi.runs.run_files import write_config
 
 FLOW_FILE = "flowmc_flow.pt"
@@ -41,29 +41,14 @@ def load_flowmc_flow(path, device="cpu"):
     return StandardizedFlow(flow, state["loc"].to(device), state["scale"].to(device))
 
 
-def _options(args):
-    """The sampler's grouped options from the CLI's arguments."""
-    from flowvi.samplers.adaptive_hmc import HMCKernel
-    from flowvi.samplers.flowmc import FlowTraining, Schedule
-
-    schedule = Schedule(
-        chains=args.chains, warmup=args.warmup, rounds=args.rounds, local_steps=args.local_steps,
-        global_steps=args.global_steps, train_steps=args.train_steps, draws=args.samples, thin=args.thin,
-        seed=args.seed, max_seconds=args.max_seconds,
-    )  # fmt: skip
-    kernel = HMCKernel(
-        max_leapfrog=args.max_leapfrog, target_accept=args.target_accept, init_radius=args.init_radius,
-        cuda_graph={"auto": None, "true": True, "false": False}[args.cuda_graph],
-    )  # fmt: skip
-    training = FlowTraining(batch_size=args.batch_size, lr=args.lr, buffer_size=args.buffer_size)
-    return schedule, kernel, training
-
-
-def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None, dict]:
-    """``flowvi baseline flowmc``: build the Real NVP (``--layers``, ``--hidden``, ``--spline``, ``--flow-dtype``; parameters
-    initialised from ``--seed``), run the sampler with the CLI's ``args``, write ``config.json`` (``config`` plus a
-    ``flowmc`` section) and ``flowmc_flow.pt``; return the draws to save as ``samples.npy`` ((chains * n, d),
-    chain-major; None with ``--no-samples``) and the run summary."""
+def run_flowmc_baseline(
+    target, options: tuple, flow_options: dict, flow_dtype: str, output: Output, config: dict, out
+) -> tuple[np.ndarray | None, dict]:
+    """``flowvi baseline flowmc``: build the Real NVP (``flow_options`` of :func:`flowvi.flows.realnvp.realnvp`
+    with its ``seed``, in ``flow_dtype``), run :func:`flowvi.samplers.flowmc.flowmc` with ``options`` = (Schedule,
+    HMCKernel, FlowTraining), write ``config.json`` (``config`` plus a ``flowmc`` section) and ``flowmc_flow.pt``;
+    return the draws to save as ``samples.npy`` ((chains * n, d), chain-major; None unless
+    ``output.keep_samples``) and the run summary."""
     from dataclasses import asdict
 
     from flowvi.flows.realnvp import realnvp
@@ -71,30 +56,28 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
     from flowvi.samplers.adaptive_hmc import chain_device_dtype
     from flowvi.samplers.flowmc import flowmc
 
-    schedule, kernel, training = _options(args)
+    schedule, kernel, training = options
     settings = {**asdict(schedule), **asdict(kernel), **asdict(training)}
-    settings.update(draws=args.samples, store_dtype=args.store_dtype or args.dtype, cuda_graph=args.cuda_graph)
+    settings.update(store_dtype=output.store_dtype or output.dtype, cuda_graph=CUDA_GRAPH_NAMES[kernel.cuda_graph])
     for unrecorded in ("seed", "step_size", "clip", "standardize"):
         settings.pop(unrecorded)
-    flow_options = {"layers": args.layers, "hidden": args.hidden, "spline": args.spline, "seed": args.seed}
     config["flowmc"] = settings
-    config["flowmc_flow"] = {**flow_options, "dtype": args.flow_dtype}
+    config["flowmc_flow"] = {**flow_options, "dtype": flow_dtype}
     write_config(config, out)
-    print(f"flowvi baseline flowmc: {config['target']['name']} (d={target.dim}, {args.chains} chains) -> {out}")
+    print(f"flowvi baseline flowmc: {config['target']['name']} (d={target.dim}, {schedule.chains} chains) -> {out}")
     device, _ = chain_device_dtype(target)
-    torch.manual_seed(args.seed)  # the flow's initial parameters
-    flow = realnvp(target.dim, **flow_options).to(device, resolve_dtype(args.flow_dtype))
-    store_dtype = resolve_dtype(args.store_dtype) if args.store_dtype else None
+    torch.manual_seed(flow_options["seed"])  # the flow's initial parameters
+    flow = realnvp(target.dim, **flow_options).to(device, resolve_dtype(flow_dtype))
     result = flowmc(
-        target, flow, schedule, kernel, training, store_dtype=store_dtype, device=device,
-        dtype=resolve_dtype(args.dtype), progress=not args.quiet,
+        target, flow, schedule, kernel, training, device=device, dtype=resolve_dtype(output.dtype),
+        store_dtype=resolve_dtype(output.store_dtype) if output.store_dtype else None, progress=output.progress,
     )  # fmt: skip
     proposal = result["flow"]
     ckpt.save_atomic(
         {
             "dim": target.dim,
             "flow_options": flow_options,
-            "flow_dtype": args.flow_dtype,
+            "flow_dtype": flow_dtype,
             "flow": proposal.flow.state_dict(),
             "loc": proposal.loc.cpu(),
             "scale": proposal.scale.cpu(),
@@ -114,7 +97,7 @@ def run_flowmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | N
         f"{summary['nll_first']:.2f} -> {summary['nll_last']:.2f}\n"
         f"{format_convergence(summary)}; summary {summary['seconds_detail']['summary']:.1f} s"
     )
-    samples = None if args.no_samples else draws.cpu().numpy().reshape(-1, target.dim)
+    samples = draws.cpu().numpy().reshape(-1, target.dim) if output.keep_samples else None
     return samples, summary
 
 

@@ -6,9 +6,13 @@ GPU where the draws are) and :func:`reference_info`, the JSON metadata of the re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 SAMPLER_NAME = "many-chain HMC"
+#: how config.json records ``HMCKernel.cuda_graph`` (the CLI's ``--cuda-graph`` values)
+CUDA_GRAPH_NAMES = {None: "auto", True: "true", False: "false"}
 
 
 def reference_info(target_spec: dict, dim: int, settings: dict, result: dict, summary: dict, seconds: dict) -> dict:
@@ -73,10 +77,24 @@ def format_convergence(summary: dict) -> str:
     )
 
 
-def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None, dict]:
-    """``flowvi baseline hmc``: run the sampler with the CLI's ``args``, write ``config.json`` (``config`` plus an
-    ``hmc`` section) and, with ``--reference-out``, the reference ``.npz`` + ``.json``; return the draws to save
-    as ``samples.npy`` ((chains * n, d), chain-major; None with ``--no-samples``) and the run summary."""
+@dataclass(frozen=True)
+class Output:
+    """What a chain baseline does besides sampling: the chains' ``dtype`` and the stored draws' (``store_dtype``,
+    default the chains'), a progress bar, keeping the draws for samples.npy, and (HMC) a reference file."""
+
+    dtype: str = "float64"
+    store_dtype: str | None = None
+    progress: bool = True
+    keep_samples: bool = True
+    reference_out: str | None = None
+
+
+def run_hmc_baseline(target, schedule, kernel, output: Output, config: dict, out) -> tuple[np.ndarray | None, dict]:
+    """``flowvi baseline hmc``: run :func:`flowvi.samplers.adaptive_hmc.adaptive_hmc` with ``schedule``
+    (:class:`~flowvi.samplers.adaptive_hmc.ChainSchedule`) and ``kernel`` (:class:`~flowvi.samplers.adaptive_hmc.HMCKernel`),
+    write ``config.json`` (``config`` plus an ``hmc`` section) and, with ``output.reference_out``, the reference
+    ``.npz`` + ``.json``; return the draws to save as ``samples.npy`` ((chains * n, d), chain-major; None unless
+    ``output.keep_samples``) and the run summary."""
     import json
     import time
     from pathlib import Path
@@ -86,31 +104,19 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
     from flowvi.runs.run_files import write_config
     from flowvi.samplers.adaptive_hmc import adaptive_hmc
 
-    ref_out = Path(args.reference_out) if args.reference_out else None
+    ref_out = Path(output.reference_out) if output.reference_out else None
     if ref_out is not None and ref_out.suffix != ".npz":
         raise ValueError(f"--reference-out must end in .npz, got {ref_out}")
-    settings = _settings(args)
+    settings = _settings(schedule, kernel, output)
     config["hmc"] = settings
     write_config(config, out)
-    print(f"flowvi baseline hmc: {config['target']['name']} (d={target.dim}, {args.chains} chains) -> {out}")
+    print(f"flowvi baseline hmc: {config['target']['name']} (d={target.dim}, {schedule.chains} chains) -> {out}")
     anchor = next(iter(target.buffers()), None)
     result = adaptive_hmc(
-        target,
-        chains=args.chains,
-        warmup=args.warmup,
-        draws=args.samples,
-        max_leapfrog=args.max_leapfrog,
-        target_accept=args.target_accept,
-        init_radius=args.init_radius,
-        seed=args.seed,
-        thin=args.thin,
-        max_seconds=args.max_seconds,
-        store_dtype=resolve_dtype(args.store_dtype) if args.store_dtype else None,
-        device=anchor.device if anchor is not None else None,
-        dtype=resolve_dtype(args.dtype),
-        progress=not args.quiet,
-        cuda_graph={"auto": None, "true": True, "false": False}[args.cuda_graph],
-    )
+        target, schedule, kernel, device=anchor.device if anchor is not None else None,
+        dtype=resolve_dtype(output.dtype), progress=output.progress,
+        store_dtype=resolve_dtype(output.store_dtype) if output.store_dtype else None,
+    )  # fmt: skip
     t0 = time.perf_counter()
     draws = result["draws"]  # on the device: the summary runs there
     stats = summarize_chains(target, draws)
@@ -122,27 +128,27 @@ def run_hmc_baseline(target, args, config: dict, out) -> tuple[np.ndarray | None
     summary = _run_summary(target, result, stats, seconds)
     _print_summary(summary, seconds)
     if ref_out is not None:
-        info = reference_info(config["target"], target.dim, {**settings, "seed": args.seed}, result, stats, seconds)
+        info = reference_info(config["target"], target.dim, {**settings, "seed": schedule.seed}, result, stats, seconds)
         write_reference(ref_out, stats, info)
         ref_out.with_suffix(".json").write_text(json.dumps(info, indent=2))
         print(f"wrote reference {ref_out} ({ref_out.stat().st_size / 1e6:.2f} MB) and {ref_out.with_suffix('.json')}")
-    samples = None if args.no_samples else draws.cpu().numpy().reshape(-1, target.dim)
+    samples = draws.cpu().numpy().reshape(-1, target.dim) if output.keep_samples else None
     return samples, summary
 
 
-def _settings(args) -> dict:
-    """The sampler's settings from the CLI's ``args`` (config.json's ``hmc`` section)."""
+def _settings(schedule, kernel, output: Output) -> dict:
+    """config.json's ``hmc`` section."""
     return {
-        "chains": args.chains,
-        "warmup": args.warmup,
-        "draws": args.samples,
-        "max_leapfrog": args.max_leapfrog,
-        "target_accept": args.target_accept,
-        "thin": args.thin,
-        "init_radius": args.init_radius,
-        "max_seconds": args.max_seconds,
-        "store_dtype": args.store_dtype or args.dtype,
-        "cuda_graph": args.cuda_graph,
+        "chains": schedule.chains,
+        "warmup": schedule.warmup,
+        "draws": schedule.draws,
+        "max_leapfrog": kernel.max_leapfrog,
+        "target_accept": kernel.target_accept,
+        "thin": schedule.thin,
+        "init_radius": kernel.init_radius,
+        "max_seconds": schedule.max_seconds,
+        "store_dtype": output.store_dtype or output.dtype,
+        "cuda_graph": CUDA_GRAPH_NAMES[kernel.cuda_graph],
     }
 
 
