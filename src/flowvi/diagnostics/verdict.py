@@ -45,7 +45,9 @@ def fit_verdict(summary: dict, stop_reason: str | None = None) -> dict:
 
 def refine_verdict(method: str, rhat_max: float, bulk_ess_min: float, tail_ess_min: float, divergences: int = 0):
     """The verdict on MCMC draws of ``flowvi refine`` (module docstring)."""
-    name = {"neutra": "NeuTra-HMC", "imh": "independence MH"}.get(method, method)
+    name = {"neutra": "NeuTra-HMC", "imh": "independence MH", "mixture": "independence MH with a mode mixture"}.get(
+        method, method
+    )
     ok = rhat_max <= RHAT and bulk_ess_min >= MIN_ESS and tail_ess_min >= MIN_ESS and divergences == 0
     if ok:
         return {
@@ -57,7 +59,7 @@ def refine_verdict(method: str, rhat_max: float, bulk_ess_min: float, tail_ess_m
     why = [f"{name}: R-hat {rhat_max:.3f}", f"bulk ESS {bulk_ess_min:.0f}", f"tail ESS {tail_ess_min:.0f}"]
     if divergences:
         why.append(f"{divergences} divergent transitions")
-    other = "--method imh" if method == "neutra" else "--method neutra"
+    other = {"neutra": "--method imh", "imh": "--method neutra"}.get(method, "fit with --estimator fab")
     if divergences:
         action = f"divergent trajectories mean biased draws: refine with a higher --target-accept, or {other}"
     else:
