@@ -7,8 +7,9 @@ For every posterior (references in benchmarks/posteriors/references/, made by ma
 
 * flowvi: ``python -m flowvi fit NAME --out DIR`` with the defaults of the day (plus ``--fit-args``); when
   summary.json carries a ``verdict`` that is not trustworthy and ``flowvi refine`` exists, ``python -m flowvi
-  refine DIR`` (independence MH, then NeuTra-HMC if needed). The final draws (refined draws when written, else samples.npy) are mapped to
-  the reference's parameters by the target's ``constrain``.
+  refine DIR`` (a mixture of flows where the fit missed modes; else independence MH, then NeuTra-HMC if needed).
+  The final draws (refined draws when written, else samples.npy) are mapped to the reference's parameters by the
+  target's ``constrain``; IS log Z and k-hat are the mixture's when refine built one.
 * NumPyro NUTS (``--nuts-chains`` x (``--nuts-warmup`` + ``--nuts-draws``), chains one after another),
   with divergences and the largest rank-normalized split R-hat (ArviZ, Vehtari et al. 2021).
 * where the reference has an exact log Z: pocoMC (Karamanis et al. 2022) with prior ``N(0, s^2 I)`` and
@@ -209,6 +210,9 @@ def run_flowvi(name: str, ref: dict, opts: Options, refine_ok: bool) -> dict:
         if (out / "refine.json").exists():
             record = json.loads((out / "refine.json").read_text())
             res.update(verdict_after_refine=record.get("verdict"), refine_method=record.get("method"))
+            if record.get("log_z") is not None:  # refine's mode mixture: its IS log Z and k-hat replace the flow's
+                res.update(fit_log_z=res["log_z"], fit_pareto_k=res["pareto_k"])
+                res.update(log_z=record["log_z"], log_z_se=record.get("log_z_se"), pareto_k=record.get("pareto_k"))
     draws_path = final_draws(out)
     res["draws_file"] = draws_path.name
     draws = np.load(draws_path)

@@ -92,3 +92,21 @@ def test_model_minus_inf_everywhere_is_a_one_line_error(tmp_path, capsys):
     rc, _, err = run(["fit", f"{f}:f", "--dim", "3", "--out", str(out), *FAST], capsys)
     assert rc == 2 and "-inf at all 8 draws" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()  # a failed start writes nothing
+
+
+def test_refine_auto_fits_the_missed_modes_as_a_mixture(tmp_path, capsys):
+    """A fit that missed modes of its search (gauss_mix_separated: reverse KL keeps one of three): `refine` with
+    its defaults fits a flow at each missed mode, and the mixture's IMH chains and IS log Z (exact: 0) are right."""
+    out = tmp_path / "mix"
+    fast = ["--layers", "2", "--hidden", "16", *FAST]
+    assert main(["fit", "gauss_mix_separated", "--dim", "2", "--out", str(out), "--max-steps", "300", *fast]) == 0
+    # the search ends at each mode more than once: several end points per missed mode
+    assert json.loads((out / "summary.json").read_text())["modes"]["uncovered"] >= 2
+    rc, stdout, err = run(["refine", str(out), "--chains", "4", "--draws", "3000"], capsys)
+    assert rc == 0, err
+    r = json.loads((out / "refine.json").read_text())
+    assert r["method"] == "mixture" and r["components"] == 3 and r["mixture"]["uncovered"] == 0
+    assert abs(r["log_z"]) < 0.05 and r["pareto_k"] < 0.7
+    x = np.load(out / "refined_samples.npy").reshape(-1, 2)
+    assert abs(x.mean() - 1.8) < 0.3  # exact mean 0.2 (-6) + 0.5 (6) = 1.8; one mode alone would give -6, 0 or 6
+    assert stdout.strip().splitlines()[-1].startswith("refined: independence MH with a mode mixture")

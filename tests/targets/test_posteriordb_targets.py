@@ -66,6 +66,13 @@ def test_constrained_parameters_and_jacobians():
     assert torch.allclose(theta, x[:, 8:9] + torch.exp(x[:, 9:10]) * x[:, :8])
 
 
+def test_centered_eight_schools_declares_its_funnel():
+    """Each theta_j's scale is set by (mu, log tau): the hierarchy that --hierarchical auto follows, so that the
+    centered and non-centered models fit alike."""
+    ((children, parents),) = make_target("eight_schools-eight_schools_centered").hierarchy()
+    assert children.tolist() == list(range(8)) and parents.tolist() == [[8, 9]] * 8
+
+
 def test_exact_references():
     mix = make_target("gauss_mix_separated").double()
     mean, sd = mix.exact_moments()

@@ -168,7 +168,7 @@ def _flow_options(p) -> None:
         choices=["auto", "on", "off"],
         help="per-coordinate couplings along the target's hierarchy, e.g. z_j given log lambda_j and log tau "
         "(learned partial non-centring); auto: on for targets that declare a hierarchy (horseshoe, regularized "
-        "horseshoe, funnel, target files with fn.hierarchy)",
+        "horseshoe, funnel, centered eight schools, target files with fn.hierarchy)",
     )
     g.add_argument("--hierarchy-hidden", type=int, default=8, help="each child's own network width (0: linear)")
     g.add_argument(
@@ -222,9 +222,9 @@ def _evaluation_options(p) -> None:
         nargs="?",
         const="auto",
         default=None,
-        choices=["auto", "imh", "neutra"],
-        help="when the fit's verdict is not trustworthy, run 'flowvi refine' at once (auto: independence MH, then "
-        "NeuTra-HMC); off when not given",
+        choices=["auto", "imh", "neutra", "mixture"],
+        help="when the fit's verdict is not trustworthy, run 'flowvi refine' at once (auto: a mixture of flows when "
+        "modes were missed, else independence MH, then NeuTra-HMC); off when not given",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -1,10 +1,12 @@
-"""``flowvi refine RUN_DIR``: exact MCMC draws from a fitted flow (independence MH, NeuTra-HMC, or both in turn).
+"""``flowvi refine RUN_DIR``: exact MCMC draws from a fitted flow (independence MH, NeuTra-HMC, or both in turn;
+independence MH with a mixture of flows, one per mode, where the fit missed modes).
 
 Writes ``refined_samples.npy`` (chains, draws, d) and ``refine.json`` (settings, R-hat, bulk/tail ESS, acceptance,
-divergences, the verdict) into the run directory; the fit's own files are left as they are."""
+divergences, the verdict; with the mixture also its IS log Z, k-hat and components) into the run directory; the fit's own files are left as they are."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,9 @@ def register(sub):
     p.add_argument(
         "--method",
         default="auto",
-        choices=["auto", "imh", "neutra"],
-        help="auto: independence MH, then NeuTra-HMC if its verdict fails",
+        choices=["auto", "imh", "neutra", "mixture"],
+        help="auto: mixture when the fit missed modes of its mode search, else independence MH, then NeuTra-HMC if "
+        "its verdict fails; mixture: a flow fitted at each missed mode, independence MH with their mixture",
     )
     p.add_argument("--chains", type=int, default=None, help="chains (default: neutra 32, imh 8)")
     p.add_argument("--warmup", type=int, default=300, help="neutra: adaptation iterations")
@@ -48,15 +51,51 @@ def refine_and_write(flow, target, run_dir: Path, options) -> dict:
     torch.manual_seed(options.seed)
     modes = run_dir / "modes.npy"  # the fit's mode search: some chains start there
     starts = np.load(modes, allow_pickle=False) if modes.exists() else None
-    x, record = refine(flow, target, options, starts=starts)
+    if options.method == "mixture" or (options.method == "auto" and _missed_modes(run_dir)):
+        if starts is None:
+            raise FileNotFoundError(f"{run_dir} has no modes.npy (the fit's mode search): --method mixture needs it")
+        x, record = _mixture_refine(flow, target, run_dir, options, starts)
+    else:
+        x, record = refine(flow, target, options, starts=starts)
     print(f"  R-hat max    {record['rhat_max']:.4f}")
     print(f"  bulk ESS     {record['bulk_ess_min']:.0f} (smallest)   tail ESS {record['tail_ess_min']:.0f}")
     print(f"  acceptance   {record['accept']:.3f}   divergences {record['divergences']}   {record['seconds']:.1f} s")
+    if "log_z" in record:
+        print(f"  IS log Z     {record['log_z']:.4f} ± {record['log_z_se']:.4f}   Pareto k {record['pareto_k']:.3f}")
     ckpt.atomic_write(run_dir / "refined_samples.npy", lambda f: np.save(f, x.astype(np.float32)))
     ckpt.write_json_atomic(record, run_dir / "refine.json")
     print(f"wrote {run_dir}/{{refined_samples.npy,refine.json}}")
     print(format_verdict(record["verdict"], refined=True).replace("RUN_DIR", str(run_dir)))
     return record
+
+
+def _missed_modes(run_dir: Path) -> int:
+    """The modes the fit's flow misses (summary.json's ``modes.uncovered``; 0 when not recorded)."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    return int((summary.get("modes") or {}).get("uncovered") or 0)
+
+
+def _mixture_refine(flow, target, run_dir: Path, options, starts):
+    """A flow fitted at each mode the fit's flow misses (:func:`flowvi.training.mode_mixture.mode_mixture`, with
+    the fit's flow and training settings), then :func:`flowvi.samplers.neutra.mixture_refine`."""
+    import time
+
+    from flowvi.runs.run_dir import build, read_config
+    from flowvi.samplers.neutra import mixture_refine
+    from flowvi.training.loop import TrainConfig
+    from flowvi.training.mode_mixture import mode_mixture
+
+    t0 = time.perf_counter()
+    config = read_config(run_dir)
+    config["device"] = str(next(flow.parameters()).device)
+    make_flow = lambda: build(config)[0]  # noqa: E731
+    mixture, info = mode_mixture(flow, target, starts, make_flow, TrainConfig(**config["train"]), seed=options.seed)
+    for k, c in enumerate(info["components"]):
+        print(f"  component {k}  weight {c['weight']:.3f}   IS log Z {c['log_z']:.4f}")
+    x, record = mixture_refine(mixture, target, options, starts=starts)
+    record |= {"mixture": info, "seconds": time.perf_counter() - t0}
+    return x, record
 
 
 def run(args):

@@ -5,10 +5,20 @@ from flowvi.diagnostics.importance import (
     gpd_fit,
     log_evidence,
     log_mean_exp,
+    moment_pareto_k,
     normalized_ess,
     pareto_k,
     psis_log_weights,
     summarize,
 )
 
-__all__ = ["gpd_fit", "log_evidence", "log_mean_exp", "normalized_ess", "pareto_k", "psis_log_weights", "summarize"]
+__all__ = [
+    "gpd_fit",
+    "log_evidence",
+    "log_mean_exp",
+    "moment_pareto_k",
+    "normalized_ess",
+    "pareto_k",
+    "psis_log_weights",
+    "summarize",
+]

@@ -5,7 +5,9 @@ PSIS (:func:`flowvi.diagnostics.importance.psis_log_weights`; Vehtari et al. 202
 the pool by systematic resampling (Kitagawa 1996: one uniform u, the draws at the quantiles (j + u)/n of the
 normalized weights' CDF), so that averages over the n draws estimate posterior expectations with the
 self-normalized importance-sampling bias and variance of the pool. When k-hat >= 0.7 no importance-sampling
-estimate is reliable; the flow's own draws are kept and the result says so.
+estimate is reliable; the flow's own draws are kept and the result says so. The result also holds the largest
+k-hat of ``h w`` over the first and second moments of the reported parameters (:func:`moment_k_hat`): the
+verdict's check that the means and sds in particular are reliable.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from flowvi.diagnostics.importance import psis_log_weights
+from flowvi.diagnostics.importance import moment_pareto_k, psis_log_weights
 from flowvi.diagnostics.verdict import KHAT
 
 MAX_POOL_NUMBERS = 50_000_000  # pool size x d: 200 MB of float32
@@ -35,14 +37,19 @@ def psis_resample(flow, target, n: int, pool: int | None = None, seed: int = 0, 
     ``MAX_POOL_NUMBERS / d``, at least n) flow draws when k-hat < 0.7, else the pool's first n draws."""
     d = flow.dim
     pool = pool or max(n, min(4 * n, MAX_POOL_NUMBERS // max(d, 1)))
-    xs, lws = [], []
+    xs, lws, ys = [], [], []
+    vector = len(flow.event_shape) == 1  # a posterior's parameters, not a lattice field
     for start in range(0, pool, batch_size):
         x, log_q = flow.sample_and_log_prob(min(batch_size, pool - start))
         xs.append(x.cpu().numpy())
         lws.append((target.log_prob(x) - log_q).double().cpu().numpy())
+        if vector and hasattr(target, "constrain"):
+            ys.append(target.constrain(x).cpu().numpy())
     x, log_w = np.concatenate(xs), np.nan_to_num(np.concatenate(lws), nan=-np.inf)
     smoothed, k = psis_log_weights(log_w)
     info = {"pool": int(pool), "k_hat": float(k)}
+    if vector:
+        info |= moment_k_hat(np.concatenate(ys) if ys else x, log_w, getattr(target, "param_names", None))
     if math.isfinite(k) and k < KHAT and np.isfinite(smoothed).any():
         idx = systematic_resample(smoothed, n, np.random.default_rng(seed))
         info |= {"resampled": True, "method": "PSIS importance resampling", "distinct": int(len(np.unique(idx)))}
@@ -51,4 +58,16 @@ def psis_resample(flow, target, n: int, pool: int | None = None, seed: int = 0, 
     return x[:n], info
 
 
-__all__ = ["psis_resample", "systematic_resample"]
+def moment_k_hat(values: np.ndarray, log_w: np.ndarray, names=None, max_columns: int = 1000) -> dict:
+    """``{"moment_k_hat", "moment_k_hat_param"}``: the largest k-hat of :func:`~flowvi.diagnostics.importance.
+    moment_pareto_k` over the first and second moments of ``values`` (n, k) (the parameters the draws report:
+    ``target.constrain(x)``, or x; the first ``max_columns``), and that parameter's name from ``names``."""
+    ks = moment_pareto_k(log_w, values[:, :max_columns]).max(axis=0)
+    if np.isnan(ks).all():
+        return {"moment_k_hat": float("nan"), "moment_k_hat_param": None}
+    j = int(np.argmax(np.where(np.isnan(ks), -np.inf, ks)))
+    name = names[j] if names is not None and j < len(names) else f"x[{j}]"
+    return {"moment_k_hat": float(ks[j]), "moment_k_hat_param": name}
+
+
+__all__ = ["moment_k_hat", "psis_resample", "systematic_resample"]

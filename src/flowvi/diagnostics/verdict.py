@@ -3,8 +3,10 @@
 After a fit (or ``flowvi evaluate``), the draws are the flow's, importance-resampled: they can be trusted when
 the flow covers every mode the mode search found (:func:`flowvi.training.mode_init.mode_coverage`: importance
 weights cannot reveal a mode that the flow never draws from), the PSIS k-hat of the importance weights is below 0.7 (Vehtari et al. 2024, *Pareto smoothed importance
-sampling*: below it the self-normalized estimates have finite variance and vanishing bias) and the effective
-number of draws ``n * ESS/n`` is at least ``MIN_ESS``. After ``flowvi refine``, the draws are MCMC draws: they
+sampling*: below it the self-normalized estimates have finite variance and vanishing bias), so is the k-hat of
+``h w`` for the first and second moments of every reported parameter (the draws' means and sds:
+:func:`flowvi.diagnostics.importance.moment_pareto_k`, recorded by the resampling), and the effective number of
+draws ``n * ESS/n`` is at least ``MIN_ESS``. After ``flowvi refine``, the draws are MCMC draws: they
 can be trusted when the rank-normalized split R-hat is at most 1.01 and the bulk- and tail-ESS are at least 400
 for every coordinate (Vehtari et al. 2021, *Rank-normalization, folding, and localization*, Bayesian Analysis),
 and no trajectory diverged.
@@ -32,9 +34,14 @@ def fit_verdict(summary: dict, stop_reason: str | None = None) -> dict:
             f"(log-weight gap {modes['gap']:.1f} nats)",
             "action": "run `flowvi refine RUN_DIR` (its chains start at those modes), or train with --estimator fab",
         }
-    if math.isfinite(k) and k < KHAT and ess >= MIN_ESS:
+    moment_k = (summary.get("samples") or {}).get("moment_k_hat")
+    moments_ok = moment_k is None or not moment_k >= KHAT  # NaN (no tail to fit): no evidence against
+    if math.isfinite(k) and k < KHAT and ess >= MIN_ESS and moments_ok:
         return {"trustworthy": True, "reason": f"PSIS k-hat {k:.2f}, {ess:.0f} effective draws", "action": None}
     why = [f"k-hat {k:.2f}" if math.isfinite(k) else "k-hat undefined (no finite importance weight)"]
+    if not moments_ok:
+        param = summary["samples"].get("moment_k_hat_param")
+        why.append(f"k-hat {moment_k:.2f} for the moments of {param} (its mean or sd is unreliable)")
     if ess < MIN_ESS:
         why.append(f"{ess:.0f} effective draws < {MIN_ESS}")
     if rising:
@@ -45,7 +52,9 @@ def fit_verdict(summary: dict, stop_reason: str | None = None) -> dict:
 
 def refine_verdict(method: str, rhat_max: float, bulk_ess_min: float, tail_ess_min: float, divergences: int = 0):
     """The verdict on MCMC draws of ``flowvi refine`` (module docstring)."""
-    name = {"neutra": "NeuTra-HMC", "imh": "independence MH"}.get(method, method)
+    name = {"neutra": "NeuTra-HMC", "imh": "independence MH", "mixture": "independence MH with a mode mixture"}.get(
+        method, method
+    )
     ok = rhat_max <= RHAT and bulk_ess_min >= MIN_ESS and tail_ess_min >= MIN_ESS and divergences == 0
     if ok:
         return {
@@ -57,7 +66,7 @@ def refine_verdict(method: str, rhat_max: float, bulk_ess_min: float, tail_ess_m
     why = [f"{name}: R-hat {rhat_max:.3f}", f"bulk ESS {bulk_ess_min:.0f}", f"tail ESS {tail_ess_min:.0f}"]
     if divergences:
         why.append(f"{divergences} divergent transitions")
-    other = "--method imh" if method == "neutra" else "--method neutra"
+    other = {"neutra": "--method imh", "imh": "--method neutra"}.get(method, "fit with --estimator fab")
     if divergences:
         action = f"divergent trajectories mean biased draws: refine with a higher --target-accept, or {other}"
     else:

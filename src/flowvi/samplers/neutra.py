@@ -14,6 +14,10 @@ matrix, chains in lock-step on one batched gradient) does the sampling, started 
 **Independence MH** (:mod:`flowvi.samplers.nmcmc`): proposals x' ~ q accepted with probability
 ``min(1, w(x') / w(x))``, ``w = p / q``; several independent chains so that R-hat can be computed.
 
+**Mode mixture** (:func:`mixture_refine`): where reverse KL dropped separated modes, independence MH with a
+mixture of flows, one per mode (:mod:`flowvi.core.mixture`, :mod:`flowvi.training.mode_mixture`), as proposal,
+and the mixture's importance-sampling log Z and k-hat.
+
 :func:`mcmc_diagnostics` summarises the chains with ArviZ: rank-normalized split R-hat, bulk- and tail-ESS
 (Vehtari et al. 2021).
 """
@@ -108,7 +112,8 @@ def imh_chains(flow, target, chains=8, draws=10_000, seed=0, batch_size=4096, st
 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[flow.base._anchor.device] if flow.base._anchor.is_cuda else []):
+    device = next(flow.parameters()).device  # a flow or a FlowMixture
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         x, logw = flow_proposals(flow, target, chains * draws, batch_size)
     logw = torch.nan_to_num(logw.double(), nan=-torch.inf).reshape(chains, draws).cpu()
@@ -149,8 +154,8 @@ def mcmc_diagnostics(draws: np.ndarray) -> dict:
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """``method``: ``imh``, ``neutra`` or ``auto`` (independence MH first, it is cheap; NeuTra-HMC when its verdict
-    fails). ``chains`` and ``draws`` per chain default by method (imh 8 x 10000, neutra 32 x 500); NeuTra adapts
+    """``method``: ``imh``, ``neutra``, ``mixture`` (:func:`mixture_refine`; only on a mixture of flows) or ``auto``
+    (independence MH first, it is cheap; NeuTra-HMC when its verdict fails). ``chains`` and ``draws`` per chain default by method (imh 8 x 10000, neutra 32 x 500); NeuTra adapts
     for ``warmup`` iterations with at most ``max_leapfrog`` leapfrog steps towards ``target_accept``."""
 
     method: str = "auto"
@@ -203,4 +208,32 @@ def refine(flow, target, options: RefineOptions | None = None, log=print, starts
     return x, record
 
 
-__all__ = ["LatentTarget", "RefineOptions", "imh_chains", "mcmc_diagnostics", "neutra_hmc", "refine"]
+def mixture_refine(mixture, target, options: RefineOptions | None = None, log=print, starts=None, n_eval=100_000):
+    """Independence MH with a mixture of flows as proposal, and the mixture's importance-sampling evidence
+    (module docstring; the mixture: :func:`flowvi.training.mode_mixture.mode_mixture`).
+
+    The chains: :func:`imh_chains` with ``q = sum_k pi_k q_k`` (``options.chains`` x ``options.draws``, default
+    8 x 10000), started at ``starts`` (the modes of the search). Accepting ``x'`` with probability
+    ``min(1, w(x') / w(x))``, ``w = p / q``, leaves p invariant for any proposal that covers it (Tierney 1994,
+    Ann. Statist. 22(4), Sec. 2.3.3); with a component in every mode, a chain moves between modes at the rate it
+    accepts. Evidence: ``n_eval`` draws ``x_i ~ q``, ``log Z = log mean_i p(x_i) / q(x_i)`` with its standard
+    error, ESS and the PSIS k-hat (:func:`flowvi.diagnostics.evaluate.evaluate`). Returns the draws
+    (chains, draws, d) and the record of :func:`refine` with ``method = "mixture"``, ``log_z``, ``log_z_se``,
+    ``ess``, ``pareto_k`` and the verdict on the chains."""
+    from dataclasses import replace
+
+    from flowvi.diagnostics.evaluate import evaluate
+
+    o = replace(options or RefineOptions(), method="imh")
+    x, record = refine(mixture, target, o, log=log, starts=starts)
+    stats = evaluate(mixture, target, n=n_eval)
+    record |= {key: stats[key] for key in ("log_z", "log_z_se", "ess", "pareto_k")}
+    record |= {"method": "mixture", "components": len(mixture.components), "tried": [{"method": "mixture"}]}
+    record["verdict"] = refine_verdict(
+        "mixture", record["rhat_max"], record["bulk_ess_min"], record["tail_ess_min"], record["divergences"]
+    )
+    record["tried"][0]["verdict"] = record["verdict"]
+    return x, record
+
+
+__all__ = ["LatentTarget", "RefineOptions", "imh_chains", "mcmc_diagnostics", "mixture_refine", "neutra_hmc", "refine"]

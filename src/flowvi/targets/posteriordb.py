@@ -200,6 +200,12 @@ class EightSchoolsCentered(EightSchoolsNoncentered):
     def constrain(self, x):
         return torch.cat([x[:, : self.j + 1], torch.exp(x[:, self.j + 1 :])], dim=1)
 
+    def hierarchy(self):
+        """``(children, parents)`` for :class:`flowvi.transforms.HierarchicalAffine`: each ``theta_j`` given
+        ``(mu, log tau)`` (``theta_j = mu + tau eps_j`` a priori: the funnel that ``--hierarchical`` un-centres)."""
+        parents = torch.tensor([[self.j, self.j + 1]] * self.j)
+        return [(torch.arange(self.j), parents)]
+
 
 class GPPoissonRegression(PosteriorTarget):
     """gp_pois_regr-gp_pois_regr: latent GP ``f = L f_tilde``, ``L L^T = alpha^2 exp(-(x_i - x_j)^2 / (2

@@ -94,14 +94,28 @@ def mode_coverage(flow, target, ends: list) -> dict:
     separated modes: Bishop 2006, Sec. 10.1.2). Returns ``{"found", "uncovered", "gap"}``."""
     if not ends:
         return {"found": 0, "uncovered": 0, "gap": 0.0}
+    points = modes_in_window(ends)
+    gaps = mode_gaps(flow, target, points)
+    return {"found": len(points), "uncovered": int((gaps > UNCOVERED).sum()), "gap": float(gaps.max())}
+
+
+def modes_in_window(ends: list) -> torch.Tensor:
+    """The end points ``(log p, x)`` of the search within :data:`MODE_WINDOW` nats of the highest, stacked (k, d),
+    highest first."""
     top = max(lp for lp, _ in ends)
-    points = torch.stack([x for lp, x in ends if lp >= top - MODE_WINDOW])
+    return torch.stack([x for lp, x in sorted(ends, key=lambda e: -e[0]) if lp >= top - MODE_WINDOW])
+
+
+@torch.no_grad()
+def mode_gaps(flow, target, points: torch.Tensor) -> torch.Tensor:
+    """``w_i - min_j w_j`` (k,) with ``w_i = log p(m_i) - log q(m_i)`` at the points ``m_i`` (k, d), for any
+    ``flow`` with ``log_prob`` (a flow or a :class:`flowvi.core.mixture.FlowMixture`); a non-finite ``w_i`` counts
+    as infinitely uncovered (:func:`mode_coverage`)."""
     anchor = next(flow.parameters())
     xs = points.to(anchor.device, anchor.dtype)
     w = (target.log_prob(xs).double() - flow.log_prob(xs).double()).cpu()
     w = torch.where(torch.isfinite(w), w, torch.full_like(w, math.inf))
-    gaps = w - w.min()
-    return {"found": len(points), "uncovered": int((gaps > UNCOVERED).sum()), "gap": float(gaps.max())}
+    return w - w[torch.isfinite(w)].min() if torch.isfinite(w).any() else w
 
 
 def _lbfgs(target, x0: torch.Tensor, max_iter: int) -> torch.Tensor | None:
@@ -174,6 +188,16 @@ def _set_affine(flow, mode: torch.Tensor, scale: torch.Tensor) -> bool:
     return True
 
 
+def place_at_mode(flow, target, mode: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    """Set the flow's last elementwise affine layer to loc = ``mode``, scale = ``1 / sqrt(H_ii)`` (module docstring,
+    steps 2 and 3, without the ELBO check); returns ``(placed, scales)``. The start of a flow fitted to one given
+    mode (:mod:`flowvi.training.mode_mixture`)."""
+    scale = 1 / hessian_diagonal(target, mode).sqrt()
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    with torch.no_grad():
+        return _set_affine(flow, mode, scale), scale
+
+
 def init_at_mode(flow, target, restarts: int = 6, max_iter: int = 200, check_draws: int = 512, seed: int = 0):
     """Set the flow's location-scale layer from the mode and curvature of ``target`` (module docstring); returns
     an :class:`InitReport`. Draws its start points and check draws under a forked RNG (the caller's stream is
@@ -194,13 +218,10 @@ def init_at_mode(flow, target, restarts: int = 6, max_iter: int = 200, check_dra
         if mode is None:
             why = "the mode search (L-BFGS) ended at no point with a finite log density (unbounded, or -inf); flow left at its start"
             return InitReport(False, why, seconds=_dt(t0))
-        scale = 1 / hessian_diagonal(target, mode).sqrt()
-        scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
         torch.manual_seed(seed + 1)
         before = _elbo(flow, target, check_draws)
         saved = {k: v.detach().clone() for k, v in found[1].state_dict().items()}
-        with torch.no_grad():
-            placed = _set_affine(flow, mode, scale)
+        placed, scale = place_at_mode(flow, target, mode)
         torch.manual_seed(seed + 1)
         after = _elbo(flow, target, check_draws) if placed else -math.inf
     report = InitReport(False, "", lp, before, after, float(scale.min()), float(scale.max()), _dt(t0), ends)
@@ -223,4 +244,15 @@ def _dt(t0) -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["MODE_WINDOW", "UNCOVERED", "InitReport", "find_mode", "hessian_diagonal", "init_at_mode", "mode_coverage"]
+__all__ = [
+    "MODE_WINDOW",
+    "UNCOVERED",
+    "InitReport",
+    "find_mode",
+    "hessian_diagonal",
+    "init_at_mode",
+    "mode_coverage",
+    "mode_gaps",
+    "modes_in_window",
+    "place_at_mode",
+]
