@@ -33,3 +33,15 @@ def test_verdict_is_not_trustworthy_when_the_moments_are_heavy_tailed():
     verdict = fit_verdict(heavy)
     assert not verdict["trustworthy"] and "tau" in verdict["reason"] and "refine" in verdict["action"]
     assert fit_verdict({**summary, "samples": {"moment_k_hat": float("nan")}})["trustworthy"]
+
+
+def test_reported_parameters_of_a_pyro_model_are_its_sites_flattened():
+    import torch
+
+    from flowvi.diagnostics.resample import reported
+
+    y, names = reported({"mu": torch.zeros(5), "theta": torch.arange(15.0).reshape(5, 3)})
+    assert y.shape == (5, 4) and names == ["mu", "theta[0]", "theta[1]", "theta[2]"]
+    assert (y[:, 1:] == torch.arange(15.0).reshape(5, 3).numpy()).all()
+    y, names = reported(torch.ones(5, 2))
+    assert y.shape == (5, 2) and names is None

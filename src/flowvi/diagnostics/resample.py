@@ -37,25 +37,42 @@ def psis_resample(flow, target, n: int, pool: int | None = None, seed: int = 0, 
     ``MAX_POOL_NUMBERS / d``, at least n) flow draws when k-hat < 0.7, else the pool's first n draws."""
     d = flow.dim
     pool = pool or max(n, min(4 * n, MAX_POOL_NUMBERS // max(d, 1)))
-    xs, lws, ys = [], [], []
+    xs, lws, ys, names = [], [], [], getattr(target, "param_names", None)
     vector = len(flow.event_shape) == 1  # a posterior's parameters, not a lattice field
     for start in range(0, pool, batch_size):
         x, log_q = flow.sample_and_log_prob(min(batch_size, pool - start))
         xs.append(x.cpu().numpy())
         lws.append((target.log_prob(x) - log_q).double().cpu().numpy())
         if vector and hasattr(target, "constrain"):
-            ys.append(target.constrain(x).cpu().numpy())
+            y, sites = reported(target.constrain(x))
+            ys.append(y)
+            names = sites or names
     x, log_w = np.concatenate(xs), np.nan_to_num(np.concatenate(lws), nan=-np.inf)
     smoothed, k = psis_log_weights(log_w)
     info = {"pool": int(pool), "k_hat": float(k)}
     if vector:
-        info |= moment_k_hat(np.concatenate(ys) if ys else x, log_w, getattr(target, "param_names", None))
+        names = names() if callable(names) else names
+        info |= moment_k_hat(np.concatenate(ys) if ys else x, log_w, names)
     if math.isfinite(k) and k < KHAT and np.isfinite(smoothed).any():
         idx = systematic_resample(smoothed, n, np.random.default_rng(seed))
         info |= {"resampled": True, "method": "PSIS importance resampling", "distinct": int(len(np.unique(idx)))}
         return x[idx], info
     info |= {"resampled": False, "why": f"k-hat {k:.2f} >= {KHAT}: the flow's own draws, uncorrected"}
     return x[:n], info
+
+
+def reported(constrained) -> tuple[np.ndarray, list[str] | None]:
+    """The reported parameters as columns ``(n, k)`` with their names: ``target.constrain(x)`` is a tensor
+    (n, p) (the reference posteriors: names from ``param_names``, None here) or, for a Pyro model, a dict of sites
+    (n, *shape), flattened site by site (``name`` or ``name[j]``)."""
+    if not isinstance(constrained, dict):
+        return constrained.cpu().numpy(), None
+    columns, names = [], []
+    for site, v in constrained.items():
+        v = v.reshape(len(v), -1).double().cpu().numpy()
+        columns.append(v)
+        names += [site] if v.shape[1] == 1 else [f"{site}[{j}]" for j in range(v.shape[1])]
+    return np.concatenate(columns, axis=1), names
 
 
 def moment_k_hat(values: np.ndarray, log_w: np.ndarray, names=None, max_columns: int = 1000) -> dict:
@@ -70,4 +87,4 @@ def moment_k_hat(values: np.ndarray, log_w: np.ndarray, names=None, max_columns:
     return {"moment_k_hat": float(ks[j]), "moment_k_hat_param": name}
 
 
-__all__ = ["moment_k_hat", "psis_resample", "systematic_resample"]
+__all__ = ["moment_k_hat", "psis_resample", "reported", "systematic_resample"]
