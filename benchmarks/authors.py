@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("lattice", "path", "realnvp", "ablation")
+PARTS = ("lattice", "path", "realnvp", "ablation", "evidence")
 
 
 # --- plumbing --------------------------------------------------------------------------------------------------
@@ -477,7 +477,11 @@ def andrade_worker(cfg):
         nfm.eval()
         with torch.no_grad():
             z, log_q = nfm.sample(cfg["eval_n"])
-            stats = log_weight_stats(nfm.p.log_prob(z) - log_q)
+            ok = torch.isfinite(z).all(-1)  # his target asserts on NaN draws: a NaN draw weighs zero
+            log_w = torch.full_like(log_q, -math.inf)
+            if ok.any():
+                log_w[ok] = nfm.p.log_prob(z[ok]) - log_q[ok]
+            stats = log_weight_stats(log_w)
         nfm.train()
         return stats
 
@@ -485,7 +489,7 @@ def andrade_worker(cfg):
     core.tqdm = clock
     steps = cfg["max_steps"]
     done, _ = core.train(
-        nfm, steps, None, 10**9, learning_rate=10 ** (-args.lr_exp), record_stats=False, num_samples=cfg["batch"],
+        nfm, steps, None, 10**9, learning_rate=cfg["lr"], record_stats=False, num_samples=cfg["batch"],
         divergence=args.divergence, annealing=False, redGradVarEst=args.redGradVarEst, cushion_t=args.loft_t,
         opt=args.opt, l2_strength=0.0, l2_clip_norm=None,
     )  # fmt: skip
@@ -502,7 +506,7 @@ def andrade_worker(cfg):
         "curve": clock.curve,
         "exact_log_z": exact,
         "params": sum(p.numel() for p in nfm.parameters() if p.requires_grad),
-        "lr": 10 ** (-args.lr_exp),
+        "his_default_lr": 10 ** (-args.lr_exp),
     }
 
 
@@ -603,7 +607,7 @@ def flowvi_vi_worker(cfg):
 
 def _vi_common(args, data, d, seed):
     return {
-        "data": data, "d": d, "fold": 1, "couplings": args.couplings, "hidden": 100, "batch": 256, "lr": 1e-4,
+        "data": data, "d": d, "fold": 1, "couplings": args.couplings, "hidden": 100, "batch": 256, "lr": args.vi_lr,
         "eval_n": args.vi_eval_n, "threads": args.threads, "seed": seed, "budget_s": args.vi_seconds,
         "max_steps": args.vi_max_steps, "eval_every": args.vi_eval_every,
         "andrade_dir": str(args.andrade_dir) if args.andrade_dir else None,
@@ -656,6 +660,12 @@ ABLATION = (  # name, clamp, LOFT, gradient clipping: the paper's standard Real 
 )
 
 
+def _partial(args, part, rows):
+    """The rows so far, in ``<out>/authors_<part>.partial.json`` (a long run stopped early keeps its rows)."""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"authors_{part}.partial.json").write_text(json.dumps({"rows": rows}, indent=1))
+
+
 def part_ablation(args):
     rows = []
     for seed in range(args.seeds):
@@ -663,20 +673,31 @@ def part_ablation(args):
         for name, clamp, loft, clip in ABLATION:
             rows.append(_run_flowvi({**common, "variant": name, "clamp": clamp, "loft": loft, "clip": clip}, args))
             print(_vi_line(rows[-1]), flush=True)
-        if args.andrade_dir:
+            _partial(args, "ablation", rows)
+        if args.andrade_dir and seed < (args.andrade_seeds or args.seeds):
+            steps = args.andrade_max_steps or common["max_steps"]
             for method in ("standard", "proposed"):
-                rows.append(_run_andrade({**common, "method": method, "variant": method}, args))
+                rows.append(_run_andrade({**common, "method": method, "variant": method, "max_steps": steps}, args))
                 print(_vi_line(rows[-1]), flush=True)
+                _partial(args, "ablation", rows)
     return {"rows": rows, "summary": _ablation_summary(rows)}
 
 
+#: nats: a final ELBO this far below the run's best evaluated ELBO is a collapse (the unclamped scales overflow)
+COLLAPSE_NATS = 1e3
+
+
 def diverged(r) -> bool:
-    """A run diverges when it errs, flowvi stops it, half its steps are skipped or its final ELBO is not finite."""
+    """A run diverges when it errs, flowvi stops it, half its steps are skipped, its final ELBO is not finite,
+    it drew non-finite samples in its last evaluation, or its ELBO collapsed (``COLLAPSE_NATS`` below its best)."""
     if "error" in r or r.get("status", "ok") != "ok":
         return True
     last = r["curve"][-1]
     skipped = r.get("skipped") or 0
-    return not math.isfinite(last["elbo"]) or skipped > 0.5 * max(r["steps"] or 1, 1)
+    best = max((c["elbo"] for c in r["curve"] if math.isfinite(c["elbo"])), default=-math.inf)
+    collapsed = last["elbo"] < best - COLLAPSE_NATS
+    nonfinite = last.get("nonfinite", 0) > 0
+    return not math.isfinite(last["elbo"]) or skipped > 0.5 * max(r["steps"] or 1, 1) or collapsed or nonfinite
 
 
 def _ablation_summary(rows):
@@ -707,15 +728,145 @@ def _vi_line(r):
     )
 
 
+# --- part evidence: flowvi's flows against flowvi's tempered SMC at equal CPU time -----------------------------
+
+EVIDENCE_FLOWS = {  # name: (realnvp options beyond its defaults, TrainConfig options beyond flowvi's defaults)
+    "realnvp": ({}, {}),
+    "spline": ({"spline": True}, {}),
+    "spline+hierarchical": ({"spline": True, "hierarchical": True}, {}),
+    "fab": ({}, {"estimator": "fab"}),
+}
+
+
+def _evidence_target(cfg, dtype):
+    import torch
+
+    from flowvi.targets import make_target
+
+    return make_target("horseshoe_nci60", p=cfg["p"]).to(torch.float32 if dtype == "float32" else torch.float64)
+
+
+def _is_stats(flow, target, n, chunk=1024):
+    """IS log Z (and its SE), normalized ESS and PSIS k-hat of ``n`` fresh draws, in float64."""
+    import torch
+
+    from flowvi.diagnostics.importance import log_evidence, normalized_ess, pareto_k
+
+    parts = []
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            x, log_q = flow.sample_and_log_prob(min(chunk, n - i))
+            parts.append((target.log_prob(x).double() - log_q.double()).cpu())
+    log_w = torch.cat(parts)
+    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+    log_z, se = log_evidence(log_w)
+    finite = log_w[torch.isfinite(log_w)]
+    return {"log_z": log_z, "log_z_se": se, "ess": normalized_ess(log_w), "khat": pareto_k(finite),
+            "elbo": float(finite.mean()), "nonfinite": int(n - finite.numel()), "n": n}  # fmt: skip
+
+
+def evidence_flow_worker(cfg):
+    """One flow on horseshoe_nci60 trained by ``fit`` until ``budget_s`` seconds of process CPU time (one
+    thread): a 3-step probe times a step, then a cosine schedule over the steps that fit the rest of the budget
+    (the callback stops it at the budget). IS statistics of ``is_n`` fresh draws, their CPU time apart."""
+    from flowvi.flows.realnvp import realnvp
+    from flowvi.training.loop import TrainConfig, fit
+
+    set_threads(cfg)
+    target = _evidence_target(cfg, "float32")
+    options, train = EVIDENCE_FLOWS[cfg["variant"]]
+    options = dict(options)
+    if options.pop("hierarchical", False):
+        options["hierarchy"] = target.hierarchy()
+    flow = realnvp(target.dim, layers=cfg["layers"], hidden=cfg["hidden"], seed=cfg["seed"], **options)
+    c0, w0, state = time.process_time(), time.perf_counter(), {"steps": 0}
+
+    def callback(st, _metrics):
+        state["steps"] = state["base"] + st.step
+        if time.process_time() - c0 >= cfg["budget_s"]:
+            raise _Stop
+
+    common = {"batch_size": cfg["batch"], "lr": cfg["lr"], "log_every": 1, "checkpoint_every": 10**9, **train}
+    status = "ok"
+    try:
+        state["base"] = 0
+        fit(flow, target, TrainConfig(steps=3, schedule="constant", **common), progress=False, callback=callback)
+        probe = (time.process_time() - c0) / 3
+        state["base"], rest = 3, cfg["budget_s"] - (time.process_time() - c0)
+        steps = max(int(rest / probe), 1)
+        fit(flow, target, TrainConfig(steps=steps, schedule="cosine", **common), progress=False, callback=callback)
+    except _Stop:
+        pass
+    except Exception as e:  # a diverged run (TrainingDiverged) or FAB's failure: recorded, not fatal
+        status = f"{type(e).__name__}: {str(e)[:200]}"
+    train_cpu, train_wall = time.process_time() - c0, time.perf_counter() - w0
+    c1 = time.process_time()
+    stats = _is_stats(flow, target, cfg["is_n"])
+    return {
+        **cfg, "side": "flow", "status": status, "steps": state["steps"], "train_cpu_s": train_cpu,
+        "train_wall_s": train_wall, "eval_cpu_s": time.process_time() - c1, **stats,
+        "params": sum(p.numel() for p in flow.parameters() if p.requires_grad),
+    }  # fmt: skip
+
+
+def evidence_smc_worker(cfg):
+    """flowvi's tempered SMC (``samplers/smc.py``, float64) on the same target; its process CPU time."""
+    from flowvi.samplers.smc import run_smc
+
+    set_threads(cfg)
+    target = _evidence_target(cfg, "float64")
+    c0, w0 = time.process_time(), time.perf_counter()
+    r = run_smc(target, particles=cfg["particles"], moves=cfg["moves"], seed=cfg["seed"])
+    return {
+        **cfg, "side": "smc", "log_z": r["log_z"], "stages": len(r["temperatures"]) - 1,
+        "train_cpu_s": time.process_time() - c0, "train_wall_s": time.perf_counter() - w0,
+        "acceptance": statistics.mean(r["acceptance"]) if r["acceptance"] else None,
+    }  # fmt: skip
+
+
+def part_evidence(args):
+    rows = []
+    common = {"p": args.evidence_p, "threads": args.threads, "seed": 0, "budget_s": args.evidence_seconds}
+    timeout = args.evidence_seconds * 4 + 600
+    for variant in args.evidence_flows:
+        cfg = {**common, "variant": variant, "layers": args.evidence_layers, "hidden": args.evidence_hidden,
+               "batch": args.evidence_batch, "lr": 1e-3, "is_n": args.evidence_is_n}  # fmt: skip
+        rows.append(run_worker("evidence_flow", cfg, timeout=timeout))
+        print(_evidence_line(rows[-1]), flush=True)
+    for seed in range(args.smc_seeds):
+        cfg = {**common, "seed": seed, "particles": args.smc_particles, "moves": args.smc_moves, "variant": "smc"}
+        rows.append(run_worker("evidence_smc", cfg, timeout=timeout))
+        print(_evidence_line(rows[-1]), flush=True)
+    smc = [r["log_z"] for r in rows if r.get("side") == "smc" and "error" not in r]
+    summary = {"smc_log_z_mean": statistics.mean(smc) if smc else None}
+    for r in rows:
+        if r.get("side") == "flow" and "error" not in r and smc:
+            summary[r["variant"]] = {"log_z_minus_smc": r["log_z"] - statistics.mean(smc), "khat": r["khat"]}
+    return {"rows": rows, "summary": summary}
+
+
+def _evidence_line(r):
+    if "error" in r:
+        return f"{r['variant']:20s} error: {r['error']}"
+    head = f"{r['variant']:20s} cpu {r['train_cpu_s']:7.1f} s wall {r['train_wall_s']:7.1f} s log Z {r['log_z']:9.3f}"
+    if r["side"] == "smc":
+        return f"{head} stages {r['stages']} particles {r['particles']} moves {r['moves']}"
+    return f"{head} ± {r['log_z_se']:.3f} k {r['khat']:.2f} ELBO {r['elbo']:9.3f} steps {r['steps']} {r['status']}"
+
+
 # --- command line ----------------------------------------------------------------------------------------------
 
-WORKERS = {"lattice": lattice_worker, "gmm": gmm_worker, "andrade": andrade_worker, "flowvi_vi": flowvi_vi_worker}
+WORKERS = {
+    "lattice": lattice_worker, "gmm": gmm_worker, "andrade": andrade_worker, "flowvi_vi": flowvi_vi_worker,
+    "evidence_flow": evidence_flow_worker, "evidence_smc": evidence_smc_worker,
+}  # fmt: skip
 QUICK = {
     "L": 4, "lattice_layers": 2, "lattice_channels": 4, "lattice_batch": 8, "lattice_seconds": 2.0,
     "lattice_max_steps": 3, "eval_every": 3, "eval_n": 32, "lattice_targets": ["schwinger"], "gmm_couplings": 2,
     "gmm_blocks": 1, "gmm_hidden": 16, "gmm_batch": 32, "gmm_steps": 3, "gmm_seconds": 1.0, "couplings": 2,
     "vi_seconds": 2.0, "vi_max_steps": 4, "vi_eval_every": 2, "vi_eval_n": 64, "seeds": 1, "horseshoe_d": 10,
-    "regression_d": 10,
+    "regression_d": 10, "evidence_p": 5, "evidence_layers": 2, "evidence_hidden": 16, "evidence_batch": 32,
+    "evidence_seconds": 1.0, "evidence_is_n": 256, "smc_particles": 32, "smc_moves": 2, "smc_seeds": 1,
 }  # fmt: skip
 
 
@@ -763,6 +914,20 @@ def parse(argv):
     g.add_argument("--vi-max-steps", type=int, default=10**6)
     g.add_argument("--vi-eval-every", type=int, default=100)
     g.add_argument("--vi-eval-n", type=int, default=2048)
+    g.add_argument("--andrade-seeds", type=int, help="seeds of his code in the ablation (default: --seeds)")
+    g.add_argument("--andrade-max-steps", type=int, help="his steps per ablation run (default: --vi-max-steps)")
+    g.add_argument("--vi-lr", type=float, default=1e-4, help="Adam's learning rate on both codes (his: 1e-4)")
+    g = p.add_argument_group("evidence (horseshoe_nci60: flowvi's flows against its SMC at equal CPU time)")
+    g.add_argument("--evidence-p", type=int, default=2000, help="genes p (target dimension 2p + 2)")
+    g.add_argument("--evidence-flows", nargs="+", choices=list(EVIDENCE_FLOWS), default=list(EVIDENCE_FLOWS))
+    g.add_argument("--evidence-layers", type=int, default=8)
+    g.add_argument("--evidence-hidden", type=int, default=256)
+    g.add_argument("--evidence-batch", type=int, default=256)
+    g.add_argument("--evidence-seconds", type=float, default=300.0, help="process CPU seconds of training per flow")
+    g.add_argument("--evidence-is-n", type=int, default=8192, help="importance draws of each flow's log Z")
+    g.add_argument("--smc-particles", type=int, default=2000)
+    g.add_argument("--smc-moves", type=int, default=20)
+    g.add_argument("--smc-seeds", type=int, default=1)
     args = p.parse_args(argv)
     known = [f"{side}:{estimator}" for side, estimator in RUNS_LATTICE]
     for run in args.lattice_runs or ():
@@ -771,7 +936,8 @@ def parse(argv):
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
-        IN_PROCESS.update({"lattice", "flowvi_vi"})  # flowvi's and neumc's code: no global settings changed
+        # flowvi's and neumc's code: no global settings changed
+        IN_PROCESS.update({"lattice", "flowvi_vi", "evidence_flow", "evidence_smc"})
     return args
 
 
