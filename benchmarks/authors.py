@@ -777,7 +777,7 @@ def _is_stats(flow, target, n, chunk=1024):
 
 def evidence_flow_worker(cfg):
     """One flow on horseshoe_nci60 trained by ``fit`` until ``budget_s`` seconds of process CPU time (one
-    thread): a 3-step probe times a step, then a cosine schedule over the steps that fit the rest of the budget
+    thread): a 5-step probe times a step, then a cosine schedule over the steps that fit the rest of the budget
     (the callback stops it at the budget). IS statistics of ``is_n`` fresh draws, their CPU time apart."""
     from flowvi.flows.realnvp import realnvp
     from flowvi.training.loop import TrainConfig, fit
@@ -789,21 +789,21 @@ def evidence_flow_worker(cfg):
     if options.pop("hierarchical", False):
         options["hierarchy"] = target.hierarchy()
     flow = realnvp(target.dim, layers=cfg["layers"], hidden=cfg["hidden"], seed=cfg["seed"], **options)
-    c0, w0, state = time.process_time(), time.perf_counter(), {"steps": 0}
+    c0, w0, state = time.process_time(), time.perf_counter(), {"steps": 0, "base": 0, "ticks": []}
 
     def callback(st, _metrics):
         state["steps"] = state["base"] + st.step
+        state["ticks"].append(time.process_time())
         if time.process_time() - c0 >= cfg["budget_s"]:
             raise _Stop
 
     common = {"batch_size": cfg["batch"], "lr": cfg["lr"], "log_every": 1, "checkpoint_every": 10**9, **train}
     status = "ok"
-    try:
-        state["base"] = 0
-        fit(flow, target, TrainConfig(steps=3, schedule="constant", **common), progress=False, callback=callback)
-        probe = (time.process_time() - c0) / 3
-        state["base"], rest = 3, cfg["budget_s"] - (time.process_time() - c0)
-        steps = max(int(rest / probe), 1)
+    try:  # the probe's step time from its last steps (its first carries fit's set-up)
+        fit(flow, target, TrainConfig(steps=5, schedule="constant", **common), progress=False, callback=callback)
+        probe = (state["ticks"][-1] - state["ticks"][1]) / (len(state["ticks"]) - 2)
+        state["base"], rest = 5, cfg["budget_s"] - (time.process_time() - c0)
+        steps = max(int(1.05 * rest / probe), 1)  # a little over: the callback ends it at the budget
         fit(flow, target, TrainConfig(steps=steps, schedule="cosine", **common), progress=False, callback=callback)
     except _Stop:
         pass
