@@ -302,6 +302,28 @@ def _lattice_summary(rows):
             out[target]["time_to_ess_ratio"] = out[target]["flowvi_best_reached_s"] / ref["reached_s"]
         elif reached:  # neumc-REINFORCE spent its whole budget short of the target: the ratio is at most this
             out[target]["time_to_ess_ratio_at_most"] = out[target]["flowvi_best_reached_s"] / ref["train_s"]
+        out[target]["smoothed"] = _smoothed_race(ref, ours)
+    return out
+
+
+def first_passage(curve, level, window=5):
+    """Training time at which the mean ESS of ``window`` consecutive evaluations first reaches ``level`` (one
+    evaluation of a few hundred draws is noisy near the floor), or None."""
+    for i in range(len(curve) - window + 1):
+        if statistics.mean(c["ess"] for c in curve[i : i + window]) >= level:
+            return curve[i + window - 1]["train_s"]
+    return None
+
+
+def _smoothed_race(ref, ours, levels=(0.01, 0.015, 0.02, 0.03)):
+    """Per ESS level: neumc-REINFORCE's and flowvi's best first-passage times and their ratio."""
+    out = {}
+    for level in levels:
+        theirs = first_passage(ref["curve"], level)
+        mine = min((t for t in (first_passage(r["curve"], level) for r in ours) if t is not None), default=None)
+        out[str(level)] = {"neumc_reinforce_s": theirs, "flowvi_best_s": mine}
+        if mine is not None:  # neumc short of the level within its budget: the ratio is at most mine / budget
+            out[str(level)]["ratio" if theirs else "ratio_at_most"] = mine / (theirs or ref["train_s"])
     return out
 
 
