@@ -8,7 +8,8 @@ Parts (``--parts``, each writes ``<out>/authors_<part>.json`` and prints a table
   ``--lattice-channels``) with Adam, no clipping, the same batch and learning rate; neumc steps with its own
   ``train_step`` and losses (``REINFORCE_loss``, ``rt_loss``), flowvi with its estimators (eager). Per run: median
   time per step, peak resident memory above the built model (``ru_maxrss``), and the training time (clock
-  stopped while evaluating) until the normalized ESS of ``--eval-n`` fresh draws reaches ``--ess-target``.
+  stopped while evaluating; ``--lattice-clock cpu``: process CPU time) until the normalized ESS of ``--eval-n``
+  fresh draws reaches ``--ess-target``, and when a 5-evaluation mean first reaches a few lower ESS levels.
 * ``path``: path gradients against unified-path-gradients' ``fastPathQP`` (Vaitl et al., arXiv 2403.15881;
   an extracted checkout given by ``--upg-dir`` or ``FLOWVI_UPG``) on their Gaussian mixture (6-d, 64 modes at
   +-1, covariance 0.5 I): their RealNVP (``NormAltFCS``) against flowvi's Real NVP of the same depth and width;
@@ -19,12 +20,15 @@ Parts (``--parts``, each writes ``<out>/authors_<part>.json`` and prints a table
   float64); ELBO and IS log Z of the running model after equal wall time, and flowvi's time to his final ELBO.
 * ``ablation``: the paper's phenomenon on the synthetic horseshoe logistic regression: standard Real NVP at the
   paper's settings (no clamp, no LOFT, no gradient clipping) against the stabilized one, over ``--seeds``;
-  runs that diverge (non-finite loss or a training stop), ELBO and IS log Z. With ``--andrade-dir`` also his
-  ``standard`` and ``proposed`` methods on the same data.
+  runs that diverge (see ``diverged``), ELBO and IS log Z. With ``--andrade-dir`` also his ``standard`` and
+  ``proposed`` methods on the same data. ``--vi-lr`` and ``--couplings`` move it off the paper's settings.
+* ``evidence``: flowvi's flows (Real NVP defaults, spline, spline + hierarchical couplings, FAB) against flowvi's
+  tempered SMC on ``horseshoe_nci60`` (d = 4002) at equal process CPU time: IS log Z, its SE and PSIS k-hat of
+  the flows, SMC's log Z.
 
 Each run is a fresh subprocess (peak memory per run; the authors' code may change global torch settings).
-All runs use ``--threads`` CPU threads. Times are wall-clock on whatever machine runs this; the numbers in
-benchmarks/RESULTS.md say which.
+All runs use ``--threads`` CPU threads. Times are wall-clock unless a part says process CPU time (one thread:
+robust to other jobs' load); the numbers in benchmarks/RESULTS.md say which machine.
 
     PYTHONPATH=src python benchmarks/authors.py --quick                 # seconds; CI runs this
     PYTHONPATH=src python benchmarks/authors.py --parts lattice --upg-dir ... --andrade-dir ...
@@ -742,6 +746,7 @@ def _ablation_summary(rows):
         out[" ".join(key)] = {
             "runs": len(rs),
             "diverged": len(rs) - len(ok),
+            "skipped_steps": [r.get("skipped") for r in rs],  # None: flowvi stopped the run (most steps non-finite)
             "elbo_median": statistics.median([r["curve"][-1]["elbo"] for r in ok]) if ok else None,
             "log_z_median": statistics.median([r["curve"][-1]["log_z"] for r in ok]) if ok else None,
         }
