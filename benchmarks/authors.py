@@ -962,7 +962,7 @@ def parse(argv):
     g.add_argument("--vi-lr", type=float, default=1e-4, help="Adam's learning rate on both codes (his: 1e-4)")
     g = p.add_argument_group("evidence (horseshoe_nci60: flowvi's flows against its SMC at equal CPU time)")
     g.add_argument("--evidence-p", type=int, default=2000, help="genes p (target dimension 2p + 2)")
-    g.add_argument("--evidence-flows", nargs="+", choices=list(EVIDENCE_FLOWS), default=list(EVIDENCE_FLOWS))
+    g.add_argument("--evidence-flows", nargs="*", choices=list(EVIDENCE_FLOWS), default=list(EVIDENCE_FLOWS))
     g.add_argument("--evidence-layers", type=int, default=8)
     g.add_argument("--evidence-hidden", type=int, default=256)
     g.add_argument("--evidence-batch", type=int, default=256)
