@@ -8,7 +8,8 @@ Parts (``--parts``, each writes ``<out>/authors_<part>.json`` and prints a table
   ``--lattice-channels``) with Adam, no clipping, the same batch and learning rate; neumc steps with its own
   ``train_step`` and losses (``REINFORCE_loss``, ``rt_loss``), flowvi with its estimators (eager). Per run: median
   time per step, peak resident memory above the built model (``ru_maxrss``), and the training time (clock
-  stopped while evaluating) until the normalized ESS of ``--eval-n`` fresh draws reaches ``--ess-target``.
+  stopped while evaluating; ``--lattice-clock cpu``: process CPU time) until the normalized ESS of ``--eval-n``
+  fresh draws reaches ``--ess-target``, and when a 5-evaluation mean first reaches a few lower ESS levels.
 * ``path``: path gradients against unified-path-gradients' ``fastPathQP`` (Vaitl et al., arXiv 2403.15881;
   an extracted checkout given by ``--upg-dir`` or ``FLOWVI_UPG``) on their Gaussian mixture (6-d, 64 modes at
   +-1, covariance 0.5 I): their RealNVP (``NormAltFCS``) against flowvi's Real NVP of the same depth and width;
@@ -19,12 +20,15 @@ Parts (``--parts``, each writes ``<out>/authors_<part>.json`` and prints a table
   float64); ELBO and IS log Z of the running model after equal wall time, and flowvi's time to his final ELBO.
 * ``ablation``: the paper's phenomenon on the synthetic horseshoe logistic regression: standard Real NVP at the
   paper's settings (no clamp, no LOFT, no gradient clipping) against the stabilized one, over ``--seeds``;
-  runs that diverge (non-finite loss or a training stop), ELBO and IS log Z. With ``--andrade-dir`` also his
-  ``standard`` and ``proposed`` methods on the same data.
+  runs that diverge (see ``diverged``), ELBO and IS log Z. With ``--andrade-dir`` also his ``standard`` and
+  ``proposed`` methods on the same data. ``--vi-lr`` and ``--couplings`` move it off the paper's settings.
+* ``evidence``: flowvi's flows (Real NVP defaults, spline, spline + hierarchical couplings, FAB) against flowvi's
+  tempered SMC on ``horseshoe_nci60`` (d = 4002) at equal process CPU time: IS log Z, its SE and PSIS k-hat of
+  the flows, SMC's log Z.
 
 Each run is a fresh subprocess (peak memory per run; the authors' code may change global torch settings).
-All runs use ``--threads`` CPU threads. Times are wall-clock on whatever machine runs this; the numbers in
-benchmarks/RESULTS.md say which.
+All runs use ``--threads`` CPU threads. Times are wall-clock unless a part says process CPU time (one thread:
+robust to other jobs' load); the numbers in benchmarks/RESULTS.md say which machine.
 
     PYTHONPATH=src python benchmarks/authors.py --quick                 # seconds; CI runs this
     PYTHONPATH=src python benchmarks/authors.py --parts lattice --upg-dir ... --andrade-dir ...
@@ -45,7 +49,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("lattice", "path", "realnvp", "ablation")
+PARTS = ("lattice", "path", "realnvp", "ablation", "evidence")
 
 
 # --- plumbing --------------------------------------------------------------------------------------------------
@@ -85,32 +89,38 @@ def run_worker(kind: str, cfg: dict, timeout: float, cwd=None, paths=()) -> dict
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def race(step, evaluate, *, budget_s, max_steps, eval_every, warmup=2, goal=None):
+def race(step, evaluate, *, budget_s, max_steps, eval_every, warmup=2, goal=None, clock="wall"):
     """Train with ``step()`` (returns False for a skipped, non-finite step) until ``max_steps`` or ``budget_s``
     seconds of training; every ``eval_every`` steps call ``evaluate()`` with the clock stopped. ``goal``
-    ``(key, value)``: also stop, recording the training time, once ``evaluate()[key] >= value``."""
-    times, curve, train_s, skipped, reached = [], [], 0.0, 0, None
+    ``(key, value)``: also stop, recording the training time, once ``evaluate()[key] >= value``. ``clock``:
+    ``wall`` or ``cpu`` (process CPU time: with one thread, robust to other jobs' load) times the budget, the
+    steps and the goal; the other is recorded beside it (``train_wall_s``, ``train_cpu_s``)."""
+    times, curve, train, other, skipped, reached = [], [], 0.0, 0.0, 0, None
+    now, then = (time.process_time, time.perf_counter) if clock == "cpu" else (time.perf_counter, time.process_time)
     n = 0
-    while n < max_steps and train_s < budget_s:
-        t0 = time.perf_counter()
+    while n < max_steps and train < budget_s:
+        t0, u0 = now(), then()
         ok = step()
-        dt = time.perf_counter() - t0
+        dt = now() - t0
+        other += then() - u0
         times.append(dt)
-        train_s += dt
+        train += dt
         skipped += not ok
         n += 1
         if n % eval_every == 0 or n == max_steps:
             m = evaluate()
-            curve.append({"steps": n, "train_s": train_s, **m})
+            curve.append({"steps": n, "train_s": train, **m})
             if goal is not None and m.get(goal[0], -math.inf) >= goal[1]:
-                reached = train_s
+                reached = train
                 break
     if not curve or curve[-1]["steps"] != n:  # the budget ended between evaluations
-        curve.append({"steps": n, "train_s": train_s, **evaluate()})
+        curve.append({"steps": n, "train_s": train, **evaluate()})
     return {
+        "clock": clock,
         "step_s": statistics.median(times[warmup:] or times),
         "steps": n,
-        "train_s": train_s,
+        "train_s": train,
+        "train_cpu_s" if clock == "wall" else "train_wall_s": other,
         "skipped": skipped,
         "reached_s": reached,
         "curve": curve,
@@ -229,6 +239,7 @@ def lattice_worker(cfg):
         max_steps=cfg["max_steps"],
         eval_every=cfg["eval_every"],
         goal=("ess", cfg["ess_target"]),
+        clock=cfg.get("clock", "wall"),
     )
     out["peak_mib"] = peak_rss_mib() - base
     out["params"] = sum(p.numel() for p in module.parameters())
@@ -254,8 +265,10 @@ def part_lattice(args):
                 "channels": args.lattice_channels, "batch": args.lattice_batch, "lr": args.lattice_lr,
                 "budget_s": args.lattice_seconds, "max_steps": args.lattice_max_steps, "eval_every": args.eval_every,
                 "eval_n": args.eval_n, "ess_target": args.ess_target, "threads": args.threads, "seed": 0,
+                "clock": args.lattice_clock,
             }  # fmt: skip
-            rows.append(run_worker("lattice", cfg, timeout=args.lattice_seconds * 4 + 120))
+            slack = 10 if args.lattice_clock == "cpu" else 4  # CPU seconds pass slower than wall ones under load
+            rows.append(run_worker("lattice", cfg, timeout=args.lattice_seconds * slack + 600))
             print(_lattice_line(rows[-1]), flush=True)
     return {"rows": rows, "summary": _lattice_summary(rows)}
 
@@ -291,6 +304,30 @@ def _lattice_summary(rows):
         }
         if ref["reached_s"] and reached:
             out[target]["time_to_ess_ratio"] = out[target]["flowvi_best_reached_s"] / ref["reached_s"]
+        elif reached:  # neumc-REINFORCE spent its whole budget short of the target: the ratio is at most this
+            out[target]["time_to_ess_ratio_at_most"] = out[target]["flowvi_best_reached_s"] / ref["train_s"]
+        out[target]["smoothed"] = _smoothed_race(ref, ours)
+    return out
+
+
+def first_passage(curve, level, window=5):
+    """Training time at which the mean ESS of ``window`` consecutive evaluations first reaches ``level`` (one
+    evaluation of a few hundred draws is noisy near the floor), or None."""
+    for i in range(len(curve) - window + 1):
+        if statistics.mean(c["ess"] for c in curve[i : i + window]) >= level:
+            return curve[i + window - 1]["train_s"]
+    return None
+
+
+def _smoothed_race(ref, ours, levels=(0.01, 0.015, 0.02, 0.03)):
+    """Per ESS level: neumc-REINFORCE's and flowvi's best first-passage times and their ratio."""
+    out = {}
+    for level in levels:
+        theirs = first_passage(ref["curve"], level)
+        mine = min((t for t in (first_passage(r["curve"], level) for r in ours) if t is not None), default=None)
+        out[str(level)] = {"neumc_reinforce_s": theirs, "flowvi_best_s": mine}
+        if mine is not None:  # neumc short of the level within its budget: the ratio is at most mine / budget
+            out[str(level)]["ratio" if theirs else "ratio_at_most"] = mine / (theirs or ref["train_s"])
     return out
 
 
@@ -477,7 +514,11 @@ def andrade_worker(cfg):
         nfm.eval()
         with torch.no_grad():
             z, log_q = nfm.sample(cfg["eval_n"])
-            stats = log_weight_stats(nfm.p.log_prob(z) - log_q)
+            ok = torch.isfinite(z).all(-1)  # his target asserts on NaN draws: a NaN draw weighs zero
+            log_w = torch.full_like(log_q, -math.inf)
+            if ok.any():
+                log_w[ok] = nfm.p.log_prob(z[ok]) - log_q[ok]
+            stats = log_weight_stats(log_w)
         nfm.train()
         return stats
 
@@ -485,7 +526,7 @@ def andrade_worker(cfg):
     core.tqdm = clock
     steps = cfg["max_steps"]
     done, _ = core.train(
-        nfm, steps, None, 10**9, learning_rate=10 ** (-args.lr_exp), record_stats=False, num_samples=cfg["batch"],
+        nfm, steps, None, 10**9, learning_rate=cfg["lr"], record_stats=False, num_samples=cfg["batch"],
         divergence=args.divergence, annealing=False, redGradVarEst=args.redGradVarEst, cushion_t=args.loft_t,
         opt=args.opt, l2_strength=0.0, l2_clip_norm=None,
     )  # fmt: skip
@@ -502,7 +543,7 @@ def andrade_worker(cfg):
         "curve": clock.curve,
         "exact_log_z": exact,
         "params": sum(p.numel() for p in nfm.parameters() if p.requires_grad),
-        "lr": 10 ** (-args.lr_exp),
+        "his_default_lr": 10 ** (-args.lr_exp),
     }
 
 
@@ -603,7 +644,7 @@ def flowvi_vi_worker(cfg):
 
 def _vi_common(args, data, d, seed):
     return {
-        "data": data, "d": d, "fold": 1, "couplings": args.couplings, "hidden": 100, "batch": 256, "lr": 1e-4,
+        "data": data, "d": d, "fold": 1, "couplings": args.couplings, "hidden": 100, "batch": 256, "lr": args.vi_lr,
         "eval_n": args.vi_eval_n, "threads": args.threads, "seed": seed, "budget_s": args.vi_seconds,
         "max_steps": args.vi_max_steps, "eval_every": args.vi_eval_every,
         "andrade_dir": str(args.andrade_dir) if args.andrade_dir else None,
@@ -656,27 +697,45 @@ ABLATION = (  # name, clamp, LOFT, gradient clipping: the paper's standard Real 
 )
 
 
+def _partial(args, part, rows):
+    """The rows so far, in ``<out>/authors_<part>.partial.json`` (a long run stopped early keeps its rows)."""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"authors_{part}.partial.json").write_text(json.dumps({"rows": rows}, indent=1))
+
+
 def part_ablation(args):
     rows = []
-    for seed in range(args.seeds):
+    his_seeds = args.seeds if args.andrade_seeds is None else args.andrade_seeds
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         common = _vi_common(args, "horseshoe", args.horseshoe_d, seed)
         for name, clamp, loft, clip in ABLATION:
             rows.append(_run_flowvi({**common, "variant": name, "clamp": clamp, "loft": loft, "clip": clip}, args))
             print(_vi_line(rows[-1]), flush=True)
-        if args.andrade_dir:
+            _partial(args, "ablation", rows)
+        if args.andrade_dir and seed < args.first_seed + his_seeds:
+            steps = args.andrade_max_steps or common["max_steps"]
             for method in ("standard", "proposed"):
-                rows.append(_run_andrade({**common, "method": method, "variant": method}, args))
+                rows.append(_run_andrade({**common, "method": method, "variant": method, "max_steps": steps}, args))
                 print(_vi_line(rows[-1]), flush=True)
+                _partial(args, "ablation", rows)
     return {"rows": rows, "summary": _ablation_summary(rows)}
 
 
+#: nats: a final ELBO this far below the run's best evaluated ELBO is a collapse (the unclamped scales overflow)
+COLLAPSE_NATS = 1e3
+
+
 def diverged(r) -> bool:
-    """A run diverges when it errs, flowvi stops it, half its steps are skipped or its final ELBO is not finite."""
+    """A run diverges when it errs, flowvi stops it, half its steps are skipped, its final ELBO is not finite,
+    it drew non-finite samples in its last evaluation, or its ELBO collapsed (``COLLAPSE_NATS`` below its best)."""
     if "error" in r or r.get("status", "ok") != "ok":
         return True
     last = r["curve"][-1]
     skipped = r.get("skipped") or 0
-    return not math.isfinite(last["elbo"]) or skipped > 0.5 * max(r["steps"] or 1, 1)
+    best = max((c["elbo"] for c in r["curve"] if math.isfinite(c["elbo"])), default=-math.inf)
+    collapsed = last["elbo"] < best - COLLAPSE_NATS
+    nonfinite = last.get("nonfinite", 0) > 0
+    return not math.isfinite(last["elbo"]) or skipped > 0.5 * max(r["steps"] or 1, 1) or collapsed or nonfinite
 
 
 def _ablation_summary(rows):
@@ -687,6 +746,7 @@ def _ablation_summary(rows):
         out[" ".join(key)] = {
             "runs": len(rs),
             "diverged": len(rs) - len(ok),
+            "skipped_steps": [r.get("skipped") for r in rs],  # None: flowvi stopped the run (most steps non-finite)
             "elbo_median": statistics.median([r["curve"][-1]["elbo"] for r in ok]) if ok else None,
             "log_z_median": statistics.median([r["curve"][-1]["log_z"] for r in ok]) if ok else None,
         }
@@ -707,15 +767,145 @@ def _vi_line(r):
     )
 
 
+# --- part evidence: flowvi's flows against flowvi's tempered SMC at equal CPU time -----------------------------
+
+EVIDENCE_FLOWS = {  # name: (realnvp options beyond its defaults, TrainConfig options beyond flowvi's defaults)
+    "realnvp": ({}, {}),
+    "spline": ({"spline": True}, {}),
+    "spline+hierarchical": ({"spline": True, "hierarchical": True}, {}),
+    "fab": ({}, {"estimator": "fab"}),
+}
+
+
+def _evidence_target(cfg, dtype):
+    import torch
+
+    from flowvi.targets import make_target
+
+    return make_target("horseshoe_nci60", p=cfg["p"]).to(torch.float32 if dtype == "float32" else torch.float64)
+
+
+def _is_stats(flow, target, n, chunk=1024):
+    """IS log Z (and its SE), normalized ESS and PSIS k-hat of ``n`` fresh draws, in float64."""
+    import torch
+
+    from flowvi.diagnostics.importance import log_evidence, normalized_ess, pareto_k
+
+    parts = []
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            x, log_q = flow.sample_and_log_prob(min(chunk, n - i))
+            parts.append((target.log_prob(x).double() - log_q.double()).cpu())
+    log_w = torch.cat(parts)
+    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+    log_z, se = log_evidence(log_w)
+    finite = log_w[torch.isfinite(log_w)]
+    return {"log_z": log_z, "log_z_se": se, "ess": normalized_ess(log_w), "khat": pareto_k(finite),
+            "elbo": float(finite.mean()), "nonfinite": int(n - finite.numel()), "n": n}  # fmt: skip
+
+
+def evidence_flow_worker(cfg):
+    """One flow on horseshoe_nci60 trained by ``fit`` until ``budget_s`` seconds of process CPU time (one
+    thread): a 5-step probe times a step, then a cosine schedule over the steps that fit the rest of the budget
+    (the callback stops it at the budget). IS statistics of ``is_n`` fresh draws, their CPU time apart."""
+    from flowvi.flows.realnvp import realnvp
+    from flowvi.training.loop import TrainConfig, fit
+
+    set_threads(cfg)
+    target = _evidence_target(cfg, "float32")
+    options, train = EVIDENCE_FLOWS[cfg["variant"]]
+    options = dict(options)
+    if options.pop("hierarchical", False):
+        options["hierarchy"] = target.hierarchy()
+    flow = realnvp(target.dim, layers=cfg["layers"], hidden=cfg["hidden"], seed=cfg["seed"], **options)
+    c0, w0, state = time.process_time(), time.perf_counter(), {"steps": 0, "base": 0, "ticks": []}
+
+    def callback(st, _metrics):
+        state["steps"] = state["base"] + st.step
+        state["ticks"].append(time.process_time())
+        if time.process_time() - c0 >= cfg["budget_s"]:
+            raise _Stop
+
+    common = {"batch_size": cfg["batch"], "lr": cfg["lr"], "log_every": 1, "checkpoint_every": 10**9, **train}
+    status = "ok"
+    try:  # the probe's step time from its last steps (its first carries fit's set-up)
+        fit(flow, target, TrainConfig(steps=5, schedule="constant", **common), progress=False, callback=callback)
+        probe = (state["ticks"][-1] - state["ticks"][1]) / (len(state["ticks"]) - 2)
+        state["base"], rest = 5, cfg["budget_s"] - (time.process_time() - c0)
+        steps = max(int(1.05 * rest / probe), 1)  # a little over: the callback ends it at the budget
+        fit(flow, target, TrainConfig(steps=steps, schedule="cosine", **common), progress=False, callback=callback)
+    except _Stop:
+        pass
+    except Exception as e:  # a diverged run (TrainingDiverged) or FAB's failure: recorded, not fatal
+        status = f"{type(e).__name__}: {str(e)[:200]}"
+    train_cpu, train_wall = time.process_time() - c0, time.perf_counter() - w0
+    c1 = time.process_time()
+    stats = _is_stats(flow, target, cfg["is_n"])
+    return {
+        **cfg, "side": "flow", "status": status, "steps": state["steps"], "train_cpu_s": train_cpu,
+        "train_wall_s": train_wall, "eval_cpu_s": time.process_time() - c1, **stats,
+        "params": sum(p.numel() for p in flow.parameters() if p.requires_grad),
+    }  # fmt: skip
+
+
+def evidence_smc_worker(cfg):
+    """flowvi's tempered SMC (``samplers/smc.py``, float64) on the same target; its process CPU time."""
+    from flowvi.samplers.smc import run_smc
+
+    set_threads(cfg)
+    target = _evidence_target(cfg, "float64")
+    c0, w0 = time.process_time(), time.perf_counter()
+    r = run_smc(target, particles=cfg["particles"], moves=cfg["moves"], seed=cfg["seed"])
+    return {
+        **cfg, "side": "smc", "log_z": r["log_z"], "stages": len(r["temperatures"]) - 1,
+        "train_cpu_s": time.process_time() - c0, "train_wall_s": time.perf_counter() - w0,
+        "acceptance": statistics.mean(r["acceptance"]) if r["acceptance"] else None,
+    }  # fmt: skip
+
+
+def part_evidence(args):
+    rows = []
+    common = {"p": args.evidence_p, "threads": args.threads, "seed": 0, "budget_s": args.evidence_seconds}
+    timeout = args.evidence_seconds * 4 + 600
+    for variant in args.evidence_flows:
+        cfg = {**common, "variant": variant, "layers": args.evidence_layers, "hidden": args.evidence_hidden,
+               "batch": args.evidence_batch, "lr": 1e-3, "is_n": args.evidence_is_n}  # fmt: skip
+        rows.append(run_worker("evidence_flow", cfg, timeout=timeout))
+        print(_evidence_line(rows[-1]), flush=True)
+    for seed in range(args.smc_seeds):
+        cfg = {**common, "seed": seed, "particles": args.smc_particles, "moves": args.smc_moves, "variant": "smc"}
+        rows.append(run_worker("evidence_smc", cfg, timeout=timeout))
+        print(_evidence_line(rows[-1]), flush=True)
+    smc = [r["log_z"] for r in rows if r.get("side") == "smc" and "error" not in r]
+    summary = {"smc_log_z_mean": statistics.mean(smc) if smc else None}
+    for r in rows:
+        if r.get("side") == "flow" and "error" not in r and smc:
+            summary[r["variant"]] = {"log_z_minus_smc": r["log_z"] - statistics.mean(smc), "khat": r["khat"]}
+    return {"rows": rows, "summary": summary}
+
+
+def _evidence_line(r):
+    if "error" in r:
+        return f"{r['variant']:20s} error: {r['error']}"
+    head = f"{r['variant']:20s} cpu {r['train_cpu_s']:7.1f} s wall {r['train_wall_s']:7.1f} s log Z {r['log_z']:9.3f}"
+    if r["side"] == "smc":
+        return f"{head} stages {r['stages']} particles {r['particles']} moves {r['moves']}"
+    return f"{head} ± {r['log_z_se']:.3f} k {r['khat']:.2f} ELBO {r['elbo']:9.3f} steps {r['steps']} {r['status']}"
+
+
 # --- command line ----------------------------------------------------------------------------------------------
 
-WORKERS = {"lattice": lattice_worker, "gmm": gmm_worker, "andrade": andrade_worker, "flowvi_vi": flowvi_vi_worker}
+WORKERS = {
+    "lattice": lattice_worker, "gmm": gmm_worker, "andrade": andrade_worker, "flowvi_vi": flowvi_vi_worker,
+    "evidence_flow": evidence_flow_worker, "evidence_smc": evidence_smc_worker,
+}  # fmt: skip
 QUICK = {
     "L": 4, "lattice_layers": 2, "lattice_channels": 4, "lattice_batch": 8, "lattice_seconds": 2.0,
     "lattice_max_steps": 3, "eval_every": 3, "eval_n": 32, "lattice_targets": ["schwinger"], "gmm_couplings": 2,
     "gmm_blocks": 1, "gmm_hidden": 16, "gmm_batch": 32, "gmm_steps": 3, "gmm_seconds": 1.0, "couplings": 2,
     "vi_seconds": 2.0, "vi_max_steps": 4, "vi_eval_every": 2, "vi_eval_n": 64, "seeds": 1, "horseshoe_d": 10,
-    "regression_d": 10,
+    "regression_d": 10, "evidence_p": 5, "evidence_layers": 2, "evidence_hidden": 16, "evidence_batch": 32,
+    "evidence_seconds": 1.0, "evidence_is_n": 256, "smc_particles": 32, "smc_moves": 2, "smc_seeds": 1,
 }  # fmt: skip
 
 
@@ -744,6 +934,9 @@ def parse(argv):
     g.add_argument("--eval-n", type=int, default=256, help="draws per ESS evaluation")
     g.add_argument("--ess-target", type=float, default=0.3)
     g.add_argument(
+        "--lattice-clock", choices=["wall", "cpu"], default="wall", help="the clock of the budget and the race"
+    )
+    g.add_argument(
         "--lattice-runs", nargs="+", metavar="SIDE:ESTIMATOR", help="runs and their order (default: all, flowvi first)"
     )
     g = p.add_argument_group("path (their Gaussian mixture)")
@@ -763,6 +956,21 @@ def parse(argv):
     g.add_argument("--vi-max-steps", type=int, default=10**6)
     g.add_argument("--vi-eval-every", type=int, default=100)
     g.add_argument("--vi-eval-n", type=int, default=2048)
+    g.add_argument("--first-seed", type=int, default=0, help="the ablation's first seed")
+    g.add_argument("--andrade-seeds", type=int, help="seeds of his code in the ablation (default: --seeds)")
+    g.add_argument("--andrade-max-steps", type=int, help="his steps per ablation run (default: --vi-max-steps)")
+    g.add_argument("--vi-lr", type=float, default=1e-4, help="Adam's learning rate on both codes (his: 1e-4)")
+    g = p.add_argument_group("evidence (horseshoe_nci60: flowvi's flows against its SMC at equal CPU time)")
+    g.add_argument("--evidence-p", type=int, default=2000, help="genes p (target dimension 2p + 2)")
+    g.add_argument("--evidence-flows", nargs="*", choices=list(EVIDENCE_FLOWS), default=list(EVIDENCE_FLOWS))
+    g.add_argument("--evidence-layers", type=int, default=8)
+    g.add_argument("--evidence-hidden", type=int, default=256)
+    g.add_argument("--evidence-batch", type=int, default=256)
+    g.add_argument("--evidence-seconds", type=float, default=300.0, help="process CPU seconds of training per flow")
+    g.add_argument("--evidence-is-n", type=int, default=8192, help="importance draws of each flow's log Z")
+    g.add_argument("--smc-particles", type=int, default=2000)
+    g.add_argument("--smc-moves", type=int, default=20)
+    g.add_argument("--smc-seeds", type=int, default=1)
     args = p.parse_args(argv)
     known = [f"{side}:{estimator}" for side, estimator in RUNS_LATTICE]
     for run in args.lattice_runs or ():
@@ -771,7 +979,8 @@ def parse(argv):
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
-        IN_PROCESS.update({"lattice", "flowvi_vi"})  # flowvi's and neumc's code: no global settings changed
+        # flowvi's and neumc's code: no global settings changed
+        IN_PROCESS.update({"lattice", "flowvi_vi", "evidence_flow", "evidence_smc"})
     return args
 
 

@@ -33,6 +33,16 @@ def test_authors_benchmark_quick(tmp_path, monkeypatch):
         assert r["side"] == "flowvi" and math.isfinite(r["curve"][-1]["elbo"]), r
     assert ablation["summary"]["flowvi standard"]["runs"] == 1
     assert not bench.diverged(ablation["rows"][0]) and bench.diverged({**ablation["rows"][0], "status": "stopped"})
+    last = ablation["rows"][0]["curve"][-1]
+    collapsed = [{**last, "elbo": -10.0}, {**last, "elbo": -10.0 - 2 * bench.COLLAPSE_NATS}]
+    assert bench.diverged({**ablation["rows"][0], "curve": collapsed})
+    # the evidence part: every flow and SMC on horseshoe_nci60, timed in process CPU seconds
+    evidence = results["evidence"]
+    assert [r["variant"] for r in evidence["rows"]] == [*bench.EVIDENCE_FLOWS, "smc"]
+    for r in evidence["rows"]:
+        assert "error" not in r and r.get("status", "ok") == "ok" and math.isfinite(r["log_z"]), r
+        assert r["train_cpu_s"] > 0
+    assert set(evidence["summary"]) == {"smc_log_z_mean", *bench.EVIDENCE_FLOWS}
 
 
 def test_clock_times_the_authors_loop_and_stops_it():
