@@ -206,8 +206,8 @@ def run_job(world, device_type, job, timeout_s):
     return queue.get() if not queue.empty() else {"error": "no result"}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _add_options(p):
+    """The command line's options."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpus", type=int, default=2, help="the N of the N-process runs")
     p.add_argument("--out")
@@ -218,17 +218,10 @@ def main(argv=None):
     p.add_argument("--job-timeout", type=float, default=180.0, help="seconds before a hung job is killed")
     p.add_argument("--bucket-mb", type=float, default=25.0, help="gradient all-reduce bucket size")
     p.add_argument("--warmup", type=int)
-    args = p.parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)
-    device_type = torch.device(args.device).type
-    if device_type == "cuda" and torch.cuda.device_count() < args.gpus:
-        print(f"# only {torch.cuda.device_count()} GPU(s) here; the {args.gpus}-GPU runs are skipped")
-    configs = QUICK_CONFIGS if args.quick else CONFIGS
-    if args.configs:
-        try:
-            configs = [configs[int(i)] for i in args.configs.split(",")]
-        except (ValueError, IndexError):
-            p.error(f"--configs takes indices 0..{len(configs) - 1} separated by commas, got {args.configs!r}")
+
+
+def _checked_variants(p, args, device_type):
+    """The step variants to run (default graph,compile,fast on CUDA, eager on the CPU); unknown ones are an error."""
     variants = (args.variants or ("graph,compile,fast" if device_type == "cuda" else "eager")).split(",")
     unknown = []
     for v in variants:
@@ -241,6 +234,72 @@ def main(argv=None):
             f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)} (an overlap variant may "
             "end in @K: compiled in regions of K layers)"
         )
+    return variants
+
+
+def _run_config(config, variants, worlds, device_type, warmup, steps, args):
+    """Every variant at every world size for one configuration (d, batch, layers, hidden): {"variant/world": result}."""
+    res = {}
+    for variant in variants:
+        for world in worlds:
+            base = res.get(f"{base_variant(variant)}/1")
+            if world == 1 and base_variant(variant) != variant and base is not None and "ms" in base:
+                res[f"{variant}/1"] = {**base, "variant": variant, "same_as": base_variant(variant)}
+                continue
+            job = {**config, "variant": variant, "warmup": warmup, "steps": steps, "bucket_mb": args.bucket_mb}
+            res[f"{variant}/{world}"] = {
+                "variant": variant,
+                "world": world,
+                **run_job(world, device_type, job, args.job_timeout),
+            }
+    return res
+
+
+def _add_scaling(res):
+    """Add to each multi-process result its speed-up over the same variant and over the best one-process run."""
+    ok1 = [r for r in res.values() if r["world"] == 1 and "ms" in r]
+    best1 = max((r["samples_per_s"] for r in ok1), default=None)
+    for r in res.values():
+        if "ms" not in r or r["world"] == 1:
+            continue
+        same = res.get(f"{r['variant']}/1", {})
+        r["scaling_same_variant"] = r["samples_per_s"] / same["samples_per_s"] if "samples_per_s" in same else None
+        r["scaling_vs_best_1"] = r["samples_per_s"] / best1 if best1 else None
+
+
+def _print_table(d, batch, layers, hidden, variants, res):
+    """One configuration's results as a table."""
+    print(f"\n## d={d} B={batch}/GPU L={layers} h={hidden}")
+    w = max(10, *(len(v) for v in variants))
+    print(f"{'variant':{w}s} {'GPUs':>4s} {'ms/step':>8s} {'samples/s':>11s} {'scale':>6s} {'vs best1':>8s} graph")
+    for r in res.values():
+        if "ms" not in r:
+            print(f"{r['variant']:{w}s} {r['world']:4d} error: {r.get('error', '')[:100]}")
+            continue
+        sc = f"{r['scaling_same_variant']:6.2f}" if r.get("scaling_same_variant") else "     -"
+        sb = f"{r['scaling_vs_best_1']:8.2f}" if r.get("scaling_vs_best_1") else "       -"
+        same = f" (= {r['same_as']})" if "same_as" in r else ""
+        print(
+            f"{r['variant']:{w}s} {r['world']:4d} {r['ms']:8.3f} {r['samples_per_s']:11.0f} {sc} {sb} "
+            f"{r['graph_used']}{same}"
+        )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _add_options(p)
+    args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    device_type = torch.device(args.device).type
+    if device_type == "cuda" and torch.cuda.device_count() < args.gpus:
+        print(f"# only {torch.cuda.device_count()} GPU(s) here; the {args.gpus}-GPU runs are skipped")
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.configs:
+        try:
+            configs = [configs[int(i)] for i in args.configs.split(",")]
+        except (ValueError, IndexError):
+            p.error(f"--configs takes indices 0..{len(configs) - 1} separated by commas, got {args.configs!r}")
+    variants = _checked_variants(p, args, device_type)
     steps = args.steps or (5 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 10)
     worlds = [1, args.gpus] if device_type == "cpu" or torch.cuda.device_count() >= args.gpus else [1]
@@ -253,53 +312,13 @@ def main(argv=None):
     print(f"# {info}")
     rows = []
     for d, batch, layers, hidden in configs:
-        res = {}
-        for variant in variants:
-            for world in worlds:
-                base = res.get(f"{base_variant(variant)}/1")
-                if world == 1 and base_variant(variant) != variant and base is not None and "ms" in base:
-                    res[f"{variant}/1"] = {**base, "variant": variant, "same_as": base_variant(variant)}
-                    continue
-                job = dict(
-                    d=d,
-                    batch=batch,
-                    layers=layers,
-                    hidden=hidden,
-                    variant=variant,
-                    warmup=warmup,
-                    steps=steps,
-                    bucket_mb=args.bucket_mb,
-                )
-                res[f"{variant}/{world}"] = {
-                    "variant": variant,
-                    "world": world,
-                    **run_job(world, device_type, job, args.job_timeout),
-                }
-        ok1 = [r for r in res.values() if r["world"] == 1 and "ms" in r]
-        best1 = max((r["samples_per_s"] for r in ok1), default=None)
-        for r in res.values():
-            if "ms" not in r or r["world"] == 1:
-                continue
-            same = res.get(f"{r['variant']}/1", {})
-            r["scaling_same_variant"] = r["samples_per_s"] / same["samples_per_s"] if "samples_per_s" in same else None
-            r["scaling_vs_best_1"] = r["samples_per_s"] / best1 if best1 else None
-        rows.append({"config": {"d": d, "batch": batch, "layers": layers, "hidden": hidden}, "results": res})
+        config = {"d": d, "batch": batch, "layers": layers, "hidden": hidden}
+        res = _run_config(config, variants, worlds, device_type, warmup, steps, args)
+        _add_scaling(res)
+        rows.append({"config": config, "results": res})
         if args.out:  # after every configuration, so a run cut short keeps what it measured
             Path(args.out).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-        print(f"\n## d={d} B={batch}/GPU L={layers} h={hidden}")
-        w = max(10, *(len(v) for v in variants))
-        print(f"{'variant':{w}s} {'GPUs':>4s} {'ms/step':>8s} {'samples/s':>11s} {'scale':>6s} {'vs best1':>8s} graph")
-        for r in res.values():
-            if "ms" not in r:
-                print(f"{r['variant']:{w}s} {r['world']:4d} error: {r.get('error', '')[:100]}")
-                continue
-            sc = f"{r['scaling_same_variant']:6.2f}" if r.get("scaling_same_variant") else "     -"
-            sb = f"{r['scaling_vs_best_1']:8.2f}" if r.get("scaling_vs_best_1") else "       -"
-            same = f" (= {r['same_as']})" if "same_as" in r else ""
-            print(
-                f"{r['variant']:{w}s} {r['world']:4d} {r['ms']:8.3f} {r['samples_per_s']:11.0f} {sc} {sb} "
-                f"{r['graph_used']}{same}"
-            )
+        _print_table(d, batch, layers, hidden, variants, res)
     out = {"info": info, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))

@@ -101,6 +101,31 @@ def run(
     seed: int = 0,
     device: str = "cpu",
 ) -> dict:
+    settings = {
+        "chains": chains,
+        "warmup": warmup,
+        "rounds": rounds,
+        "local_steps": local_steps,
+        "global_steps": global_steps,
+        "train_steps": train_steps,
+        "draws": draws,
+        "thin": thin,
+        "max_leapfrog": max_leapfrog,
+        "target_accept": target_accept,
+        "flow": {
+            "layers": layers,
+            "hidden": hidden,
+            "spline": spline,
+            "hierarchical": hierarchical,
+            "dtype": "float32",
+        },
+        "batch_size": batch_size,
+        "lr": lr,
+        "buffer_size": buffer_size,
+        "match": match,
+        "max_seconds": max_seconds,
+        "seed": seed,
+    }
     target = make_target(TARGET, p=p).double()  # on the CPU: summaries and regimes
     target_dev = copy.deepcopy(target).to(device)
     t0 = time.perf_counter()
@@ -110,35 +135,63 @@ def run(
     ref_row["seconds_with_summary"] = time.perf_counter() - t0
     print(f"reference HMC: {ref_row['seconds']:.0f} s", flush=True)
 
-    torch.manual_seed(seed)  # the flow's initial parameters
-    hierarchy = target.hierarchy() if hierarchical else None
-    flow = realnvp(target.dim, layers=layers, hidden=hidden, spline=spline, hierarchy=hierarchy).to(device)  # float32
+    hybrid, r = _run_hybrid(target, target_dev, ref, settings, device)
+    # plain HMC: the same chains and warm-up; draws from the hybrid's evaluations (or its wall time)
+    if match == "evals":
+        hmc_draws = max(
+            4 * thin, round((hybrid["evaluations"] - r["warmup_gradient_evaluations"]) / ((max_leapfrog + 1) / 2))
+        )
+        hmc_seconds_cap = max_seconds
+    else:
+        hmc_draws, hmc_seconds_cap = 10**9, hybrid["seconds"]
+    hmc = _run_hmc(target, target_dev, ref, settings, device, hmc_draws, hmc_seconds_cap)
+    return {
+        "target": TARGET,
+        "params": {"p": p},
+        "dim": target.dim,
+        "settings": settings,
+        "reference": ref_row,
+        "zero_guess": zero_guess_scores(ref),
+        "rows": [hmc, hybrid],
+    }
+
+
+def _run_hybrid(target, target_dev, ref: dict, s: dict, device) -> tuple[dict, dict]:
+    """The hybrid with the settings ``s``: (its row, :func:`flowmc`'s result)."""
+    torch.manual_seed(s["seed"])  # the flow's initial parameters
+    hierarchy = target.hierarchy() if s["flow"]["hierarchical"] else None
+    flow = realnvp(
+        target.dim,
+        layers=s["flow"]["layers"],
+        hidden=s["flow"]["hidden"],
+        spline=s["flow"]["spline"],
+        hierarchy=hierarchy,
+    ).to(device)  # float32
     r = flowmc(
         target_dev,
         flow,
-        chains=chains,
-        warmup=warmup,
-        rounds=rounds,
-        local_steps=local_steps,
-        global_steps=global_steps,
-        train_steps=train_steps,
-        draws=draws,
-        thin=thin,
-        max_leapfrog=max_leapfrog,
-        target_accept=target_accept,
-        batch_size=batch_size,
-        lr=lr,
-        buffer_size=buffer_size,
-        max_seconds=max_seconds,
-        seed=seed,
+        chains=s["chains"],
+        warmup=s["warmup"],
+        rounds=s["rounds"],
+        local_steps=s["local_steps"],
+        global_steps=s["global_steps"],
+        train_steps=s["train_steps"],
+        draws=s["draws"],
+        thin=s["thin"],
+        max_leapfrog=s["max_leapfrog"],
+        target_accept=s["target_accept"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        buffer_size=s["buffer_size"],
+        max_seconds=s["max_seconds"],
+        seed=s["seed"],
     )
     hybrid_seconds = r["seconds_warmup"] + r["seconds_training"] + r["seconds_sampling"]
     hybrid = sampler_row("hybrid NF-MCMC", target, r["draws"], ref, hybrid_seconds, device)
-    evals = r["gradient_evaluations"] + r["log_prob_evaluations"]
     hybrid |= {
         "gradient_evaluations": r["gradient_evaluations"],
         "log_prob_evaluations": r["log_prob_evaluations"],
-        "evaluations": evals,
+        "evaluations": r["gradient_evaluations"] + r["log_prob_evaluations"],
         "seconds_detail": {k: r[f"seconds_{k}"] for k in ("warmup", "training", "sampling")},
         "local_accept": float(r["local_accept"].mean()),
         "global_accept": float(r["global_accept"].mean()),
@@ -160,23 +213,21 @@ def run(
         f"within 0.1 sd {hybrid['scores']['within_0.1_sd']:.3f}",
         flush=True,
     )
+    return hybrid, r
 
-    # plain HMC: the same chains and warm-up; draws from the hybrid's evaluations (or its wall time)
-    if match == "evals":
-        hmc_draws = max(4 * thin, round((evals - r["warmup_gradient_evaluations"]) / ((max_leapfrog + 1) / 2)))
-        hmc_seconds_cap = max_seconds
-    else:
-        hmc_draws, hmc_seconds_cap = 10**9, hybrid_seconds
+
+def _run_hmc(target, target_dev, ref: dict, s: dict, device, draws: int, max_seconds: float | None) -> dict:
+    """Plain adaptive HMC with the settings ``s`` and the budget (``draws``, ``max_seconds``): its row."""
     h = adaptive_hmc(
         target_dev,
-        chains=chains,
-        warmup=warmup,
-        draws=hmc_draws,
-        max_leapfrog=max_leapfrog,
-        target_accept=target_accept,
-        seed=seed,
-        thin=thin,
-        max_seconds=hmc_seconds_cap,
+        chains=s["chains"],
+        warmup=s["warmup"],
+        draws=draws,
+        max_leapfrog=s["max_leapfrog"],
+        target_accept=s["target_accept"],
+        seed=s["seed"],
+        thin=s["thin"],
+        max_seconds=max_seconds,
     )
     hmc_seconds = h["seconds_warmup"] + h["seconds_sampling"]
     hmc = sampler_row("HMC", target, h["draws"], ref, hmc_seconds, device)
@@ -191,39 +242,7 @@ def run(
         "stopped_early": bool(h["stopped_early"]),
     }
     print(f"HMC: {hmc_seconds:.0f} s, within 0.1 sd {hmc['scores']['within_0.1_sd']:.3f}", flush=True)
-    return {
-        "target": TARGET,
-        "params": {"p": p},
-        "dim": target.dim,
-        "settings": {
-            "chains": chains,
-            "warmup": warmup,
-            "rounds": rounds,
-            "local_steps": local_steps,
-            "global_steps": global_steps,
-            "train_steps": train_steps,
-            "draws": draws,
-            "thin": thin,
-            "max_leapfrog": max_leapfrog,
-            "target_accept": target_accept,
-            "flow": {
-                "layers": layers,
-                "hidden": hidden,
-                "spline": spline,
-                "hierarchical": hierarchical,
-                "dtype": "float32",
-            },
-            "batch_size": batch_size,
-            "lr": lr,
-            "buffer_size": buffer_size,
-            "match": match,
-            "max_seconds": max_seconds,
-            "seed": seed,
-        },
-        "reference": ref_row,
-        "zero_guess": zero_guess_scores(ref),
-        "rows": [hmc, hybrid],
-    }
+    return hmc
 
 
 def table(result: dict) -> str:

@@ -308,8 +308,8 @@ TRAIN_HEADER = (
 )
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _add_options(p):
+    """The command line's options: the sizes and budgets of each part, and the flow's architecture."""
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--quick", action="store_true", help="small CPU check (L = 4, 8; short budgets; no compile)")
@@ -338,25 +338,20 @@ def main(argv=None):
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", help="JSON output file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.sizes, args.fast_sizes, args.ops_size, args.u1_size = [4, 8], [8], 8, 4
-        args.batch_size = args.train_batch_size = args.ops_batch_size = 32
-        args.warmup, args.steps, args.eval_samples = 1, 3, 1024
-        args.train_seconds, args.u1_seconds = 8.0, 5.0
-        args.layers, args.channels = 8, 8
-        args.compile = False
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    start = time.perf_counter()
-    deadline = start + 60 * args.max_minutes
 
-    names = []
-    for name in args.estimators:
-        if name in ESTIMATORS:
-            names.append(name)
-        else:
-            print(f"note: estimator {name!r} is not in flowvi.objectives.estimators.ESTIMATORS; skipped")
 
+def _apply_quick(args):
+    """--quick: small sizes, short budgets, no compile (in place)."""
+    args.sizes, args.fast_sizes, args.ops_size, args.u1_size = [4, 8], [8], 8, 4
+    args.batch_size = args.train_batch_size = args.ops_batch_size = 32
+    args.warmup, args.steps, args.eval_samples = 1, 3, 1024
+    args.train_seconds, args.u1_seconds = 8.0, 5.0
+    args.layers, args.channels = 8, 8
+    args.compile = False
+
+
+def _run_ops(names, args, device, dtype):
+    """The aten operations per eager training step of each estimator, printed as they come."""
     ops = []
     if args.ops_size:
         print(f"aten operations per eager training step, L={args.ops_size}, batch {args.ops_batch_size}")
@@ -366,7 +361,11 @@ def main(argv=None):
             ops.append(r)
             if "error" not in r:
                 print(f"{name:>10} {r['ops']:>7} {r['non_view_ops']:>9}", flush=True)
+    return ops
 
+
+def _run_eager(names, args, device, dtype):
+    """The eager steps' times and peaks per size and estimator, printed as they come, and their ratios."""
     eager = []
     print(f"\neager steps, batch {args.batch_size}\n{'L':>3} {'estimator':>10} {'step [ms]':>10} {'peak [MiB]':>11}")
     for L in args.sizes:
@@ -380,7 +379,11 @@ def main(argv=None):
             print(f"{L:>3} {name:>10} {1000 * r['step_s']:>10.1f} {peak:>11}", flush=True)
     ratios, lines = ratio_lines(eager, "step_s", "eager")
     print("\n".join(lines))
+    return eager, ratios
 
+
+def _run_action(args, device, dtype):
+    """The action's time with and without its gradient per size, printed as they come."""
     action = []
     print(f"\n{'L':>3} {'action [ms]':>12} {'action+grad [ms]':>17} {'bound fwd/(fwd+bwd)':>20}")
     for L in args.sizes:
@@ -390,7 +393,11 @@ def main(argv=None):
             f"{L:>3} {1000 * r['action_s']:>12.1f} {1000 * r['action_grad_s']:>17.1f} {r['bound']:>20.2f}", flush=True
         )
     print("(bound: the REINFORCE/reparam time ratio if the flow cost nothing: action / (action + gradient))")
+    return action
 
+
+def _run_training(names, args, device, dtype, deadline):
+    """The fast-step training runs (Schwinger, then U(1)) that fit before ``deadline``: (schwinger rows, u1 rows)."""
     runs = [("schwinger", name, L, args.train_seconds, 2.0, args.compile) for L in args.fast_sizes for name in names]
     if args.u1_size:
         u1_runs = [
@@ -416,6 +423,30 @@ def main(argv=None):
                 compile_estimate = max(compile_estimate, r["compile_s"])
         (fast if target_name == "schwinger" else u1).append(r)
         print_training(r)
+    return fast, u1
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _add_options(p)
+    args = p.parse_args(argv)
+    if args.quick:
+        _apply_quick(args)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    start = time.perf_counter()
+    deadline = start + 60 * args.max_minutes
+
+    names = []
+    for name in args.estimators:
+        if name in ESTIMATORS:
+            names.append(name)
+        else:
+            print(f"note: estimator {name!r} is not in flowvi.objectives.estimators.ESTIMATORS; skipped")
+
+    ops = _run_ops(names, args, device, dtype)
+    eager, ratios = _run_eager(names, args, device, dtype)
+    action = _run_action(args, device, dtype)
+    fast, u1 = _run_training(names, args, device, dtype, deadline)
     exact = next((r["exact_plaquette"] for r in u1 if "exact_plaquette" in r), None)
     if exact is not None:
         print(f"U(1) exact plaquette {exact:.4f}")

@@ -208,36 +208,48 @@ def train_flow(
     t0 = time.perf_counter()
     fit(flow, target, TrainConfig(steps=steps, batch_size=batch, checkpoint_every=10**9, log_every=50), progress=False)
     trace = []
-    if parts & {
-        "fab",
-        "fabbuf",
-    }:  # then the mass-covering FAB objective from the reverse-KL flow (flowvi.objectives.fab)
-        cfg = TrainConfig(
-            steps=fab["steps"],
-            batch_size=batch,
-            lr=fab["lr"],
-            schedule="constant",
-            estimator="fab",
-            fab_stages=fab["stages"],
-            fab_leapfrog=fab["leapfrog"],
-            fab_buffer=fab["buffer"] if "fabbuf" in parts else 0,
-            fab_replay=fab["replay"],
-            log_every=fab["eval_every"] or 50,
-            checkpoint_every=10**9,
-        )
+    # then the mass-covering FAB objective from the reverse-KL flow (flowvi.objectives.fab)
+    if parts & {"fab", "fabbuf"}:
+        _fab_phase(flow, target, fab, "fabbuf" in parts, batch, variant, ref, trace)
+    x, coef, out = _flow_draws(flow, target, eval_n)
+    if trace:
+        out["fab_trace"] = trace
+    return x[:10_000], coef, out, time.perf_counter() - t0
 
-        cpu_target = copy.deepcopy(target).cpu().double()
 
-        def score(state, metrics):  # the FAB phase's course: regimes and shares every eval_every steps
-            if fab["eval_every"] and ref is not None:
-                _score_fab(flow, cpu_target, ref, state.step, metrics, trace, variant)
-            if fab["max_seconds"] and metrics["time"] > fab["max_seconds"]:
-                raise _TimeUp
+def _fab_phase(flow, target, fab: dict, buffer: bool, batch: int, variant: str, ref: dict | None, trace: list):
+    """FAB from the reverse-KL flow (with its replay buffer if ``buffer``), scored into ``trace`` as it goes."""
+    cfg = TrainConfig(
+        steps=fab["steps"],
+        batch_size=batch,
+        lr=fab["lr"],
+        schedule="constant",
+        estimator="fab",
+        fab_stages=fab["stages"],
+        fab_leapfrog=fab["leapfrog"],
+        fab_buffer=fab["buffer"] if buffer else 0,
+        fab_replay=fab["replay"],
+        log_every=fab["eval_every"] or 50,
+        checkpoint_every=10**9,
+    )
 
-        try:
-            fit(flow, target, cfg, progress=False, callback=score)
-        except _TimeUp:
-            print(f"  FAB {variant}: stopped by --fab-max-seconds {fab['max_seconds']}", flush=True)
+    cpu_target = copy.deepcopy(target).cpu().double()
+
+    def score(state, metrics):  # the FAB phase's course: regimes and shares every eval_every steps
+        if fab["eval_every"] and ref is not None:
+            _score_fab(flow, cpu_target, ref, state.step, metrics, trace, variant)
+        if fab["max_seconds"] and metrics["time"] > fab["max_seconds"]:
+            raise _TimeUp
+
+    try:
+        fit(flow, target, cfg, progress=False, callback=score)
+    except _TimeUp:
+        print(f"  FAB {variant}: stopped by --fab-max-seconds {fab['max_seconds']}", flush=True)
+
+
+def _flow_draws(flow, target, eval_n: int):
+    """``eval_n`` draws of the flow (float64, CPU), their coefficients and the importance statistics
+    (:data:`STAT_KEYS` and the PSIS posterior means ``is_coef_mean``)."""
     xs, coefs, log_ws = [], [], []
     with torch.no_grad():  # draws, their coefficients and importance log weights, in batches
         for start in range(0, eval_n, 5000):
@@ -252,9 +264,7 @@ def train_flow(
     w = np.exp(smoothed - smoothed[np.isfinite(smoothed)].max())
     stats["is_coef_mean"] = (w @ coef) / w.sum()
     out = {k: stats[k] if k == "is_coef_mean" else float(stats[k]) for k in (*STAT_KEYS, "is_coef_mean")}
-    if trace:
-        out["fab_trace"] = trace
-    return x[:10_000], coef, out, time.perf_counter() - t0
+    return x, coef, out
 
 
 def run(
@@ -283,19 +293,7 @@ def run(
     target = make_target(TARGET, p=p).double()
     key = {"p": p, "chains": chains, "iterations": hmc_iterations, "max_leapfrog": max_leapfrog, "thin": thin,
            "seed": seed, "max_seconds": hmc_max_seconds}  # fmt: skip
-    cache = Path(reference_cache) if reference_cache else None
-    if cache is not None and cache.exists():
-        saved = torch.load(cache, weights_only=False)
-        if saved["key"] != key:
-            raise ValueError(f"--reference-cache {cache} holds HMC with {saved['key']}, this run asks for {key}")
-        hmc, ref = saved["row"], saved["ref"]
-        print(f"HMC: read from {cache} (it ran {hmc['seconds']:.0f} s)", flush=True)
-    else:
-        hmc, ref, _ = hmc_reference(target, chains, hmc_iterations, max_leapfrog, seed, device, thin, hmc_max_seconds)
-        print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            ckpt.save_atomic({"key": key, "row": hmc, "ref": ref}, cache)
+    hmc, ref = _cached_reference(target, key, reference_cache, device)
     rows = [hmc]
     for variant in variants:
         x, coef, stats, seconds = train_flow(
@@ -320,22 +318,9 @@ def run(
             f"PSIS means within 0.1 sd {rows[-1]['psis_mean_within_0.1_sd']:.3f}",
             flush=True,
         )
-    smc = []
-    for k in range(smc_repeats):
-        r = run_smc(copy.deepcopy(target).to(device), particles=smc_particles, moves=smc_moves, seed=seed + k)
-        smc.append({"log_z": r["log_z"], "stages": len(r["temperatures"]) - 1, "seconds": r["seconds"]})
-        print(f"SMC {k}: {smc[-1]}", flush=True)
-    if smc:
-        rows.append(
-            {
-                "sampler": f"SMC {smc_particles} x {smc_moves}",
-                **regimes(target, r["samples"].cpu()),
-                "log_z": float(np.mean([s["log_z"] for s in smc])),
-                "log_z_sd": float(np.std([s["log_z"] for s in smc], ddof=1)) if len(smc) > 1 else float("nan"),
-                "runs": smc,
-                "seconds": float(np.mean([s["seconds"] for s in smc])),
-            }
-        )
+    smc = _smc_row(target, device, smc_particles, smc_moves, smc_repeats, seed)
+    if smc is not None:
+        rows.append(smc)
     return {
         "target": TARGET,
         "params": {"p": p},
@@ -344,6 +329,53 @@ def run(
         "flow": {"layers": layers, "hidden": hidden, "steps": steps, "batch_size": batch, "eval_samples": eval_samples},
         "zero_guess": zero_guess_scores(ref),
         "rows": rows,
+    }
+
+
+def _cached_reference(target, key: dict, reference_cache: str | None, device) -> tuple[dict, dict]:
+    """HMC's (row, reference summary) with the settings ``key``: read from ``reference_cache`` where it holds them
+    (another ``key`` there is an error), else run and, with a cache, saved there."""
+    cache = Path(reference_cache) if reference_cache else None
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=False)
+        if saved["key"] != key:
+            raise ValueError(f"--reference-cache {cache} holds HMC with {saved['key']}, this run asks for {key}")
+        hmc, ref = saved["row"], saved["ref"]
+        print(f"HMC: read from {cache} (it ran {hmc['seconds']:.0f} s)", flush=True)
+    else:
+        hmc, ref, _ = hmc_reference(
+            target,
+            key["chains"],
+            key["iterations"],
+            key["max_leapfrog"],
+            key["seed"],
+            device,
+            key["thin"],
+            key["max_seconds"],
+        )
+        print(f"HMC: {hmc['seconds']:.0f} s", flush=True)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.save_atomic({"key": key, "row": hmc, "ref": ref}, cache)
+    return hmc, ref
+
+
+def _smc_row(target, device, particles: int, moves: int, repeats: int, seed: int) -> dict | None:
+    """SMC ``repeats`` times (seeds seed, seed + 1, ...): the row of their log Z mean and sd (None for no runs)."""
+    smc = []
+    for k in range(repeats):
+        r = run_smc(copy.deepcopy(target).to(device), particles=particles, moves=moves, seed=seed + k)
+        smc.append({"log_z": r["log_z"], "stages": len(r["temperatures"]) - 1, "seconds": r["seconds"]})
+        print(f"SMC {k}: {smc[-1]}", flush=True)
+    if not smc:
+        return None
+    return {
+        "sampler": f"SMC {particles} x {moves}",
+        **regimes(target, r["samples"].cpu()),
+        "log_z": float(np.mean([s["log_z"] for s in smc])),
+        "log_z_sd": float(np.std([s["log_z"] for s in smc], ddof=1)) if len(smc) > 1 else float("nan"),
+        "runs": smc,
+        "seconds": float(np.mean([s["seconds"] for s in smc])),
     }
 
 

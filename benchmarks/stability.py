@@ -342,8 +342,8 @@ def report(result) -> None:
         print(f"  goal {key}: {value}")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _add_run_options(ap):
+    """Options of the run: device, output, target, part, reference, seeds and the settings' overrides."""
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="stability.json")
     ap.add_argument(
@@ -376,6 +376,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, help="override the training steps")
     ap.add_argument("--p", type=int, help="override the number of genes of horseshoe_nci60 (d = 2p + 2)")
     ap.add_argument("--smc-particles", type=int, help="override the SMC particles")
+
+
+def _add_flow_options(ap):
+    """Options of both flows and their training (base, spline, couplings, lr, clip, compile)."""
     ap.add_argument("--base", default="gaussian", choices=["gaussian", "student_t"], help="base of both flows")
     ap.add_argument("--spline", action="store_true", help="an elementwise spline after the couplings, in both flows")
     ap.add_argument(
@@ -396,6 +400,21 @@ def main(argv=None):
         help="torch.compile the training step (auto: on CUDA); false keeps the CUDA graph and skips the "
         "per-run compilation, which dominates short runs",
     )
+
+
+def _settings(args):
+    """The study's settings: QUICK or FULL, with --seeds, --steps, --p and --smc-particles over them."""
+    s = dict(QUICK if args.quick else FULL)
+    for key, name in (("seeds", "seeds"), ("steps", "steps"), ("p", "p"), ("smc_particles", "smc_particles")):
+        if getattr(args, key) is not None:
+            s[name] = getattr(args, key)
+    return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _add_run_options(ap)
+    _add_flow_options(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.merge:
@@ -405,10 +424,7 @@ def main(argv=None):
         print(f"\nwrote {out}")
         return 0
 
-    s = dict(QUICK if args.quick else FULL)
-    for key, name in (("seeds", "seeds"), ("steps", "steps"), ("p", "p"), ("smc_particles", "smc_particles")):
-        if getattr(args, key) is not None:
-            s[name] = getattr(args, key)
+    s = _settings(args)
     device = resolve_device(args.device)
     study_dir = Path(args.study_dir or out.with_suffix(""))
     study_dir.mkdir(parents=True, exist_ok=True)

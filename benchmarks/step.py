@@ -356,8 +356,8 @@ def precision_of(variant, device):
 # -------------------------------------------------------------------------------------- main
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _add_options(p):
+    """The command line's options (all of them: the run, the configurations, the variants, the peers)."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--quick", action="store_true", help="two small configurations, few steps (a CPU check)")
@@ -379,14 +379,10 @@ def main(argv=None):
         action="store_true",
         help="also print the GPU time per step of flowvi's compiled step by kind of kernel (matmul, elementwise, Adam)",
     )
-    args = p.parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)
-    device = torch.device(args.device)
-    steps = args.steps or (5 if args.quick else 30)
-    warmup = args.warmup or (4 if args.quick else 8)
-    configs = QUICK_CONFIGS if args.quick else CONFIGS
-    if args.configs:
-        configs = [configs[int(i)] for i in args.configs.split(",")]
+
+
+def _selected_variants(args, device):
+    """The flowvi variants for reparam (checked, with --estimator-variants; those with a CUDA graph only on CUDA)."""
     default_variants = "plain,graph,fast,fast-fp32,fast-bf16" if device.type == "cuda" else "plain,eager-fused,compile"
     variants = [v for v in (args.variants or default_variants).split(",") if v]
     for v in variants + args.estimator_variants.split(","):
@@ -394,6 +390,11 @@ def main(argv=None):
             raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     if device.type != "cuda":
         variants = [v for v in variants if not VARIANTS[v][1]]
+    return variants
+
+
+def _selected_estimators_and_peers(args):
+    """(estimators, notes, {peer: version}): what this flowvi and this environment have, and notes on the rest."""
     estimators, notes = [], []
     for name in args.estimators.split(","):
         if name in ESTIMATORS:
@@ -409,6 +410,116 @@ def main(argv=None):
             peers[name] = getattr(mod, "__version__", "?")
         except ImportError as e:
             notes.append(f"peer {name} not installed ({e}); skipped")
+    return estimators, notes, peers
+
+
+def _run_peers(d, batch, layers, hidden, device, peers, warmup, steps, results):
+    """Time each peer's step (float32, and TF32 on CUDA) into ``results``."""
+    for peer in peers:
+        for tf32 in (False, True) if device.type == "cuda" else (False,):
+            key = peer + ("+tf32" if tf32 else "")
+            torch.manual_seed(0)
+            base = allocated(device)
+            with matmul_precision(tf32):
+                step = PEERS[peer](d, batch, layers, hidden, device)
+                med, times, warm_s, pk, steady = time_steps(step, device, warmup, steps, base)
+            results[key] = {
+                "lib": peer,
+                "estimator": "reparam",
+                "variant": "tf32" if tf32 else "fp32",
+                "ms": med,
+                "ms_all": times,
+                "peak_bytes": pk,
+                "steady_peak_bytes": steady,
+                "precision": "tf32" if tf32 else "fp32",
+            }
+            del step
+
+
+def _run_flowvi(d, batch, layers, hidden, device, est, todo, warmup, steps, cfg_name, results):
+    """Time flowvi's ``todo`` variants for the estimator ``est`` into ``results``, with their agreement with plain."""
+    ref = None
+    for variant in todo:
+        try:
+            run = flowvi_run(d, batch, layers, hidden, device, est, variant, warmup, steps)
+        except Exception as e:  # noqa: BLE001  (report it, go on with the others)
+            results[f"flowvi/{est}/{variant}"] = {
+                "lib": "flowvi",
+                "estimator": est,
+                "variant": variant,
+                "error": f"{type(e).__name__}: {e}"[:300],
+            }
+            print(f"# flowvi {est}/{variant} failed at {cfg_name}: {type(e).__name__}: {e}"[:300])
+            continue
+        if variant == "plain":
+            ref = run
+        agree = agreement(run, ref, d) if ref is not None else {}
+        results[f"flowvi/{est}/{variant}"] = {
+            "lib": "flowvi",
+            "estimator": est,
+            "variant": variant,
+            "precision": precision_of(variant, device),
+            **{
+                k: run[k]
+                for k in ("ms", "ms_all", "warmup_s", "peak_bytes", "steady_peak_bytes", "graph_used", "notes")
+            },
+            **agree,
+        }
+
+
+def _add_rates(results, flops, peak, peers, device):
+    """Add each run's TFLOP/s and share of the peak, and for flowvi its time and memory ratios to the peers."""
+    for r in results.values():
+        if "error" in r:
+            continue
+        prec = r["precision"]
+        r["tflops"] = flops / (r["ms"] * 1e-3) / 1e12
+        r["peak_fraction"] = r["tflops"] / peak[prec] if prec in peak else None
+        if r["lib"] == "flowvi":
+            # Compare with the faster peer at the same matmul precision (bf16 against tf32 peers).
+            peer_prec = "tf32" if prec in ("tf32", "bf16") and device.type == "cuda" else "fp32"
+            peer_ms = [v["ms"] for v in results.values() if v["lib"] in peers and v["precision"] == peer_prec]
+            peer_mem = [v["peak_bytes"] for v in results.values() if v["lib"] in peers and v.get("peak_bytes")]
+            r["ratio_to_faster_peer"] = r["ms"] / min(peer_ms) if peer_ms else None
+            # Against the fastest peer run at any matmul precision: the peers' float32 runs are sometimes
+            # faster than their TF32 runs (host-bound steps), and this ratio does not flatter flowvi then.
+            any_ms = [v["ms"] for v in results.values() if v["lib"] in peers]
+            r["ratio_to_fastest_peer_any_precision"] = r["ms"] / min(any_ms) if any_ms else None
+            r["peer_precision"] = peer_prec
+            r["memory_ratio_to_lower_peer"] = r["peak_bytes"] / min(peer_mem) if peer_mem and r["peak_bytes"] else None
+            peer_steady = [v["steady_peak_bytes"] for v in results.values() if v["lib"] in peers]
+            peer_steady = [b for b in peer_steady if b]
+            r["steady_memory_ratio_to_lower_peer"] = (
+                r["steady_peak_bytes"] / min(peer_steady) if peer_steady and r.get("steady_peak_bytes") else None
+            )
+
+
+def _profile_row(d, batch, layers, hidden, device, row):
+    """Profile flowvi's compiled step at this configuration, store it in ``row`` and print it."""
+    by_cat, top = profile_step(d, batch, layers, hidden, device)
+    row["profile"] = {"by_category_ms": by_cat, "top_kernels": top}
+    total = sum(by_cat.values())
+    print(
+        f"kernel time per step (compiled, uncaptured): {total:.3f} ms = "
+        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1]))
+    )
+    for t, n, name in top:
+        print(f"  {t:7.3f} ms  {n:4.0f} calls  {name}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _add_options(p)
+    args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    device = torch.device(args.device)
+    steps = args.steps or (5 if args.quick else 30)
+    warmup = args.warmup or (4 if args.quick else 8)
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.configs:
+        configs = [configs[int(i)] for i in args.configs.split(",")]
+    variants = _selected_variants(args, device)
+    estimators, notes, peers = _selected_estimators_and_peers(args)
 
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -431,81 +542,13 @@ def main(argv=None):
         flops = matmul_flops(d, batch, layers, hidden)
         cfg_name = f"d={d} B={batch} L={layers} h={hidden}"
         results = {}
-        for peer in peers:
-            for tf32 in (False, True) if device.type == "cuda" else (False,):
-                key = peer + ("+tf32" if tf32 else "")
-                torch.manual_seed(0)
-                base = allocated(device)
-                with matmul_precision(tf32):
-                    step = PEERS[peer](d, batch, layers, hidden, device)
-                    med, times, warm_s, pk, steady = time_steps(step, device, warmup, steps, base)
-                results[key] = {
-                    "lib": peer,
-                    "estimator": "reparam",
-                    "variant": "tf32" if tf32 else "fp32",
-                    "ms": med,
-                    "ms_all": times,
-                    "peak_bytes": pk,
-                    "steady_peak_bytes": steady,
-                    "precision": "tf32" if tf32 else "fp32",
-                }
-                del step
+        _run_peers(d, batch, layers, hidden, device, peers, warmup, steps, results)
         for est in estimators:
             todo = variants if est == "reparam" else [v for v in args.estimator_variants.split(",") if v in variants]
             if "plain" not in todo:
                 todo = ["plain", *todo]
-            ref = None
-            for variant in todo:
-                try:
-                    run = flowvi_run(d, batch, layers, hidden, device, est, variant, warmup, steps)
-                except Exception as e:  # noqa: BLE001  (report it, go on with the others)
-                    results[f"flowvi/{est}/{variant}"] = {
-                        "lib": "flowvi",
-                        "estimator": est,
-                        "variant": variant,
-                        "error": f"{type(e).__name__}: {e}"[:300],
-                    }
-                    print(f"# flowvi {est}/{variant} failed at {cfg_name}: {type(e).__name__}: {e}"[:300])
-                    continue
-                if variant == "plain":
-                    ref = run
-                agree = agreement(run, ref, d) if ref is not None else {}
-                results[f"flowvi/{est}/{variant}"] = {
-                    "lib": "flowvi",
-                    "estimator": est,
-                    "variant": variant,
-                    "precision": precision_of(variant, device),
-                    **{
-                        k: run[k]
-                        for k in ("ms", "ms_all", "warmup_s", "peak_bytes", "steady_peak_bytes", "graph_used", "notes")
-                    },
-                    **agree,
-                }
-        for r in results.values():
-            if "error" in r:
-                continue
-            prec = r["precision"]
-            r["tflops"] = flops / (r["ms"] * 1e-3) / 1e12
-            r["peak_fraction"] = r["tflops"] / peak[prec] if prec in peak else None
-            if r["lib"] == "flowvi":
-                # Compare with the faster peer at the same matmul precision (bf16 against tf32 peers).
-                peer_prec = "tf32" if prec in ("tf32", "bf16") and device.type == "cuda" else "fp32"
-                peer_ms = [v["ms"] for v in results.values() if v["lib"] in peers and v["precision"] == peer_prec]
-                peer_mem = [v["peak_bytes"] for v in results.values() if v["lib"] in peers and v.get("peak_bytes")]
-                r["ratio_to_faster_peer"] = r["ms"] / min(peer_ms) if peer_ms else None
-                # Against the fastest peer run at any matmul precision: the peers' float32 runs are sometimes
-                # faster than their TF32 runs (host-bound steps), and this ratio does not flatter flowvi then.
-                any_ms = [v["ms"] for v in results.values() if v["lib"] in peers]
-                r["ratio_to_fastest_peer_any_precision"] = r["ms"] / min(any_ms) if any_ms else None
-                r["peer_precision"] = peer_prec
-                r["memory_ratio_to_lower_peer"] = (
-                    r["peak_bytes"] / min(peer_mem) if peer_mem and r["peak_bytes"] else None
-                )
-                peer_steady = [v["steady_peak_bytes"] for v in results.values() if v["lib"] in peers]
-                peer_steady = [b for b in peer_steady if b]
-                r["steady_memory_ratio_to_lower_peer"] = (
-                    r["steady_peak_bytes"] / min(peer_steady) if peer_steady and r.get("steady_peak_bytes") else None
-                )
+            _run_flowvi(d, batch, layers, hidden, device, est, todo, warmup, steps, cfg_name, results)
+        _add_rates(results, flops, peak, peers, device)
         rows.append(
             {
                 "config": {"d": d, "batch": batch, "layers": layers, "hidden": hidden},
@@ -515,15 +558,7 @@ def main(argv=None):
         )
         print_table(cfg_name, results)
         if args.profile and device.type == "cuda":
-            by_cat, top = profile_step(d, batch, layers, hidden, device)
-            rows[-1]["profile"] = {"by_category_ms": by_cat, "top_kernels": top}
-            total = sum(by_cat.values())
-            print(
-                f"kernel time per step (compiled, uncaptured): {total:.3f} ms = "
-                + ", ".join(f"{k} {v:.3f}" for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1]))
-            )
-            for t, n, name in top:
-                print(f"  {t:7.3f} ms  {n:4.0f} calls  {name}")
+            _profile_row(d, batch, layers, hidden, device, rows[-1])
         out = {"info": info, "notes": notes, "rows": rows}
         if args.out:  # after every configuration, so a run cut short keeps what it measured
             Path(args.out).write_text(json.dumps(out, indent=1))

@@ -129,8 +129,8 @@ def train_variant(p, variant, draws, args, target64, ref) -> list[dict]:
     return rows
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _add_options(ap):
+    """The command line's options."""
     ap.add_argument("--p", type=int, default=200)
     ap.add_argument("--steps", type=int, default=1500, help="reverse-KL steps")
     ap.add_argument("--lr", type=float, default=1e-3, help="reverse-KL learning rate (cosine schedule)")
@@ -154,21 +154,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a shared CPU)")
     ap.add_argument("--quick", action="store_true", help="p = 20, 200 + 200 steps, 200 HMC iterations, 20 SMC moves")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.p, args.steps, args.init_steps, args.hmc_iterations, args.smc_moves = 20, 200, 200, 200, 20
-        args.eval_samples = 5000
-    args.at = [float(f) for f in args.at.split(",")]
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - {"plain", "warm-smc", "warm-hmc"}
-    if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from plain, warm-smc, warm-hmc")
-    torch.manual_seed(args.seed)
-    target = make_target("horseshoe_nci60", p=args.p).double()
-    print(f"horseshoe_nci60 p={args.p} (d={target.dim}), {torch.get_num_threads()} threads", flush=True)
 
+
+def _run_samplers(target, variants, args):
+    """The HMC reference and the warm starts' samplers: (their rows with the zero guess's, the reference's
+    coefficient statistics, {variant: its warm-start draws})."""
     ref_draws, ref_info = hmc_draws(target, args.chains, args.hmc_iterations, args.seed)
     ref = coefficient_stats(target, ref_draws)
     samplers = [
@@ -199,16 +189,11 @@ def main(argv=None):
             {"sampler": "HMC, independent run", "seed": args.seed + 1, **info, **describe(target, x)}
             | scores(target, x, ref)
         )
-    for row in samplers:
-        print("  " + json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
+    return samplers, ref, warm_draws
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    rows = []
-    for variant in variants:
-        rows += train_variant(args.p, variant, warm_draws.get(variant), args, target, ref)
-        out.write_text(json.dumps({"settings": settings, "samplers": samplers, "flows": rows}, indent=1))
+
+def _print_table(rows):
+    """The flows' rows as a Markdown table."""
 
     def fmt(v):
         return ", ".join(f"{x:.3g}" for x in v)
@@ -223,6 +208,39 @@ def main(argv=None):
             f"| {r['variant']} | {r['step']} | {fmt(r['log_tau_q05_q50_q95'])} | {fmt(r['beta0_q05_q50_q95'])} | "
             f"{r['elbo']:.2f} | {r['log_z']:.2f} | {r['pareto_k']:.2f} | {r['within_0.1_sd']:.3f} | {r[ROBUST]:.3f} |"
         )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _add_options(ap)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.p, args.steps, args.init_steps, args.hmc_iterations, args.smc_moves = 20, 200, 200, 200, 20
+        args.eval_samples = 5000
+    args.at = [float(f) for f in args.at.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - {"plain", "warm-smc", "warm-hmc"}
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from plain, warm-smc, warm-hmc")
+    torch.manual_seed(args.seed)
+    target = make_target("horseshoe_nci60", p=args.p).double()
+    print(f"horseshoe_nci60 p={args.p} (d={target.dim}), {torch.get_num_threads()} threads", flush=True)
+
+    samplers, ref, warm_draws = _run_samplers(target, variants, args)
+    for row in samplers:
+        print("  " + json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    rows = []
+    for variant in variants:
+        rows += train_variant(args.p, variant, warm_draws.get(variant), args, target, ref)
+        out.write_text(json.dumps({"settings": settings, "samplers": samplers, "flows": rows}, indent=1))
+
+    _print_table(rows)
     print(f"wrote {out}")
 
 
