@@ -75,6 +75,7 @@ def test_logging_time_is_not_training_time():
     state = train_loop(task, RunFiles(None))
     assert time.perf_counter() - start > 0.6  # three rows logged, 0.2 s each
     assert state.elapsed < 0.1
+    assert task.saved_at == []  # no run directory: no checkpoint payload is built
 
 
 def test_resume_needs_a_checkpoint_and_drops_later_rows(tmp_path):

@@ -113,7 +113,7 @@ class RunFiles:
                 f.write(json.dumps(row) + "\n")
 
     def save(self, payload: dict | None) -> None:
-        if self.checkpoint is not None and payload is not None:
+        if payload is not None:  # None: a process that does not write (another rank)
             ckpt.save_atomic(payload, self.checkpoint)
 
 
@@ -175,7 +175,7 @@ def train_loop(task: Task, files: RunFiles, bar=None, callback=None, postfix=Non
                 bar.set_postfix(postfix(row), refresh=False)
             if callback is not None and callback(state, row) is True:
                 state.stop_reason = state.stop_reason or "stopped by the callback"
-        if save_now or state.stop_reason is not None:
+        if (save_now or state.stop_reason is not None) and files.checkpoint is not None:
             files.save(task.checkpoint())
         clock.resume_from(state.elapsed)
     state.elapsed = clock.read()

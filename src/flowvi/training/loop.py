@@ -176,7 +176,7 @@ class _Run:
             cfg.min_steps_before_stop, cfg.max_skip_fraction, lambda s: diverged_message(s, flow), TrainingDiverged
         )
         self.need = max(2, math.ceil(MIN_FINITE_FRACTION * cfg.batch_size))  # finite draws a step needs
-        self.grad_hook = self.step_fn = self.scaler = self.monitor = self.result = None
+        self.grad_hook = self.step_fn = self.scaler = self.monitor = self.result = self.bar = None
         self.elbo = math.nan
         if self.world > 1:
             dist.broadcast_parameters(flow)
@@ -251,8 +251,6 @@ class _Run:
 
     def checkpoint(self) -> dict | None:
         """The checkpoint (every rank's RNG and estimator state gathered; rank 0's payload, None elsewhere)."""
-        if self.files.checkpoint is None:
-            return None
         rng = _rng_state()
         many = self.world > 1
         rng_ranks = dist.all_gather_objects(rng) if many else None
@@ -294,7 +292,7 @@ class _Run:
                 "skipped": state.skipped}  # fmt: skip
 
     def close(self) -> None:
-        if getattr(self, "bar", None) is not None:
+        if self.bar is not None:
             self.bar.close()
         # Gradients may live in a CUDA graph's memory pool; none of them is needed after training.
         self.optimizer.zero_grad(set_to_none=True)
