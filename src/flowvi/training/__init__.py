@@ -1,4 +1,4 @@
-"""Training: one loop core (``core.train_loop``) under reverse-KL :func:`fit` and the by-parts trainer, the fast
+"""Training: one loop core (``trainer.train_loop``) under reverse-KL :func:`fit` and the by-parts trainer, the fast
 GPU step, data parallelism, training by parts, pre-training on draws, and density estimation on data."""
 
 from flowvi.training.loop import TrainConfig, TrainingDiverged, fit

@@ -18,8 +18,8 @@ from flowvi.targets.guard import guarded, target_error
 from flowvi.training import distributed as dist
 from flowvi.training.config import TrainConfig
 from flowvi.training.convergence import AutoSchedule, Monitor
-from flowvi.training.core import LoopState, RunFiles, SkipGuard, progress_bar, train_loop
 from flowvi.training.fast_step import load_optimizer_state, make_optimizer, make_step, matmul_precision, resolve_options
+from flowvi.training.trainer import LoopState, RunFiles, SkipGuard, progress_bar, train_loop
 
 
 class TrainingDiverged(RuntimeError):
@@ -29,7 +29,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainState(LoopState):
-    """:class:`flowvi.training.core.LoopState` and what reverse-KL training adds to it."""
+    """:class:`flowvi.training.trainer.LoopState` and what reverse-KL training adds to it."""
 
     dropped: list = field(default_factory=lambda: [0, 0])  # draws dropped for a non-finite [log p, log q]
     draws: int = 0  # draws made by all steps
@@ -122,7 +122,7 @@ def fit(
     every ``checkpoint_every`` steps and at the end, written atomically. ``resume=True`` continues
     from that checkpoint and gives the same parameters as an uninterrupted run with the same seed.
     ``callback(state, metrics)`` is called at every logged step; returning True stops training there (after a
-    checkpoint; ``state.stop_reason`` says so). The loop itself is :func:`flowvi.training.core.train_loop`.
+    checkpoint; ``state.stop_reason`` says so). The loop itself is :func:`flowvi.training.trainer.train_loop`.
 
     ``steps="auto"`` (the default) trains until the smoothed ELBO is flat and the PSIS k-hat of fresh draws is
     below 0.7, or until ``max_steps``/``max_time`` (the rule: :mod:`flowvi.training.convergence`);
@@ -148,8 +148,8 @@ def fit(
 
 
 class _Run:
-    """One call of :func:`fit` as a :class:`flowvi.training.core.Task`: the optimizer, schedule, step function,
-    stopping rule and checkpoint; the loop itself is :func:`flowvi.training.core.train_loop`."""
+    """One call of :func:`fit` as a :class:`flowvi.training.trainer.Task`: the optimizer, schedule, step function,
+    stopping rule and checkpoint; the loop itself is :func:`flowvi.training.trainer.train_loop`."""
 
     def __init__(self, flow, target, cfg: TrainConfig, run_dir: Path | None):
         self.flow, self.target, self.cfg = flow, target, cfg
@@ -226,7 +226,7 @@ class _Run:
         rule = self.scheduler.lr_lambdas[0] if cfg.auto and cfg.schedule == "auto" else None
         self.monitor = Monitor(cfg, rule, self.flow, self.target)
 
-    # -- the Task of flowvi.training.core ----------------------------------------------------------------------
+    # -- the Task of flowvi.training.trainer ----------------------------------------------------------------------
 
     def step(self) -> bool:
         self.result = self.step_fn()

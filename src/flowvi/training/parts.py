@@ -46,8 +46,8 @@ from flowvi.core.flow import Flow
 from flowvi.flows.multiscale import MultiscaleFlow, Split, normalize_layer
 from flowvi.objectives.estimators import FORWARD_ESTIMATORS
 from flowvi.runs import checkpoint as ckpt
-from flowvi.training.core import LoopState, RunFiles, SkipGuard, progress_bar, train_loop
 from flowvi.training.parts_step import PrefixCache
+from flowvi.training.trainer import LoopState, RunFiles, SkipGuard, progress_bar, train_loop
 from flowvi.transforms.squeeze import Squeeze, Unsqueeze
 
 SCHEDULES = ("end_to_end", "alternate", "sequential", "alternate_then_finetune", "parallel")
@@ -247,7 +247,7 @@ def lr_factor(cfg: PartsConfig, step: int) -> float:
 
 @dataclass
 class PartsState(LoopState):
-    """The by-parts trainer's counters: :class:`flowvi.training.core.LoopState` (``elapsed`` excludes the
+    """The by-parts trainer's counters: :class:`flowvi.training.trainer.LoopState` (``elapsed`` excludes the
     evaluations)."""
 
 
@@ -414,7 +414,7 @@ class PartsTrainer:
         self.loss = sum(loss.to(losses[0].device) for loss in losses)
         return ok
 
-    # -- the Task of flowvi.training.core --------------------------------------------------------------------------
+    # -- the Task of flowvi.training.trainer --------------------------------------------------------------------------
 
     @property
     def log_every(self) -> int:
@@ -471,7 +471,7 @@ class PartsTrainer:
         files.resumed(self.state.step)
 
     def run(self, run_dir=None, resume: bool = False, progress: bool = False, callback=None) -> PartsState:
-        """Train for ``cfg.steps`` steps on :func:`flowvi.training.core.train_loop`; with ``run_dir``:
+        """Train for ``cfg.steps`` steps on :func:`flowvi.training.trainer.train_loop`; with ``run_dir``:
         metrics.jsonl per evaluation and an atomic checkpoint.pt every ``checkpoint_every`` steps; ``resume``
         continues from it. ``callback(state, metrics)`` runs after every evaluation; returning True stops training
         there (after a checkpoint)."""

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from flowvi.training.core import LoopState, RunFiles, SkipGuard, train_loop
+from flowvi.training.trainer import LoopState, RunFiles, SkipGuard, train_loop
 
 
 class _Task:
@@ -93,11 +93,11 @@ def test_fit_and_the_parts_trainer_run_on_the_core(monkeypatch):
     from flowvi.core.flow import Flow
     from flowvi.flows.realnvp import realnvp
     from flowvi.targets import CallableTarget
-    from flowvi.training import core, loop, parts
+    from flowvi.training import loop, parts, trainer
     from flowvi.training.pretrain import pretrain_on_draws
 
     calls = []
-    original = core.train_loop
+    original = trainer.train_loop
 
     def counting(task, *args, **kwargs):
         calls.append(type(task).__name__)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -74,7 +75,7 @@ class SkipGuard:
 
     min_steps: int
     max_fraction: float
-    message: object  # state -> str
+    message: Callable[[LoopState], str]
     error: type = RuntimeError
 
     def check(self, state: LoopState, ok: bool) -> None:
